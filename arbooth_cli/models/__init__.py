@@ -1,0 +1,1 @@
+"""Model components (transformer, tokenizer, text encoder) and the built-in spec tables."""

@@ -1,0 +1,11 @@
+"""Built-in model specs, one module per family; registered through the same hook plugins use."""
+
+from __future__ import annotations
+
+from ...registry import RegisterFn
+from . import infinity, tiny
+
+
+def register_builtin_models(register: RegisterFn) -> None:
+    infinity.register_models(register)
+    tiny.register_models(register)

@@ -1,0 +1,66 @@
+"""Test isolation: every test gets its own arbooth home and hub cache, and loads no installed plugins."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from arbooth_cli.registry import FileSpec, ModelRegistry
+from arbooth_cli.models.specs.tiny import TINY_INFINITY
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "arbooth-home"
+    monkeypatch.setenv("ARBOOTH_HOME", str(home))
+    monkeypatch.setenv("ARBOOTH_LOAD_PLUGINS", "")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # tests never reach the network
+    monkeypatch.delenv("ARBOOTH_DEBUG", raising=False)
+    monkeypatch.setenv("NO_COLOR", "1")
+    return home
+
+
+@pytest.fixture
+def filed_spec():
+    """A tiny spec that needs files (a .pth transformer, a .pth VAE), like the real models do."""
+    return replace(
+        TINY_INFINITY,
+        name="tiny-filed",
+        builtin_weights=False,
+        files=(
+            FileSpec(role="transformer", kind="pth", repo_id="example/tiny", filename="tiny_transformer.pth",
+                     state_dict_keys=((), ("trainer", "gpt_fsdp")), match=("tiny_transformer*",)),
+            FileSpec(role="vae", kind="pth", repo_id="example/tiny", filename="tiny_vae.pth",
+                     state_dict_keys=(("vae",), ()), match=("tiny_vae*",)),
+        ),
+    )
+
+
+@pytest.fixture
+def make_checkpoints(tmp_path: Path):
+    """Write a small transformer .pth and VAE .pth; return their paths and tensors."""
+    import torch
+
+    def make(folder: str = "src"):
+        d = tmp_path / folder
+        d.mkdir(exist_ok=True)
+        g = torch.Generator().manual_seed(0)
+        tr = {"blocks.0.w": torch.randn(8, 4, generator=g), "head.bias": torch.randn(4, generator=g),
+              "scale": torch.randn(1, 2, 1, 1, generator=g).to(torch.bfloat16)}
+        vae = {"encoder.conv.weight": torch.randn(3, 3, 2, 2, generator=g)}
+        torch.save(tr, d / "tiny_transformer.pth")
+        torch.save({"vae": vae, "epoch": 3}, d / "tiny_vae.pth")
+        return d / "tiny_transformer.pth", d / "tiny_vae.pth", tr, vae
+
+    return make
+
+
+@pytest.fixture
+def registry_with(filed_spec):
+    reg = ModelRegistry()
+    reg.register(filed_spec)
+    return reg
