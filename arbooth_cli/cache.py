@@ -307,7 +307,7 @@ class ModelCache:
         *,
         name: str | None = None,
         force: bool = False,
-        validate: ShapeValidator | None = None,
+        validate: ShapeValidator | bool = True,
         progress: ProgressFn | None = None,
         source: str = "add",
     ) -> CachedModel:
@@ -315,8 +315,14 @@ class ModelCache:
 
         ``inputs`` are paths, or ``ROLE=PATH`` to say which file is which. Pickled ``.pth`` files
         are read with ``weights_only=True`` and converted to safetensors; hashes are recorded.
+        By default the tensor names and shapes of the transformer and tokenizer files must be
+        exactly the spec's (``validate=False`` skips that; a callable replaces it).
         """
         name = name or spec.name
+        if validate is True:
+            validate = spec_validator(spec)
+        elif validate is False:
+            validate = None
         if not spec.files:
             raise ModelFilesError(
                 f"model {spec.name!r} is built in code and needs no files; use it directly"
@@ -343,7 +349,7 @@ class ModelCache:
         spec: ModelSpec,
         *,
         force: bool = False,
-        validate: ShapeValidator | None = None,
+        validate: ShapeValidator | bool = True,
         progress: ProgressFn | None = None,
         token: str | None = None,
     ) -> CachedModel:
@@ -364,6 +370,22 @@ class ModelCache:
         model = self.add(spec, inputs, force=force, validate=validate, progress=progress, source="pull")
         shutil.rmtree(dl_dir, ignore_errors=True)
         return model
+
+
+def spec_validator(spec: ModelSpec) -> ShapeValidator:
+    """Check imported transformer/tokenizer tensors against the spec, from shapes alone."""
+
+    def check(role: str, shapes: dict[str, tuple[int, ...]]) -> None:
+        if role not in ("transformer", "vae"):
+            return
+        import torch
+
+        from .models.build import validate_checkpoint
+
+        meta = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+        validate_checkpoint(spec, role, meta)
+
+    return check
 
 
 # ---- role assignment ------------------------------------------------------------------------

@@ -45,13 +45,16 @@ def make_checkpoints(tmp_path: Path):
     """Write a small transformer .pth and VAE .pth; return their paths and tensors."""
     import torch
 
+    from arbooth_cli.models.build import expected_tensors
+
     def make(folder: str = "src"):
         d = tmp_path / folder
         d.mkdir(exist_ok=True)
         g = torch.Generator().manual_seed(0)
-        tr = {"blocks.0.w": torch.randn(8, 4, generator=g), "head.bias": torch.randn(4, generator=g),
-              "scale": torch.randn(1, 2, 1, 1, generator=g).to(torch.bfloat16)}
-        vae = {"encoder.conv.weight": torch.randn(3, 3, 2, 2, generator=g)}
+        shapes = expected_tensors(TINY_INFINITY)
+        tr = {k: torch.randn(s, generator=g) for k, s in shapes["transformer"].items()}
+        tr["pos_start"] = tr["pos_start"].to(torch.bfloat16)  # dtypes must survive the import
+        vae = {k: torch.randn(s, generator=g) for k, s in shapes["vae"].items()}
         torch.save(tr, d / "tiny_transformer.pth")
         torch.save({"vae": vae, "epoch": 3}, d / "tiny_vae.pth")
         return d / "tiny_transformer.pth", d / "tiny_vae.pth", tr, vae

@@ -25,6 +25,17 @@ def register_models(register) -> None:
     register(replace(TINY_INFINITY, name="tiny-fake", description="from a fake plugin"))
 
 
+def register_filed_models(register) -> None:
+    """The tiny architecture, but with files to import, like the real models."""
+    from arbooth_cli.registry import FileSpec
+
+    register(replace(TINY_INFINITY, name="tiny-filed", builtin_weights=False, files=(
+        FileSpec(role="transformer", kind="pth", repo_id="example/tiny", filename="tiny_transformer.pth"),
+        FileSpec(role="vae", kind="pth", repo_id="example/tiny", filename="tiny_vae.pth",
+                 state_dict_keys=(("vae",), ())),
+    )))
+
+
 def register_bad_models(register) -> None:
     register(replace(TINY_INFINITY, name="tiny-half"))
     raise RuntimeError("plugin crashed half-way")

@@ -2,8 +2,8 @@ import json
 
 import torch
 
+from arbooth_cli import plugins
 from arbooth_cli.cache import ModelCache
-from arbooth_cli.checkpoint_io import write_safetensors
 from arbooth_cli.models.specs.infinity import INFINITY_2B
 
 
@@ -30,45 +30,49 @@ def test_unknown_model_is_exit_3_with_a_suggestion_on_stderr(cli):
     )
 
 
-def test_add_list_verify_rm_through_the_cli(cli, tmp_path):
-    """The whole life of a model with the real 2B spec's file layout (tiny tensors)."""
-    src = tmp_path / "downloads"
-    src.mkdir()
-    torch.save({"cfg_uncond": torch.zeros(2, 3)}, src / "infinity_2b_reg.pth")
-    torch.save({"vae": {"decoder.conv_out.conv.bias": torch.zeros(3)}}, src / "infinity_vae_d32reg.pth")
-    t5 = src / "flan-t5-xl"
-    t5.mkdir()
-    (t5 / "config.json").write_text("{}")
-    (t5 / "spiece.model").write_bytes(b"x")
-    write_safetensors(t5 / "model.safetensors", {"shared.weight": torch.zeros(4, 2)})
+def test_add_list_verify_rm_through_the_cli(cli, entry_points, make_checkpoints):
+    """The whole life of a model that needs files (tiny tensors with the exact expected names)."""
+    entry_points(("filed", "fake_plugins:register_filed_models", plugins.MODELS_GROUP))
+    tr_path, vae_path, *_ = make_checkpoints()
 
-    r = cli("models", "add", "infinity-2b", str(src / "infinity_2b_reg.pth"), str(src / "infinity_vae_d32reg.pth"),
-            str(t5), "--json")
+    r = cli("models", "add", "tiny-filed", str(tr_path), str(vae_path), "--json")
     assert r.exit_code == 0, r.output
     added = json.loads(r.stdout)
-    assert added["name"] == "infinity-2b" and len(added["model_hash"]) == 64
+    assert added["name"] == "tiny-filed" and len(added["model_hash"]) == 64
 
     rows = {row["name"]: row for row in _json_lines(cli("models", "list", "--json").stdout)}
-    assert rows["infinity-2b"]["status"] == "ready" and rows["infinity-2b"]["model_hash"] == added["model_hash"]
+    assert rows["tiny-filed"]["status"] == "ready" and rows["tiny-filed"]["model_hash"] == added["model_hash"]
 
-    again = cli("models", "add", "infinity-2b", str(src / "infinity_2b_reg.pth"),
-                str(src / "infinity_vae_d32reg.pth"), str(t5))
+    again = cli("models", "add", "tiny-filed", str(tr_path), str(vae_path))
     assert again.exit_code == 4 and "--force" in again.stderr
 
-    ok = cli("models", "verify", "infinity-2b", "--json")
+    ok = cli("models", "verify", "tiny-filed", "--json")
     assert ok.exit_code == 0 and json.loads(ok.stdout)["ok"] is True
 
-    model = ModelCache().get("infinity-2b")
+    model = ModelCache().get("tiny-filed")
     model.path("vae").write_bytes(b"corrupted")
-    bad = cli("models", "verify", "infinity-2b")
+    bad = cli("models", "verify", "tiny-filed")
     assert bad.exit_code == 4 and "vae.safetensors" in bad.stdout
 
-    info = cli("models", "info", "infinity-2b", "--json")
+    info = cli("models", "info", "tiny-filed", "--json")
     assert json.loads(info.stdout)["cache"]["model_hash"] == added["model_hash"]
 
-    rm = cli("models", "rm", "infinity-2b")
-    assert rm.exit_code == 0 and "removed infinity-2b" in rm.stdout
-    assert cli("models", "rm", "infinity-2b").exit_code == 3
+    rm = cli("models", "rm", "tiny-filed")
+    assert rm.exit_code == 0 and "removed tiny-filed" in rm.stdout
+    assert cli("models", "rm", "tiny-filed").exit_code == 3
+
+
+def test_weights_of_another_model_are_refused_by_name(cli, entry_points, make_checkpoints):
+    entry_points(("filed", "fake_plugins:register_filed_models", plugins.MODELS_GROUP))
+    tr_path, vae_path, tr, _ = make_checkpoints()
+    tr["head.weight"] = torch.zeros(32, 64)  # a head for 16 bits per token instead of 8
+    del tr["lvl_embed.weight"]
+    torch.save(tr, tr_path)
+    r = cli("models", "add", "tiny-filed", str(tr_path), str(vae_path))
+    assert r.exit_code == 4
+    assert "head.weight (file [32, 64], expected [16, 64])" in r.stderr
+    assert "1 missing: lvl_embed.weight" in r.stderr
+    assert ModelCache().scan().models == () and ModelCache().scan().partial == ()
 
 
 def test_add_with_missing_files_says_which(cli, tmp_path):

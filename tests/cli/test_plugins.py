@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,6 @@ from arbooth_cli.registry import default_registry
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "arbooth-hello-plugin"
-
-
-@pytest.fixture
-def entry_points(monkeypatch):
-    """Pretend these entry points are installed (and nothing else is)."""
-
-    def install(*eps: tuple[str, str, str]):
-        fake = [metadata.EntryPoint(name, value, group) for name, value, group in eps]
-        monkeypatch.setattr(plugins.metadata, "entry_points",
-                            lambda group: [e for e in fake if e.group == group])
-        monkeypatch.delenv("ARBOOTH_LOAD_PLUGINS", raising=False)
-
-    return install
 
 
 def test_sub_apps_register_callables_and_model_hooks(cli, entry_points):

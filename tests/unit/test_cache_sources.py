@@ -10,7 +10,9 @@ import torch
 from arbooth_cli import checkpoint_io
 from arbooth_cli.cache import ModelCache
 from arbooth_cli.errors import ModelFilesError, OfflineError
+from arbooth_cli.models.build import expected_tensors
 from arbooth_cli.models.specs.infinity import _T5_FILE
+from arbooth_cli.models.specs.tiny import TINY_INFINITY
 from arbooth_cli.registry import FileSpec
 
 
@@ -26,12 +28,16 @@ def _t5_dir(root: Path, with_weights=True) -> Path:
 
 
 def _sharded(root: Path) -> Path:
+    """The tiny transformer split over two shards with an index, as the 8B weights are on the hub."""
     d = root / "infinity_8b_weights"
     d.mkdir(parents=True)
-    checkpoint_io.write_safetensors(d / "model-00001-of-00002.safetensors", {"a": torch.ones(3)})
-    checkpoint_io.write_safetensors(d / "model-00002-of-00002.safetensors", {"b": torch.zeros(2)})
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
-                                            "b": "model-00002-of-00002.safetensors"}}
+    shapes = list(expected_tensors(TINY_INFINITY)["transformer"].items())
+    weight_map = {}
+    for i, part in enumerate((shapes[::2], shapes[1::2])):
+        fname = f"model-0000{i + 1}-of-00002.safetensors"
+        checkpoint_io.write_safetensors(d / fname, {k: torch.zeros(s) for k, s in part})
+        weight_map.update({k: fname for k, _ in part})
+    index = {"metadata": {}, "weight_map": weight_map}
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     return d
 
