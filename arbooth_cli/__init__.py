@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "get_spec", "list_specs", "ModelCache", "ModelSpec"]
+__all__ = ["__version__", "build_components", "get_spec", "list_specs", "ModelCache", "ModelSpec"]
 
 
 def __getattr__(name: str):  # lazy public API keeps `import arbooth_cli` light
@@ -16,6 +16,10 @@ def __getattr__(name: str):  # lazy public API keeps `import arbooth_cli` light
         from . import registry
 
         return getattr(registry, name)
+    if name == "build_components":
+        from .models.build import build_components
+
+        return build_components
     if name == "ModelCache":
         from .cache import ModelCache
 
