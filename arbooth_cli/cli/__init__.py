@@ -57,6 +57,7 @@ def _root(
 
 # Built-in command groups, registered exactly as a plugin's `register(app)` would be.
 BUILTIN_COMMANDS = {
+    "gen": "arbooth_cli.cli.gen:register",
     "models": "arbooth_cli.cli.models:register",
     "plugins": "arbooth_cli.cli.plugins_cmd:register",
 }

@@ -1,0 +1,108 @@
+"""`arbooth gen`: prompts in, PNG files with provenance out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..config import GenConfig, PromptJob, parse_number_list, read_prompts_file
+from ._output import get_output
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gen")(gen_cmd)
+
+
+def gen_cmd(
+    ctx: typer.Context,
+    prompt: Annotated[Optional[list[str]], typer.Argument(help="Prompts; each gets -n images.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: $ARBOOTH_MODEL, else the only cached model).")] = None,
+    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
+    cfg: Annotated[Optional[str], typer.Option(help="Guidance on logits: a number, or one per scale (e.g. 4,4,3,3,...). Default: the model's.")] = None,
+    tau: Annotated[Optional[str], typer.Option(help="Temperature: a number or one per scale. Default: the model's.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Top-k per bit (0 keeps all).")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Top-p per bit. Default: the model's (0.97).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="A size of the model: 1M (1024x1024 at 1:1), 0.25M, 0.06M.")] = None,
+    aspect: Annotated[str, typer.Option(help="Aspect as W:H (16:9) or h/w (0.5625), matched to the model's templates.")] = "1:1",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together.")] = 1,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("arbooth-out"),
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file of prompts: one a line, or JSON lines with per-line seed, n, cfg, tau, top_k, top_p, size, aspect.")] = None,
+    grid: Annotated[bool, typer.Option("--grid", help="Also write grid.png, a contact sheet of all images.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files of the same name.")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep files already there and make only the missing ones (resume).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
+    rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
+) -> None:
+    """Generate images from prompts.
+
+    File names are deterministic (NNNN-prompt-words-SEED.png) and carry the prompt, seed, model and
+    its hash and every setting in PNG text chunks. Under torchrun the work is split across GPUs and
+    the same files are written.
+
+    Examples:\n
+      arbooth gen "a red star on the left, blue background" -n 4 --grid\n
+      arbooth gen --prompts prompts.txt --out run1 --json | jq -r .path\n
+      torchrun --nproc-per-node 2 -m arbooth_cli gen --prompts prompts.jsonl --out run2
+    """
+    from ..sampling.job import generate
+
+    out_ = get_output(ctx)
+    jobs = [PromptJob(prompt=p) for p in (prompt or [])]
+    if prompts_file is not None:
+        jobs += read_prompts_file(prompts_file)
+    config = GenConfig(
+        prompts=tuple(jobs), model=model, num_images=num_images, seed=seed,
+        cfg=parse_number_list(cfg, "--cfg") if cfg else None,
+        tau=parse_number_list(tau, "--tau") if tau else None,
+        top_k=top_k, top_p=top_p, size=size, aspect=aspect, batch_size=batch_size, out_dir=str(out),
+        grid=grid, overwrite=overwrite, skip_existing=skip_existing, device=device, dtype=dtype,
+        stream=rng_stream,  # type: ignore[arg-type]
+    ).validate()
+    with _GenProgress(out_) as progress:
+        result = generate(config, on_event=progress.event)
+    for rec in result.images:
+        if json_:
+            out_.json({"path": rec.path, **rec.metadata})
+        else:
+            out_.result(rec.path)
+    if result.grid and not json_:
+        out_.result(result.grid)
+
+
+class _GenProgress:
+    """Images (and, for big jobs, scales) on stderr."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.bar: Any = None
+
+    def __enter__(self) -> _GenProgress:
+        if not self.out.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=self.out.err, transient=True)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        if kind == "plan":
+            self.images = self.bar.add_task("images", total=data["total"])
+            self.scales = self.bar.add_task("scales", total=None, visible=False)
+        elif kind == "loaded":
+            self.out.note(f"{data['model']} on {data['device']} ({data['dtype']})")
+        elif kind == "scale":
+            self.bar.update(self.scales, completed=data["index"] + 1, total=data["scales"], visible=True)
+        elif kind == "image":
+            self.bar.advance(self.images)

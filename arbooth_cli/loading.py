@@ -1,0 +1,91 @@
+"""Which model a command uses, and building it from the cache.
+
+A model is named explicitly (``--model``), by ``$ARBOOTH_MODEL``, or is the only one in the cache.
+Built-in (tiny) specs need no files. Every loaded model carries an identity hash for provenance:
+the cache's ``model_hash`` over its files, or, for built-in weights, a hash of the spec that makes
+them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .cache import ModelCache
+from .errors import ConfigError, ModelNotCachedError, NotFoundError
+from .registry import ModelSpec, default_registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models.build import Components
+
+ENV_MODEL = "ARBOOTH_MODEL"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: ModelSpec
+    weights: dict[str, Path]  # role -> file or folder; empty for built-in weights
+    model_hash: str
+
+
+def spec_hash(spec: ModelSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resolve_model(name: str | None, *, cache: ModelCache | None = None,
+                  env: Mapping[str, str] | None = None) -> ResolvedModel:
+    env = os.environ if env is None else env
+    cache = cache or ModelCache()
+    registry = default_registry(env)
+    if not name:
+        name = env.get(ENV_MODEL) or None
+    if not name:
+        ready = [m.name for m in cache.scan().models if m.name in registry]
+        if len(ready) != 1:
+            choices = ", ".join(ready) if ready else "none is cached"
+            raise ConfigError([f"no --model given and {len(ready)} models are cached ({choices}); "
+                               f"pass --model NAME or set {ENV_MODEL} (built in: "
+                               f"{', '.join(s.name for s in registry if s.builtin_weights)})"])
+        name = ready[0]
+    spec = registry.get(name)
+    if spec.builtin_weights:
+        return ResolvedModel(spec, {}, "builtin-" + spec_hash(spec))
+    if not cache.has(name):
+        raise ModelNotCachedError(name)
+    cached = cache.get(name)
+    return ResolvedModel(spec, {role: cached.path(role) for role in cached.roles}, cached.model_hash)
+
+
+def pick_device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NotFoundError("--device cuda was asked for but no CUDA device is available",
+                            hint="use --device cpu (slow for real models) or run on a GPU machine")
+    return dev
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+
+
+def load_components(resolved: ResolvedModel, *, device: torch.device, dtype: torch.dtype,
+                    roles: Iterable[str] = ("transformer", "vae", "text_encoder")) -> Components:
+    from .models.build import build_components
+
+    weights = {r: p for r, p in resolved.weights.items() if r in tuple(roles)}
+    return build_components(resolved.spec, device=device, dtype=dtype, weights=weights, roles=tuple(roles))

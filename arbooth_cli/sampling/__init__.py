@@ -1,0 +1,1 @@
+"""Next-scale sampling: logit filters, the KV-cached sampler, and image writers."""

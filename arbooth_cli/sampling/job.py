@@ -1,0 +1,253 @@
+"""`arbooth gen` as a library call: prompts and settings in, PNG files with provenance out.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) every process takes every WORLD_SIZE-th image of the same
+plan, so K GPUs write exactly the files one GPU writes: same names, seeds and images.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import GenConfig, PromptJob
+from ..errors import ConfigError, InvalidInputError, ResourceError
+from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, resolve_model
+from ..models.schedules import TEMPLATES, get_schedule, nearest_template, parse_aspect
+from ..registry import ModelSpec
+from .writers import contact_sheet, image_filename, write_png
+
+#: ``on_event(kind, data)``: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
+EventFn = Callable[[str, dict[str, Any]], None]
+
+#: how far (relative) an asked aspect may be from a template before it is refused
+ASPECT_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One planned image."""
+
+    index: int  # position in the whole plan
+    prompt_index: int
+    prompt: str
+    seed: int
+    size: str
+    h_div_w: float
+    cfg: Any
+    tau: Any
+    top_k: int
+    top_p: float
+    filename: str
+
+    def batch_key(self) -> tuple:
+        return (self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    prompt: str
+    seed: int
+    metadata: dict[str, Any]
+    skipped: bool = False
+
+
+@dataclass
+class GenResult:
+    images: list[ImageRecord] = field(default_factory=list)
+    grid: str | None = None
+    model: str = ""
+    device: str = ""
+
+
+def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tuple[str, float]:
+    size = job.size or config.size or spec.sampling.size
+    if size not in spec.sizes:
+        raise InvalidInputError(f"model {spec.name} has no size {size!r}; its sizes: {', '.join(spec.sizes)}")
+    try:
+        asked = parse_aspect(job.aspect or config.aspect)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    ratio = nearest_template(asked)
+    if abs(ratio - asked) / asked > ASPECT_TOLERANCE:
+        known = ", ".join(f"{r:g}" for r in TEMPLATES)
+        raise InvalidInputError(f"no aspect template near h/w {asked:.3f}; templates (h/w): {known}")
+    return size, ratio
+
+
+def plan_images(spec: ModelSpec, config: GenConfig) -> list[ImageItem]:
+    """Every image of the run, in a fixed order; checks sizes and aspects before any work."""
+    items = []
+    for pi, job in enumerate(config.prompts):
+        size, ratio = _size_and_aspect(spec, job, config)
+        n = job.num_images or config.num_images
+        base = config.seed if job.seed is None else job.seed
+        for k in range(n):
+            seed = base + k
+            items.append(ImageItem(
+                index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
+                cfg=job.cfg if job.cfg is not None else (config.cfg if config.cfg is not None else spec.sampling.cfg),
+                tau=job.tau if job.tau is not None else (config.tau if config.tau is not None else spec.sampling.tau),
+                top_k=job.top_k if job.top_k is not None else (config.top_k if config.top_k is not None
+                                                               else spec.sampling.top_k),
+                top_p=job.top_p if job.top_p is not None else (config.top_p if config.top_p is not None
+                                                               else spec.sampling.top_p),
+                filename=image_filename(pi, job.prompt, seed),
+            ))
+    names = [it.filename for it in items]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidInputError(f"two images would both be named {dup}: give the repeated prompt another seed")
+    return items
+
+
+def _schedule(spec: ModelSpec, item: ImageItem):
+    num = spec.num_scales if spec.num_scales else None
+    return get_schedule(item.size if num is None else "1M", item.h_div_w, num_scales=num).scales
+
+
+def _prepare_out_dir(config: GenConfig, items: list[ImageItem]) -> Path:
+    out = Path(config.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".arbooth-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
+                            hint="choose another --out directory") from None
+    if not (config.overwrite or config.skip_existing):
+        taken = [it.filename for it in items if (out / it.filename).exists()]
+        if taken:
+            raise InvalidInputError(
+                f"{len(taken)} output files already exist in {out}, e.g. {taken[0]}",
+                hint="pass --overwrite to replace them, --skip-existing to keep them, or another --out",
+            )
+    return out
+
+
+def _distributed() -> tuple[int, int, Any]:
+    """(rank, world size, torch.distributed or None) when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dist
+
+
+def generate(config: GenConfig, *, on_event: EventFn | None = None,
+             resolved: ResolvedModel | None = None) -> GenResult:
+    """Run a generation job; returns what was written (this process's share under torchrun)."""
+    import torch
+
+    from .sample import SamplingParams, sample_images
+
+    emit = on_event or (lambda kind, data: None)
+    config.validate()
+    resolved = resolved or resolve_model(config.model)
+    spec = resolved.spec
+    items = plan_images(spec, config)
+    for it in items:
+        problems = SamplingParams(cfg=it.cfg, tau=it.tau, top_k=it.top_k, top_p=it.top_p).problems()
+        if problems:
+            raise ConfigError(problems)
+        if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
+            SamplingParams(cfg=it.cfg, tau=it.tau).per_scale(len(_schedule(spec, it)))
+    rank, world, dist = _distributed()
+    out_dir = _prepare_out_dir(config, items) if rank == 0 else Path(config.out_dir)
+    if dist is not None:
+        dist.barrier()
+    mine = items[rank::world]
+    if config.skip_existing:
+        mine = [it for it in mine if not (out_dir / it.filename).exists()]
+    emit("plan", {"total": len(mine), "all": len(items), "rank": rank, "world": world})
+
+    device = pick_device(config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    dtype = pick_dtype(config.dtype, device)
+    comps = load_components(resolved, device=device, dtype=dtype)
+    emit("loaded", {"model": spec.name, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
+
+    # Text features first, then the text encoder leaves the device before sampling.
+    prompts = sorted({it.prompt for it in mine})
+    feats = {}
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i:i + 16]
+        enc = comps.text_encoder.encode(chunk)
+        for j, p in enumerate(chunk):
+            feats[p] = enc.select([j])
+    comps.text_encoder = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    from ..models.text_encoder import TextCond
+
+    result = GenResult(model=spec.name, device=str(device))
+    groups: dict[tuple, list[ImageItem]] = {}
+    for it in mine:
+        groups.setdefault(it.batch_key(), []).append(it)
+    for group in groups.values():
+        for b in range(0, len(group), config.batch_size):
+            batch = group[b:b + config.batch_size]
+            first = batch[0]
+            scales = _schedule(spec, first)
+            params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p)
+            text = TextCond.cat([feats[it.prompt] for it in batch]).to(device)
+            if config.stream == "batch":
+                gens = [torch.Generator(device=device).manual_seed(first.seed)]
+            else:
+                gens = [torch.Generator(device=device).manual_seed(it.seed) for it in batch]
+            imgs = sample_images(comps.transformer, comps.vae, text, scales, params, gens, stream=config.stream,
+                                 on_scale=lambda si: emit("scale", {"index": si, "scales": len(scales)}))
+            arr = imgs.permute(0, 2, 3, 1).cpu().numpy()
+            for it, img in zip(batch, arr):
+                meta = _metadata(it, resolved, config, scales, img.shape, device, dtype)
+                path = out_dir / it.filename
+                write_png(path, img, meta)
+                rec = ImageRecord(str(path), it.prompt, it.seed, meta)
+                result.images.append(rec)
+                emit("image", {"record": rec})
+    if dist is not None:
+        dist.barrier()
+    if config.grid and rank == 0:
+        paths = [out_dir / it.filename for it in items if (out_dir / it.filename).exists()]
+        if paths:
+            cols = max(1, math.ceil(math.sqrt(len(paths))))
+            grid_meta = {"model": spec.name, "model_hash": resolved.model_hash, "arbooth_version": __version__,
+                         "images": [p.name for p in paths]}
+            result.grid = str(contact_sheet(paths, cols, out_dir / "grid.png", grid_meta))
+    return result
+
+
+def _metadata(it: ImageItem, resolved: ResolvedModel, config: GenConfig, scales, shape, device, dtype) -> dict:
+    return {
+        "prompt": it.prompt,
+        "seed": it.seed,
+        "model": resolved.spec.name,
+        "model_hash": resolved.model_hash,
+        "subject": None,
+        "arbooth_version": __version__,
+        "cfg": it.cfg,
+        "tau": it.tau,
+        "top_k": it.top_k,
+        "top_p": it.top_p,
+        "size": it.size,
+        "h_div_w": it.h_div_w,
+        "scales": len(scales),
+        "height": int(shape[0]),
+        "width": int(shape[1]),
+        "rng_stream": config.stream,
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+    }

@@ -1,0 +1,125 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arbooth_cli import __version__
+from arbooth_cli.loading import resolve_model
+
+TINY = ["--model", "tiny-infinity"]
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+def test_gen_writes_pngs_with_provenance_and_json_lines(cli, tmp_path):
+    out = tmp_path / "out"
+    r = cli("gen", "a red star on the left", "a blue square", *TINY, "-n", "2", "--seed", "5",
+            "--out", str(out), "--json", "--grid")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    names = sorted(Path(row["path"]).name for row in rows)
+    assert names == ["0000-a-red-star-on-the-left-5.png", "0000-a-red-star-on-the-left-6.png",
+                     "0001-a-blue-square-5.png", "0001-a-blue-square-6.png"]
+    assert sorted(_files(out)) == sorted(names + ["grid.png"])
+    row = next(r for r in rows if r["path"].endswith("0001-a-blue-square-6.png"))
+    assert row["seed"] == 6 and row["model"] == "tiny-infinity" and row["scales"] == 4
+    with Image.open(out / "0001-a-blue-square-6.png") as im:
+        assert im.size == (96, 96) and im.mode == "RGB"
+        text = dict(im.text)
+    assert text["prompt"] == "a blue square" and text["seed"] == "6"
+    assert text["model_hash"] == resolve_model("tiny-infinity").model_hash
+    assert text["arbooth_version"] == __version__
+    assert text["parameters"].startswith("a blue square\nSteps: 4, Sampler: arbooth next-scale, CFG scale: 3.0")
+    meta = json.loads(text["arbooth"])
+    assert meta["cfg"] == 3.0 and meta["top_p"] == 0.97 and meta["tau"] == 1.0
+
+
+def test_same_seed_same_file_whatever_the_batch_size(cli, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("gen", "x", "y", "z", *TINY, "-n", "2", "--out", str(a)).exit_code == 0
+    assert cli("gen", "x", "y", "z", *TINY, "-n", "2", "-b", "4", "--out", str(b)).exit_code == 0
+    fa, fb = _files(a), _files(b)
+    assert sorted(fa) == sorted(fb) and len(fa) == 6
+    for name in fa:
+        pa, pb = np.asarray(Image.open(a / name)), np.asarray(Image.open(b / name))
+        assert np.array_equal(pa, pb), name
+
+
+def test_existing_files_are_never_overwritten_unless_asked(cli, tmp_path):
+    out = tmp_path / "out"
+    assert cli("gen", "x", *TINY, "-n", "2", "--out", str(out)).exit_code == 0
+    before = _files(out)
+    r = cli("gen", "x", *TINY, "-n", "3", "--out", str(out))
+    assert r.exit_code == 4 and "already exist" in r.stderr and "--skip-existing" in r.stderr
+    assert _files(out) == before
+    r = cli("gen", "x", *TINY, "-n", "3", "--out", str(out), "--skip-existing", "--json")
+    assert r.exit_code == 0 and [json.loads(x)["seed"] for x in r.stdout.splitlines()] == [2]
+    assert {k: v for k, v in _files(out).items() if k in before} == before
+    r = cli("gen", "x", *TINY, "--out", str(out), "--overwrite", "--seed", "1")
+    assert r.exit_code == 0 and _files(out)["0000-x-1.png"] == before["0000-x-1.png"]
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["", *TINY], 4, "empty prompt"),
+    (["x", *TINY, "-n", "0"], 4, "-n/--num-images must be >= 1"),
+    (["x", "--model", "infinty-2b"], 3, "did you mean 'infinity-2b'"),
+    (["x", "--model", "infinity-2b"], 3, "arbooth models add infinity-2b"),
+    (["x", *TINY, "--size", "1M"], 4, "has no size '1M'"),
+    (["x", *TINY, "--aspect", "10:1"], 4, "no aspect template near"),
+    (["x", *TINY, "--cfg", "3,3"], 4, "has 2 values but the schedule has 4 scales"),
+    (["x", *TINY, "--top-p", "0"], 4, "--top-p must be in (0, 1]"),
+    (["x"], 4, "no --model given and 0 models are cached"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, args, code, needle):
+    out = tmp_path / "out"
+    r = cli("gen", *args, "--out", str(out))
+    assert r.exit_code == code, r.output
+    assert needle in r.stderr
+    assert _files(out) == {}
+
+
+def test_prompts_file_with_per_line_options_and_a_malformed_line(cli, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text('a red star\n{"prompt": "a blue square", "seed": 40, "n": 2, "cfg": 1}\n')
+    r = cli("gen", *TINY, "--prompts", str(good), "--out", str(tmp_path / "o1"), "--json")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(x["prompt"], x["seed"], x["cfg"]) for x in rows] == [
+        ("a red star", 0, 3.0), ("a blue square", 40, 1.0), ("a blue square", 41, 1.0)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('a red star\n{"prompt": "x", "n": "two"}\n')
+    r = cli("gen", *TINY, "--prompts", str(bad), "--out", str(tmp_path / "o2"))
+    assert r.exit_code == 4 and "line 2: n must be an integer" in r.stderr
+    assert not (tmp_path / "o2").exists()
+
+
+def test_unwritable_output_directory(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = cli("gen", "x", *TINY, "--out", str(blocker / "out"))
+    assert r.exit_code == 5 and "cannot write to the output directory" in r.stderr
+
+
+def test_torchrun_shards_the_work_and_writes_the_same_files(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red star\na blue square\nthree hearts\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    common = ["gen", "--model", "tiny-infinity", "--prompts", str(prompts), "-n", "2"]
+    subprocess.run([sys.executable, "-m", "arbooth_cli", *common, "--out", str(single)], env=env,
+                   check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", "29517", "-m", "arbooth_cli", *common, "--out", str(multi)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = _files(single), _files(multi)
+    assert sorted(a) == sorted(b) and len(a) == 6
+    for name in a:
+        assert np.array_equal(np.asarray(Image.open(single / name)), np.asarray(Image.open(multi / name))), name
