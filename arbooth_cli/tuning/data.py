@@ -1,0 +1,86 @@
+"""Subject photos: a folder in, normalised image tensors and captions out.
+
+Photos are read with Pillow (jpg, png, webp, ...), their EXIF orientation applied, any mode
+(RGBA, palette, CMYK, grayscale, 16-bit) converted to RGB, then resized so the shorter side fits and
+centre-cropped to the target size, as the official ARBooth code prepares them (bilinear resize, centre
+crop, values in [-1, 1]). A photo that cannot be read is skipped with a warning; no usable photo
+is an error. A caption file beside a photo (same stem, ``.txt``) overrides the default caption.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InvalidInputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DEFAULT_CAPTION = "a photo of {token} {cls}"
+DEFAULT_CLASS_PROMPT = "a photo of {cls}"
+
+
+class SkippedImageWarning(UserWarning):
+    """A subject photo could not be read and was left out."""
+
+
+@dataclass(frozen=True)
+class SubjectImage:
+    path: Path
+    caption: str
+    pixels_HW3: np.ndarray  # uint8 RGB, already cropped to the target size
+
+
+def _load_rgb(path: Path, height: int, width: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA")
+            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, im)  # transparent areas become white, not black
+        if im.mode == "I;16" or im.mode == "I":
+            arr = np.asarray(im, dtype=np.float64)
+            im = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+        im = im.convert("RGB")
+        scale = max(height / im.height, width / im.width)
+        size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+        im = im.resize(size, Image.Resampling.BILINEAR)
+        left, top = (im.width - width) // 2, (im.height - height) // 2
+        return np.asarray(im.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
+
+
+def load_subject_images(folder: str | Path, *, token: str, cls: str, height: int, width: int,
+                        caption: str = DEFAULT_CAPTION) -> list[SubjectImage]:
+    """Every readable photo of ``folder`` (sorted by name), cropped to ``height`` x ``width``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidInputError(f"{folder} is not a folder of photos")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InvalidInputError(f"{folder} holds no photos ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for p in paths:
+        try:
+            pixels = _load_rgb(p, height, width)
+        except Exception as exc:  # Pillow raises many types for broken files
+            warnings.warn(f"skipping {p.name}: {type(exc).__name__}: {exc}", SkippedImageWarning, stacklevel=2)
+            continue
+        side = p.with_suffix(".txt")
+        text = side.read_text(encoding="utf-8").strip() if side.is_file() else caption
+        out.append(SubjectImage(p, text.format(token=token, cls=cls), pixels))
+    if not out:
+        raise InvalidInputError(f"none of the {len(paths)} photos in {folder} could be read")
+    return out
+
+
+def to_tensor(images: list[SubjectImage], *, flip: bool = False):
+    """(N, 3, H, W) float32 in [-1, 1]; with ``flip``, the mirrored images follow the originals."""
+    import torch
+
+    x = torch.from_numpy(np.stack([im.pixels_HW3 for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.cat([x, x.flip(-1)]) if flip else x
