@@ -6,7 +6,6 @@ Built-in command groups and third-party plugins are mounted through the same hoo
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping
 from typing import Annotated, Any

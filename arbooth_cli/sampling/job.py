@@ -131,25 +131,29 @@ def _prepare_out_dir(config: GenConfig, items: list[ImageItem]) -> Path:
     return out
 
 
-def _distributed() -> tuple[int, int, Any]:
-    """(rank, world size, torch.distributed or None) when launched by torchrun."""
+def _distributed() -> tuple[int, int, Any, bool]:
+    """(rank, world size, torch.distributed or None, whether we started it) under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, None
+        return 0, 1, None, False
     import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dist
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), dist, False
+    if torch.cuda.is_available():
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=local)
+    else:
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size(), dist, True
 
 
 def generate(config: GenConfig, *, on_event: EventFn | None = None,
              resolved: ResolvedModel | None = None) -> GenResult:
     """Run a generation job; returns what was written (this process's share under torchrun)."""
-    import torch
-
-    from .sample import SamplingParams, sample_images
+    from .sample import SamplingParams
 
     emit = on_event or (lambda kind, data: None)
     config.validate()
@@ -162,7 +166,21 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
             raise ConfigError(problems)
         if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
             SamplingParams(cfg=it.cfg, tau=it.tau).per_scale(len(_schedule(spec, it)))
-    rank, world, dist = _distributed()
+    rank, world, dist, started = _distributed()
+    try:
+        return _run(config, spec, resolved, items, rank, world, dist, emit)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: list[ImageItem], rank: int,
+         world: int, dist: Any, emit: EventFn) -> GenResult:
+    import torch
+
+    from ..models.text_encoder import TextCond
+    from .sample import SamplingParams, sample_images
+
     out_dir = _prepare_out_dir(config, items) if rank == 0 else Path(config.out_dir)
     if dist is not None:
         dist.barrier()
@@ -173,8 +191,7 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
 
     device = pick_device(config.device)
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
+        device = torch.device("cuda", torch.cuda.current_device())
     dtype = pick_dtype(config.dtype, device)
     comps = load_components(resolved, device=device, dtype=dtype)
     emit("loaded", {"model": spec.name, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
@@ -190,8 +207,6 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     comps.text_encoder = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-    from ..models.text_encoder import TextCond
 
     result = GenResult(model=spec.name, device=str(device))
     groups: dict[tuple, list[ImageItem]] = {}

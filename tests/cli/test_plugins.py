@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from arbooth_cli import plugins
 from arbooth_cli.registry import default_registry
