@@ -57,6 +57,8 @@ class GenConfig:
     device: str = "auto"  #: --device: auto, cpu, cuda, cuda:N
     dtype: str = "auto"  #: --dtype: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16
     stream: Literal["per-image", "batch"] = "per-image"  #: --rng-stream
+    #: --compile: CUDA graphs + compiled kernels on a GPU; auto: on for jobs of >= 64 images
+    compile: Literal["auto", "on", "off"] = "auto"
 
     def problems(self) -> list[str]:
         out = []
@@ -78,6 +80,8 @@ class GenConfig:
             out.append("--dtype must be auto, fp32, bf16 or fp16")
         if self.stream not in ("per-image", "batch"):
             out.append("--rng-stream must be per-image or batch")
+        if self.compile not in ("auto", "on", "off"):
+            out.append("--compile must be auto, on or off")
         return out
 
     def validate(self) -> GenConfig:

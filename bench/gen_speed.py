@@ -4,14 +4,19 @@
 
 Times ``sample_images`` end to end from text features to decoded uint8 images (KV-cached
 next-scale sampling with CFG in one batched pass, top-p 0.97, the VAE decode included), at 1024x1024
-(13 scales), after warm-up runs; the text encoder is not on the GPU. Peak memory is
-``torch.cuda.max_memory_allocated`` over the timed runs. Separately times the flan-t5-xl encoder
-(random weights, fp16) on one prompt padded to 512 tokens, as the official pipeline pads.
+(13 scales), after warm-up runs; the text encoder is not on the GPU. ``--engines`` lists the
+:class:`SamplingEngine` settings to time (plain: none; graphs: CUDA graphs; compile: compiled
+stages and decoder; graphs+compile: both), each with a fresh engine per batch size;
+the first call's time (capture / compilation included) is reported apart. Peak memory is
+``torch.cuda.max_memory_allocated`` over the timed runs (and ``max_memory_reserved``, which also
+counts the memory of CUDA-graph pools). Separately times the flan-t5-xl encoder (random weights,
+fp16) on one prompt padded to 512 tokens, as the official pipeline pads.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -29,7 +34,7 @@ from arbooth_cli.models.build import build_transformer, build_vae, transformer_t
 from arbooth_cli.models.schedules import get_schedule  # noqa: E402
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
 from arbooth_cli.registry import get_spec  # noqa: E402
-from arbooth_cli.sampling.sample import SamplingParams, sample_images  # noqa: E402
+from arbooth_cli.sampling.sample import SamplingEngine, SamplingParams, sample_images  # noqa: E402
 
 
 class RandomWeights(Mapping):
@@ -61,40 +66,58 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: torch.device) -> dict:
+def make_engine(kind: str, attention: str) -> SamplingEngine | None:
+    if kind == "plain":
+        return None
+    return SamplingEngine(cuda_graphs="graphs" in kind, compile="compile" in kind, attention=attention)
+
+
+def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: torch.device,
+                engines: list[str], attention: str = "auto") -> dict:
     spec = get_spec(name)
     tr = build_transformer(spec.transformer, device=dev, dtype=torch.bfloat16,
                            weights=RandomWeights(transformer_tensor_shapes(spec.transformer), dev))
     vae = build_vae(spec.vae, device=dev, dtype=torch.bfloat16, weights=RandomWeights(vae_tensor_shapes(spec.vae), dev))
     scales = get_schedule("1M", 1.0).scales
     params = SamplingParams(cfg=cfg, tau=spec.sampling.tau, top_p=0.97)
-    out = {"params_B": round(sum(p.numel() for p in tr.parameters()) / 1e9, 3), "batches": {}}
-    for B in batches:
+    out = {"params_B": round(sum(p.numel() for p in tr.parameters()) / 1e9, 3), "engines": {}}
+    for engine, B in [(e, b) for e in engines for b in batches]:
         g = torch.Generator(device=dev).manual_seed(0)
         lens = torch.full((B,), 24, dtype=torch.long, device=dev)
         feats = torch.randn(B, 24, spec.transformer.text_channels, generator=g, device=dev)
         text = TextCond(feats, lens)
         gens = [torch.Generator(device=dev).manual_seed(i) for i in range(B)]
-        for _ in range(2):  # warm-up
-            sample_images(tr, vae, text, scales, params, gens)
-        sync()
+        eng = make_engine(engine, attention)
+        first = None
+        for _ in range(2):  # warm-up (the first call captures / compiles)
+            sync()
+            t0 = time.perf_counter()
+            sample_images(tr, vae, text, scales, params, gens, engine=eng)
+            sync()
+            first = first if first is not None else time.perf_counter() - t0
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeats):
             sync()
             t0 = time.perf_counter()
-            img = sample_images(tr, vae, text, scales, params, gens)
+            img = sample_images(tr, vae, text, scales, params, gens, engine=eng)
             sync()
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-        out["batches"][B] = {
+        res = out["engines"].setdefault(engine, {})
+        res[B] = {
             "times_s": [round(t, 4) for t in times], "median_s": round(med, 4),
-            "s_per_image": round(med / B, 4), "images_per_s": round(B / med, 2),
+            "s_per_image": round(med / B, 4), "images_per_s": round(B / med, 2), "first_call_s": round(first, 3),
             "peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if dev.type == "cuda" else None,
+            "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
             "image": list(img.shape),
         }
-        print(name, B, out["batches"][B], flush=True)
+        del eng
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        print(name, engine, B, res[B], flush=True)
     del tr, vae
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -133,14 +156,21 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--t5", action="store_true", help="also time the flan-t5-xl encoder")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--engines", default="plain,graphs+compile",
+                    help="comma-separated, each plain, graphs, compile or graphs+compile")
+    ap.add_argument("--attention", default="auto", choices=["auto", "cudnn", "flash"])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
-    res = {"device": name, "torch": torch.__version__, "models": {}}
+    engines = args.engines.split(",")
+    for e in engines:
+        if e not in ("plain", "graphs", "compile", "graphs+compile"):
+            ap.error(f"unknown engine {e}")
+    res = {"device": name, "torch": torch.__version__, "attention": args.attention, "models": {}}
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")]
-        res["models"][name] = bench_model(name, batches, args.repeats, args.cfg, dev)
+        res["models"][name] = bench_model(name, batches, args.repeats, args.cfg, dev, engines, args.attention)
     if args.t5:
         res["t5_xl_encoder_fp16"] = bench_t5(dev, args.repeats)
         print("t5", res["t5_xl_encoder_fp16"], flush=True)

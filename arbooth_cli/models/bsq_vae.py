@@ -22,7 +22,7 @@ transformer token (d, or 4d with patchify), l = h * w tokens of a scale, L all s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -428,13 +428,16 @@ class BSQVAE(nn.Module):
     def new_accumulator(self, scales: Sequence[Scale], batch: int) -> CodeAccumulator:
         return CodeAccumulator(scales, patchify=self.cfg.spatial_patchify, bits=self.cfg.bits, batch=batch, device=self.device)
 
-    def decode(self, feats: Tensor) -> Tensor:
-        """Latent features (B, d, H, W) or (B, d, 1, H, W) -> images (B, 3, sH, sW) in [-1, 1], float32."""
+    def decode(self, feats: Tensor, *, decoder: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Latent features (B, d, H, W) or (B, d, 1, H, W) -> images (B, 3, sH, sW) in [-1, 1], float32.
+
+        ``decoder``: what runs ``self.decoder`` (e.g. a ``torch.compile`` of it); default the module.
+        """
         if feats.ndim == 5:
             if feats.shape[2] != 1:
                 raise InvalidInputError("only images (a time axis of 1) can be decoded")
             feats = feats[:, :, 0]
         if feats.ndim != 4 or feats.shape[1] != self.cfg.bits:
             raise InvalidInputError(f"expected features (B, {self.cfg.bits}, H, W), got {tuple(feats.shape)}")
-        img = self.decoder(feats.to(device=self.device, dtype=self.dtype))
+        img = (self.decoder if decoder is None else decoder)(feats.to(device=self.device, dtype=self.dtype))
         return img.float().clamp(-1.0, 1.0)

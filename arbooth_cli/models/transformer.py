@@ -22,6 +22,10 @@ Two forward paths:
           x = None if x is None else x.repeat(2, 1, 1)
       image = vae.decode(acc.summed_Bd1HW)
 
+  :class:`ScaleGraphs` replays that pass as one CUDA graph per scale for a fixed batch size, text
+  width and schedule (see :class:`arbooth_cli.sampling.sample.SamplingEngine`), and
+  :func:`compiled_block_ops` fuses the element-wise stages between the matmuls.
+
 Notation (shape suffixes of tensor names):
 
 ====  ====================================================================================
@@ -41,9 +45,11 @@ instead of autocast.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -114,11 +120,14 @@ def rope_tables(
     return ang.cos(), ang.sin()
 
 
-def apply_rope(x_BHLc: Tensor, cos_LP: Tensor, sin_LP: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2p], x[2p+1]) by the angle of pair p; float32 result."""
-    x = x_BHLc.float().unflatten(-1, (-1, 2))
+def apply_rope(x: Tensor, cos_P: Tensor, sin_P: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2p], x[2p+1]) by the angle of pair p; float32 result.
+
+    ``cos_P``/``sin_P`` broadcast against ``x``'s pairs, e.g. (L, 1, P) tables for (B, L, H, c).
+    """
+    x = x.float().unflatten(-1, (-1, 2))
     x0, x1 = x[..., 0], x[..., 1]
-    out = torch.stack([cos_LP * x0 - sin_LP * x1, sin_LP * x0 + cos_LP * x1], dim=-1)
+    out = torch.stack([cos_P * x0 - sin_P * x1, sin_P * x0 + cos_P * x1], dim=-1)
     return out.flatten(-2)
 
 
@@ -134,12 +143,131 @@ def scale_index_per_token(scales: Sequence[Scale], device: torch.device) -> Tens
 
 
 # ---------------------------------------------------------------------------------------------
+# element-wise stages of a block
+# ---------------------------------------------------------------------------------------------
+# Everything between two matmuls / attentions of a block, as pure functions. Eagerly they run the
+# same operations in the same order as a plain transcription of the block (the float32 results on
+# the CPU are unchanged); torch.compile can fuse each into one or two kernels (see BlockOps).
+
+
+def ln_modulate(x_BLC: Tensor, scale1p_B1C: Tensor, shift_B1C: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+    """LayerNorm without affine in float32, AdaLN ``* (1 + scale) + shift``, cast to ``dtype``."""
+    h = F.layer_norm(x_BLC.float(), (x_BLC.shape[-1],), None, None, eps)
+    return h.mul(scale1p_B1C).add(shift_B1C).to(dtype)
+
+
+def qk_norm_rope(
+    qkv_BLV: Tensor, bias_V: Tensor, scale_mul_1H11: Tensor, cos_L1P: Tensor, sin_L1P: Tensor, heads: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Raw qkv (B, L, 3C) + bias -> q, k, v as (B, L, H, c) in qkv's dtype.
+
+    QK-norm and RoPE in float32; RoPE is applied before the keys are cached, as the checkpoints
+    expect. ``cos_L1P``/``sin_L1P``: this call's rows of the RoPE tables, (L, 1, P).
+    """
+    q_BLHc, k_BLHc, v_BLHc = (qkv_BLV + bias_V).unflatten(-1, (3, heads, -1)).unbind(2)
+    gain_H1 = scale_mul_1H11.float().clamp_max(_MAX_LOG_QK_SCALE).exp().view(heads, 1)
+    q_BLHc = F.normalize(q_BLHc.float(), dim=-1, eps=1e-12) * gain_H1
+    k_BLHc = F.normalize(k_BLHc.float(), dim=-1, eps=1e-12)
+    dt = qkv_BLV.dtype
+    return apply_rope(q_BLHc, cos_L1P, sin_L1P).to(dt), apply_rope(k_BLHc, cos_L1P, sin_L1P).to(dt), v_BLHc
+
+
+def residual_ln(
+    x_BLC: Tensor, h_BLC: Tensor, gamma_B1C: Tensor, keep_B11: Tensor | None,
+    weight_C: Tensor, bias_C: Tensor, eps: float, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``x + gamma * h`` (float32), then the affine LayerNorm of the sum cast to ``dtype``."""
+    h = h_BLC.float() * gamma_B1C
+    x_BLC = x_BLC + (h if keep_B11 is None else h * keep_B11)
+    return x_BLC, F.layer_norm(x_BLC, (x_BLC.shape[-1],), weight_C.float(), bias_C.float(), eps).to(dtype)
+
+
+def residual_ln_modulate(
+    x_BLC: Tensor, h_BLC: Tensor, scale1p_B1C: Tensor, shift_B1C: Tensor, eps: float, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """``x + h`` (float32), then :func:`ln_modulate` of the sum."""
+    x_BLC = x_BLC + h_BLC.float()
+    return x_BLC, ln_modulate(x_BLC, scale1p_B1C, shift_B1C, eps, dtype)
+
+
+def head_norm(x_BLC: Tensor, scale1p_B1C: Tensor, shift_B1C: Tensor, eps: float) -> Tensor:
+    """The head's AdaLN (float32 out); apart from :func:`ln_modulate` so that compiling keeps the two apart."""
+    return ln_modulate(x_BLC, scale1p_B1C, shift_B1C, eps, torch.float32)
+
+
+def residual(x_BLC: Tensor, h_BLC: Tensor, gamma_B1C: Tensor, keep_B11: Tensor | None) -> Tensor:
+    h = h_BLC.float() * gamma_B1C
+    return x_BLC + (h if keep_B11 is None else h * keep_B11)
+
+
+def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """SDPA on (batch, tokens, heads, c) tensors (strided views are fine); returns (B, L, H * c).
+
+    The fused kernels take this layout as it is: a KV cache's buffers are read in place and the
+    output needs no transpose copy.
+    """
+    B, L, H, c = q_BLHc.shape
+    out = F.scaled_dot_product_attention(
+        q_BLHc.transpose(1, 2), k_BNHc.transpose(1, 2), v_BNHc.transpose(1, 2), attn_mask=mask, scale=scale
+    )
+    return out.transpose(1, 2).reshape(B, L, H * c)
+
+
+class BlockOps(NamedTuple):
+    """The element-wise stages and the attention call a block runs (eager, compiled, or a kernel choice)."""
+
+    ln_modulate: Callable[..., Tensor] = ln_modulate
+    qk_norm_rope: Callable[..., tuple[Tensor, Tensor, Tensor]] = qk_norm_rope
+    residual_ln: Callable[..., tuple[Tensor, Tensor]] = residual_ln
+    residual_ln_modulate: Callable[..., tuple[Tensor, Tensor]] = residual_ln_modulate
+    residual: Callable[..., Tensor] = residual
+    head_norm: Callable[..., Tensor] = head_norm
+    attend: Callable[..., Tensor] = attend
+
+
+EAGER_OPS = BlockOps()
+
+
+def compiled_block_ops(attention: str = "auto") -> BlockOps:
+    """The stages through ``torch.compile`` (CUDA; each becomes one or two fused kernels).
+
+    Compiled on first use in a process: for the first shape, then once more with the token and
+    batch counts that changed made dynamic (the width stays static, so LayerNorms are one-pass
+    reductions). Float32 results differ from eager by rounding only (fused reductions, FMA).
+    ``attention`` as in :func:`attention_op`.
+    """
+    def c(fn: Callable) -> Callable:
+        return torch.compile(fn, fullgraph=True)
+
+    return BlockOps(c(ln_modulate), c(qk_norm_rope), c(residual_ln), c(residual_ln_modulate), c(residual),
+                    c(head_norm), attention_op(attention))
+
+
+def attention_op(kind: str = "auto") -> Callable[..., Tensor]:
+    """:func:`attend` with an SDPA backend preference: "auto" (PyTorch's choice), "cudnn" or "flash".
+
+    A preferred backend that cannot run a call falls back to PyTorch's order; on the CPU the
+    preference is ignored.
+    """
+    if kind == "auto":
+        return attend
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[kind]
+    order = [first] + [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                   SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH) if b != first]
+
+    def attend_preferring(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+        ctx = sdpa_kernel(order, set_priority=True) if q_BLHc.is_cuda else contextlib.nullcontext()
+        with ctx:
+            return attend(q_BLHc, k_BNHc, v_BNHc, mask, scale)
+
+    return attend_preferring
+
+
+# ---------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------
-
-
-def _layer_norm_fp32(x: Tensor, eps: float) -> Tensor:
-    return F.layer_norm(x.float(), (x.shape[-1],), None, None, eps)
 
 
 class TextRMSNorm(nn.Module):
@@ -175,28 +303,30 @@ class ScaleSelfAttention(nn.Module):
     def forward(
         self,
         x_BLC: Tensor,
-        cos_LP: Tensor,
-        sin_LP: Tensor,
+        cos_L1P: Tensor,
+        sin_L1P: Tensor,
         mask_LL: Tensor | None,
-        past_kv: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Returns the output and this call's (k, v) appended to ``past_kv`` (for the cache)."""
-        B, L, C = x_BLC.shape
+        kv: tuple[Tensor, Tensor, int] | None = None,
+        ops: BlockOps = EAGER_OPS,
+    ) -> Tensor:
+        """Self-attention of ``x_BLC``; RoPE tables as (L, 1, P) rows of this call's tokens.
+
+        ``kv``: ``(k_BNHc, v_BNHc, start)`` key/value buffers of a KV cache: this call's keys and
+        values (RoPE applied) are written at rows [start, start + L) and the queries attend to
+        rows [0, start + L). None: attend to this call's own tokens only.
+        """
         # the module is called (not its .weight) so adapters wrapped around it take effect
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = (self.mat_qkv(x_BLC) + bias).view(B, L, 3, self.heads, self.head_dim)
-        q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        # QK-norm and RoPE in float32 (RoPE is applied before caching, as the checkpoints expect)
-        gain = self.scale_mul_1H11.float().clamp_max(_MAX_LOG_QK_SCALE).exp()
-        q_BHLc = F.normalize(q_BHLc.float(), dim=-1, eps=1e-12) * gain
-        k_BHLc = F.normalize(k_BHLc.float(), dim=-1, eps=1e-12)
-        q_BHLc = apply_rope(q_BHLc, cos_LP, sin_LP).to(x_BLC.dtype)
-        k_BHLc = apply_rope(k_BHLc, cos_LP, sin_LP).to(x_BLC.dtype)
-        if past_kv is not None:
-            k_BHLc = torch.cat((past_kv[0], k_BHLc), dim=2)
-            v_BHLc = torch.cat((past_kv[1], v_BHLc), dim=2)
-        out = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=mask_LL, scale=1.0)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C)), (k_BHLc, v_BHLc)
+        q_BLHc, k_BLHc, v_BLHc = ops.qk_norm_rope(self.mat_qkv(x_BLC), bias, self.scale_mul_1H11, cos_L1P, sin_L1P,
+                                                  self.heads)
+        if kv is not None:
+            k_BNHc, v_BNHc, start = kv
+            end = start + x_BLC.shape[1]
+            k_BNHc[:, start:end].copy_(k_BLHc)
+            v_BNHc[:, start:end].copy_(v_BLHc)
+            k_BLHc, v_BLHc = k_BNHc[:, :end], v_BNHc[:, :end]
+        # QK-norm ("cosine" attention): softmax scale 1
+        return self.proj(ops.attend(q_BLHc, k_BLHc, v_BLHc, mask_LL, 1.0))
 
 
 class TextCrossAttention(nn.Module):
@@ -212,20 +342,19 @@ class TextCrossAttention(nn.Module):
         self.proj = nn.Linear(width, width)
 
     def text_kv(self, text_BTD: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head keys and values (B, H, T, c) of the text; cacheable across scales."""
-        B, T, _ = text_BTD.shape
+        """Per-head keys and values (B, T, H, c) of the text; cacheable across scales."""
         bias = torch.cat((self.zero_k_bias, self.v_bias))
-        kv = (self.mat_kv(text_BTD) + bias).view(B, T, 2, self.heads, self.head_dim)
-        k_BHTc, v_BHTc = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        return k_BHTc, v_BHTc
+        kv = (self.mat_kv(text_BTD) + bias).unflatten(-1, (2, self.heads, self.head_dim))
+        k_BTHc, v_BTHc = kv.unbind(2)
+        return k_BTHc, v_BTHc
 
-    def forward(self, x_BLC: Tensor, kv: tuple[Tensor, Tensor], text_mask_BT: Tensor) -> Tensor:
+    def forward(
+        self, x_BLC: Tensor, kv: tuple[Tensor, Tensor], text_mask_BT: Tensor, ops: BlockOps = EAGER_OPS
+    ) -> Tensor:
         B, L, C = x_BLC.shape
-        q_BHLc = self.mat_q(x_BLC).view(B, L, self.heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q_BHLc, kv[0], kv[1], attn_mask=text_mask_BT[:, None, None, :], scale=self.head_dim**-0.5
-        )
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        q_BLHc = self.mat_q(x_BLC).view(B, L, self.heads, self.head_dim)
+        out = ops.attend(q_BLHc, kv[0], kv[1], text_mask_BT[:, None, None, :], self.head_dim**-0.5)
+        return self.proj(out)
 
 
 class TextAttentionPool(nn.Module):
@@ -273,6 +402,17 @@ class FeedForward(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+class BlockAda(NamedTuple):
+    """One block's AdaLN terms, each (B, 1, C) float32; the scales already have 1 added."""
+
+    gamma1: Tensor
+    gamma2: Tensor
+    scale1p: Tensor
+    scale2p: Tensor
+    shift1: Tensor
+    shift2: Tensor
+
+
 class InfinityBlock(nn.Module):
     """Pre-norm block: AdaLN self-attention, plain-LN cross-attention to text, AdaLN FFN.
 
@@ -295,36 +435,39 @@ class InfinityBlock(nn.Module):
         # read from a bare parameter: adapters may wrap any nn.Linear of the block
         return self.sa.q_bias.dtype
 
+    def modulation(self, ada_B16C: Tensor) -> BlockAda:
+        """This block's AdaLN terms from the shared projection (constant over the scales of a pass)."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss.float() + ada_B16C).unbind(2)
+        return BlockAda(gamma1, gamma2, scale1 + 1, scale2 + 1, shift1, shift2)
+
     def forward(
         self,
         x_BLC: Tensor,
-        ada_B16C: Tensor,
+        ada: Tensor | BlockAda,
         text_kv: tuple[Tensor, Tensor],
         text_mask_BT: Tensor,
-        cos_LP: Tensor,
-        sin_LP: Tensor,
+        cos_L1P: Tensor,
+        sin_L1P: Tensor,
         mask_LL: Tensor | None,
-        past_kv: tuple[Tensor, Tensor] | None = None,
+        kv: tuple[Tensor, Tensor, int] | None = None,
         keep_B11: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``x_BLC`` is the float32 residual stream; ``keep_B11`` are drop-path multipliers."""
+        ops: BlockOps = EAGER_OPS,
+    ) -> Tensor:
+        """``x_BLC`` is the float32 residual stream; ``ada`` the shared ``ada_B16C`` or this block's
+        :meth:`modulation` of it; ``kv`` as in :meth:`ScaleSelfAttention.forward`; ``keep_B11`` are
+        drop-path multipliers."""
         dt = self.compute_dtype
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss.float() + ada_B16C).unbind(2)
+        a = self.modulation(ada) if isinstance(ada, Tensor) else ada
+        keep1, keep2 = (None, None) if keep_B11 is None else keep_B11
 
-        h = _layer_norm_fp32(x_BLC, self.eps).mul(scale1 + 1).add(shift1)
-        h, kv = self.sa(h.to(dt), cos_LP, sin_LP, mask_LL, past_kv)
-        h = h.float() * gamma1
-        x_BLC = x_BLC + (h if keep_B11 is None else h * keep_B11[0])
-
+        h = ops.ln_modulate(x_BLC, a.scale1p, a.shift1, self.eps, dt)
+        h = self.sa(h, cos_L1P, sin_L1P, mask_LL, kv, ops)
         # LayerNorm in float32 (with its affine weights) before the text attention, as CUDA
         # autocast does it in the official bf16 run
-        h = F.layer_norm(x_BLC, (x_BLC.shape[-1],), self.ca_norm.weight.float(), self.ca_norm.bias.float(), self.eps)
-        x_BLC = x_BLC + self.ca(h.to(dt), text_kv, text_mask_BT).float()
-
-        h = _layer_norm_fp32(x_BLC, self.eps).mul(scale2 + 1).add(shift2)
-        h = self.ffn(h.to(dt)).float() * gamma2
-        x_BLC = x_BLC + (h if keep_B11 is None else h * keep_B11[1])
-        return x_BLC, kv
+        x_BLC, h = ops.residual_ln(x_BLC, h, a.gamma1, keep1, self.ca_norm.weight, self.ca_norm.bias, self.eps, dt)
+        h = self.ca(h, text_kv, text_mask_BT, ops)
+        x_BLC, h = ops.residual_ln_modulate(x_BLC, h, a.scale2p, a.shift2, self.eps, dt)
+        return ops.residual(x_BLC, self.ffn(h), a.gamma2, keep2)
 
 
 class BlockChunk(nn.Module):
@@ -343,9 +486,13 @@ class AdaLNHead(nn.Module):
         self.eps = eps
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(cond_width, 2 * width))
 
-    def forward(self, x_BLC: Tensor, cond_BD: Tensor) -> Tensor:
+    def modulation(self, cond_BD: Tensor) -> tuple[Tensor, Tensor]:
+        """(1 + scale, shift), each (B, 1, C) float32."""
         scale_B1C, shift_B1C = self.ada_lin(cond_BD.float()).unflatten(-1, (1, 2, -1)).unbind(2)
-        return _layer_norm_fp32(x_BLC, self.eps).mul(scale_B1C + 1).add(shift_B1C)
+        return scale_B1C + 1, shift_B1C
+
+    def forward(self, x_BLC: Tensor, cond_BD: Tensor) -> Tensor:
+        return head_norm(x_BLC, *self.modulation(cond_BD), self.eps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,8 +518,10 @@ class Conditioning:
 class KVCache:
     """State of one incremental (scale-by-scale) pass; create with :meth:`InfinityTransformer.new_cache`.
 
-    Holds the self-attention keys/values of every block for the scales run so far (RoPE already
-    applied) and the per-block text keys/values, which do not change between scales.
+    Holds, per block, key/value buffers (B, L, H, c) for the whole schedule, allocated once: scale
+    s writes its keys/values (RoPE applied) at rows [start_s, start_s + l_s) and attends to rows
+    [0, start_s + l_s), so no scale copies the cache. Also holds what stays constant over the
+    scales, derived from ``cond``: per-block text keys/values and AdaLN terms, the head's AdaLN.
     """
 
     scales: tuple[Scale, ...]
@@ -381,11 +530,16 @@ class KVCache:
     #: RoPE tables of the whole schedule (L, P); scale s uses the rows [offset_s, offset_s + l_s)
     cos_LP: Tensor
     sin_LP: Tensor
-    self_kv: list[tuple[Tensor, Tensor] | None]
-    text_kv: list[tuple[Tensor, Tensor] | None]
+    self_kv: list[tuple[Tensor, Tensor]]
+    text_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    block_ada: list[BlockAda] = field(default_factory=list)
+    head_ada: tuple[Tensor, Tensor] | None = None
+    ops: BlockOps = EAGER_OPS
     next_scale: int = 0
-    #: token offset of ``next_scale`` in the concatenated schedule
-    offset: int = field(default=0)
+    #: token offset of ``next_scale`` in the concatenated schedule (its RoPE rows)
+    offset: int = 0
+    #: rows of the key/value buffers written so far
+    kv_len: int = 0
 
     @property
     def done(self) -> bool:
@@ -393,8 +547,11 @@ class KVCache:
 
     @property
     def cached_tokens(self) -> int:
-        kv = self.self_kv[0]
-        return 0 if kv is None else kv[0].shape[2]
+        return self.kv_len
+
+    def rewind(self) -> None:
+        """Back to scale 0 (the buffers are overwritten as the scales run again)."""
+        self.next_scale = self.offset = self.kv_len = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,11 +709,12 @@ class InfinityTransformer(nn.Module):
         keeps = self._drop_path_keep(B, drop_path_generator)
         for block, keep in zip(self.blocks, keeps):
             text_kv = block.ca.text_kv(cond.text_BTD)
-            args = (x_BLC, cond.ada_B16C, text_kv, cond.text_mask_BT, cos_LP, sin_LP, mask_LL, None, keep)
+            rope = (cos_LP[:, None], sin_LP[:, None])
+            args = (x_BLC, cond.ada_B16C, text_kv, cond.text_mask_BT, *rope, mask_LL, None, keep)
             if checkpoint_blocks and torch.is_grad_enabled():
-                x_BLC = checkpoint(lambda *a, _b=block: _b(*a)[0], *args, use_reentrant=False)
+                x_BLC = checkpoint(block, *args, use_reentrant=False)
             else:
-                x_BLC = block(*args)[0]
+                x_BLC = block(*args)
         return self.logits(x_BLC, cond.cond_BD)
 
     # ---- (b) one scale at a time with a KV cache -----------------------------------------
@@ -567,14 +725,31 @@ class InfinityTransformer(nn.Module):
         scales: Sequence[Scale],
         *,
         frame_hw: tuple[int, int] | None = None,
+        ops: BlockOps = EAGER_OPS,
     ) -> KVCache:
-        """Start an incremental pass over ``scales`` for the given text (batch as in ``text``)."""
+        """Start an incremental pass over ``scales`` for the given text (batch as in ``text``).
+
+        Allocates the key/value buffers of the whole schedule at once (what the last scale needs
+        anyway). ``ops``: the block stages to run (e.g. :func:`compiled_block_ops`).
+        """
         scales = self._check_scales(scales)
         cond = text if isinstance(text, Conditioning) else self.condition(text)
         frame_hw = frame_hw or rope_frame(scales)
         cos_LP, sin_LP = rope_tables(scales, frame_hw, self.cfg.head_dim, self.cfg.rope_theta, self.device)
-        depth = self.cfg.depth
-        return KVCache(scales, frame_hw, cond, cos_LP, sin_LP, [None] * depth, [None] * depth)
+        shape = (cond.batch, cos_LP.shape[0], self.cfg.num_heads, self.cfg.head_dim)
+        kw = dict(dtype=self.compute_dtype, device=self.device)
+        self_kv = [(torch.empty(shape, **kw), torch.empty(shape, **kw)) for _ in range(self.cfg.depth)]
+        cache = KVCache(scales, frame_hw, cond, cos_LP, sin_LP, self_kv, ops=ops)
+        self.derive_constants(cache)
+        return cache
+
+    def derive_constants(self, cache: KVCache) -> None:
+        """(Re)compute what the scales of ``cache`` share from ``cache.cond``: per-block text
+        keys/values and AdaLN terms, and the head's AdaLN."""
+        cond = cache.cond
+        cache.text_kv = [block.ca.text_kv(cond.text_BTD) for block in self.blocks]
+        cache.block_ada = [block.modulation(cond.ada_B16C) for block in self.blocks]
+        cache.head_ada = self.head_nm.modulation(cond.cond_BD)
 
     def forward_scale(self, cache: KVCache, x_Bld: Tensor | None = None) -> Tensor:
         """Run the next scale of ``cache``; returns its ``logits_BlV`` (float32) and advances it.
@@ -587,30 +762,147 @@ class InfinityTransformer(nn.Module):
         if len(cache.self_kv) != self.cfg.depth:
             raise InvalidInputError("this KV cache belongs to a model of another depth")
         si = cache.next_scale
-        t, h, w = cache.scales[si]
-        l = t * h * w
-        cond, dev = cache.cond, self.device
+        self._check_scale_input(cache, si, x_Bld)
+        logits = self._run_scale(cache, si, x_Bld, cache.offset, cache.kv_len)
+        l = math.prod(cache.scales[si])
+        cache.next_scale += 1
+        cache.offset += l
+        cache.kv_len += l
+        return logits
+
+    def _check_scale_input(self, cache: KVCache, si: int, x_Bld: Tensor | None) -> None:
         if si == 0:
             if x_Bld is not None:
                 raise InvalidInputError("scale 0 takes no input (it starts from the text)")
-            x_BlC = self._sos(cond)
-        else:
-            if x_Bld is None or x_Bld.shape != (cond.batch, l, self.cfg.bits):
-                got = None if x_Bld is None else tuple(x_Bld.shape)
-                raise InvalidInputError(f"scale {si} needs an input of shape {(cond.batch, l, self.cfg.bits)}, got {got}")
-            x_BlC = self.word_embed(x_Bld.to(dev).float())
-        x_BlC = x_BlC + self.lvl_embed.weight[si].float()
+            return
+        shape = (cache.cond.batch, math.prod(cache.scales[si]), self.cfg.bits)
+        if x_Bld is None or x_Bld.shape != shape:
+            got = None if x_Bld is None else tuple(x_Bld.shape)
+            raise InvalidInputError(f"scale {si} needs an input of shape {shape}, got {got}")
 
+    def _run_scale(self, cache: KVCache, si: int, x_Bld: Tensor | None, rope_offset: int, kv_start: int) -> Tensor:
+        """Scale ``si`` of ``cache`` with RoPE rows from ``rope_offset`` and key/value rows from
+        ``kv_start``; touches no counters (so CUDA graphs can capture it)."""
+        l = math.prod(cache.scales[si])
+        cond = cache.cond
+        x_BlC = self._sos(cond) if x_Bld is None else self.word_embed(x_Bld.to(self.device).float())
+        x_BlC = x_BlC + self.lvl_embed.weight[si].float()
         # this scale's rows of the schedule's RoPE table: positions continue after the cached
         # scales (an offset of 0 here would give every scale the positions of scale 0's rows)
-        cos_lP = cache.cos_LP[cache.offset : cache.offset + l]
-        sin_lP = cache.sin_LP[cache.offset : cache.offset + l]
+        cos_l1P = cache.cos_LP[rope_offset : rope_offset + l, None]
+        sin_l1P = cache.sin_LP[rope_offset : rope_offset + l, None]
         for i, block in enumerate(self.blocks):
-            if cache.text_kv[i] is None:
-                cache.text_kv[i] = block.ca.text_kv(cond.text_BTD)
-            x_BlC, cache.self_kv[i] = block(
-                x_BlC, cond.ada_B16C, cache.text_kv[i], cond.text_mask_BT, cos_lP, sin_lP, None, cache.self_kv[i]
-            )
+            kv = (*cache.self_kv[i], kv_start)
+            x_BlC = block(x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT, cos_l1P, sin_l1P, None, kv,
+                          ops=cache.ops)
+        assert cache.head_ada is not None
+        return self.head(cache.ops.head_norm(x_BlC, *cache.head_ada, self.head_nm.eps))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs of the incremental pass
+# ---------------------------------------------------------------------------------------------
+
+
+class ScaleGraphs:
+    """Every scale of :meth:`InfinityTransformer.forward_scale` captured as a CUDA graph, for one
+    batch size, text width and schedule; replayed for new text and inputs.
+
+    A scale of the 2B model is well over a thousand kernel launches: eagerly the small scales are
+    bound by the host's launch rate, a replay submits them at once. Capture costs about two eager
+    passes (a warm-up, which also compiles and tunes compiled ``ops``, then the capture). The
+    key/value buffers, static inputs and the graphs' memory stay allocated while the object lives.
+    Replays see in-place changes of the parameters, not replaced parameters or modules. CUDA only.
+
+        graphs = ScaleGraphs(model, batch=2 * B, text_len=T, scales=scales)
+        graphs.start(model.condition(text))        # text padded to T
+        logits = graphs.forward_scale(None)        # then forward_scale(x) for every later scale
+    """
+
+    def __init__(
+        self,
+        model: InfinityTransformer,
+        batch: int,
+        text_len: int,
+        scales: Sequence[Scale],
+        *,
+        frame_hw: tuple[int, int] | None = None,
+        ops: BlockOps = EAGER_OPS,
+    ) -> None:
+        dev = model.device
+        if dev.type != "cuda":
+            raise InvalidInputError("CUDA graphs need the transformer on a CUDA device")
+        C = model.cfg.embed_dim
+        self.model = model
+        static = Conditioning(
+            cond_BD=torch.zeros(batch, C, device=dev),
+            ada_B16C=torch.zeros(batch, 1, 6, C, device=dev),
+            text_BTD=torch.zeros(batch, text_len, C, dtype=model.compute_dtype, device=dev),
+            text_mask_BT=torch.ones(batch, text_len, dtype=torch.bool, device=dev),
+        )
+        with torch.no_grad():
+            self.cache = model.new_cache(static, scales, frame_hw=frame_hw, ops=ops)
+            sizes = [math.prod(s) for s in self.cache.scales]
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            self._x_Bld = [None] + [torch.zeros(batch, l, model.cfg.bits, device=dev) for l in sizes[1:]]
+            steps = [
+                (lambda si=si: model._run_scale(self.cache, si, self._x_Bld[si], starts[si], starts[si]))
+                for si in range(len(sizes))
+            ]
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                # warm-up: library handles and workspaces, compiling and tuning of compiled ops
+                model.derive_constants(self.cache)
+                for step in steps:
+                    step()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            pool = torch.cuda.graph_pool_handle()
+            self._derive = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._derive, pool=pool):
+                model.derive_constants(self.cache)
+            self._graphs: list[torch.cuda.CUDAGraph] = []
+            self._logits: list[Tensor] = []
+            for step in steps:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool):
+                    self._logits.append(step())
+                self._graphs.append(g)
+        self.ops = ops
+
+    def matches(
+        self, model: InfinityTransformer, batch: int, text_len: int, scales: Sequence[Scale], ops: BlockOps
+    ) -> bool:
+        """Whether these graphs run this model, shape and ``ops`` (the RoPE frame follows the schedule)."""
+        same_scales = self.cache.scales == tuple(tuple(int(v) for v in s) for s in scales)
+        same_text = tuple(self.cache.cond.text_BTD.shape[:2]) == (batch, text_len)
+        return model is self.model and ops is self.ops and same_scales and same_text
+
+    def start(self, cond: Conditioning) -> KVCache:
+        """Load the conditioning of a new pass (same batch and text width) and rewind to scale 0."""
+        static = self.cache.cond
+        for name in ("cond_BD", "ada_B16C", "text_BTD", "text_mask_BT"):
+            src, dst = getattr(cond, name), getattr(static, name)
+            if src.shape != dst.shape:
+                raise InvalidInputError(f"these graphs take {name} of shape {tuple(dst.shape)}, got {tuple(src.shape)}")
+            dst.copy_(src)
+        self._derive.replay()
+        self.cache.rewind()
+        return self.cache
+
+    def forward_scale(self, x_Bld: Tensor | None = None) -> Tensor:
+        """As :meth:`InfinityTransformer.forward_scale`. The returned logits are a static buffer:
+        the next replay of the same scale overwrites them."""
+        cache = self.cache
+        if cache.done:
+            raise InvalidInputError("every scale has run; call start() for the next pass")
+        si = cache.next_scale
+        self.model._check_scale_input(cache, si, x_Bld)
+        if x_Bld is not None:
+            self._x_Bld[si].copy_(x_Bld)
+        self._graphs[si].replay()
+        l = math.prod(cache.scales[si])
         cache.next_scale += 1
         cache.offset += l
-        return self.logits(x_BlC, cond.cond_BD)
+        cache.kv_len += l
+        return self._logits[si]
