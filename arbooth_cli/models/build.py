@@ -548,20 +548,10 @@ def build_transformer(
 ) -> InfinityTransformer:
     """An eval-mode, frozen transformer with ``weights`` loaded strictly, or a seeded init."""
     _check_dtype(dtype)
-    device = torch.device(device)
     with torch.device("meta"):
         model = InfinityTransformer(cfg)
-    dtype_of = transformer_dtype_of(dtype)
-    if weights is not None:
-        _load_into(model, "transformer checkpoint", weights, transformer_tensor_shapes(cfg),
-                   state_dict_keys=state_dict_keys, device=device, dtype_of=dtype_of)
-    else:
-        if generator is None:
-            raise InvalidInputError("a seeded init needs an explicit torch.Generator")
-        vals = seeded_values(model, generator)
-        with torch.no_grad():
-            materialize_(model, vals.get, device=device, dtype_of=dtype_of)
-    return model.eval()
+    return _fill(model, "transformer checkpoint", weights, transformer_tensor_shapes(cfg), generator,
+                 state_dict_keys=state_dict_keys, device=torch.device(device), dtype_of=transformer_dtype_of(dtype))
 
 
 def build_vae(
@@ -575,18 +565,23 @@ def build_vae(
 ) -> BSQVAE:
     """An eval-mode, frozen tokenizer with ``weights`` loaded strictly, or a seeded init."""
     _check_dtype(dtype)
-    device = torch.device(device)
     with torch.device("meta"):
         model = BSQVAE(cfg)
+    return _fill(model, "VAE checkpoint", weights, vae_tensor_shapes(cfg), generator, state_dict_keys=state_dict_keys,
+                 device=torch.device(device), dtype_of=lambda n: dtype, vae_aliases=True)
+
+
+def _fill(model, what, weights, expected, generator, *, state_dict_keys, device, dtype_of, vae_aliases=False):
+    """Load ``weights`` strictly into the meta-built ``model``, or give it the seeded init."""
     if weights is not None:
-        _load_into(model, "VAE checkpoint", weights, vae_tensor_shapes(cfg), state_dict_keys=state_dict_keys,
-                   device=device, dtype_of=lambda n: dtype, vae_aliases=True)
+        _load_into(model, what, weights, expected, state_dict_keys=state_dict_keys, device=device,
+                   dtype_of=dtype_of, vae_aliases=vae_aliases)
     else:
         if generator is None:
             raise InvalidInputError("a seeded init needs an explicit torch.Generator")
         vals = seeded_values(model, generator)
         with torch.no_grad():
-            materialize_(model, vals.get, device=device, dtype_of=lambda n: dtype)
+            materialize_(model, vals.get, device=device, dtype_of=dtype_of)
     return model.eval()
 
 
