@@ -44,6 +44,7 @@ from arbooth_cli.models.schedules import SIZE_SCALES, TEMPLATES, get_schedule  #
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
 from arbooth_cli.models.transformer import rope_tables  # noqa: E402
 from arbooth_cli.registry import TransformerConfig, VAEConfig  # noqa: E402
+from arbooth_cli.sampling.sample import SamplingParams, sample_images  # noqa: E402
 
 RESULTS: list[dict] = []
 
@@ -273,6 +274,14 @@ def check_transformer(off, name, cfg: TransformerConfig, vae_ref, vae_ours, x_re
                    rel_err(acc.summed_Bd1HW[:, :, 0], dec_ref[0]), 1e-6)
             record(name, "decode of the sampled image" + (" (CFG)" if guided else ""),
                    rel_err(vae_ours.decode(acc.summed_Bd1HW), dec_ref[1]), 1e-4)
+            # A whole sample of ours, drawing from the same generator state in the official order
+            # (--rng-stream batch): uint8 images equal up to the truncation of ~1e-5 decode noise.
+            img = sample_images(ours, vae_ours, text, scales, SamplingParams(cfg=cfg_scale, tau=1.0, top_p=0.97),
+                                [torch.Generator().manual_seed(0)], stream="batch")
+            img_ref = ((dec_ref[1].float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
+            diff = (img.int() - img_ref.int()).abs()
+            record(name, "whole sample, same generator, batch stream: max |uint8 diff|" + (" (CFG)" if guided else ""),
+                   float(diff.max()), 1.0)
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
     del ref, ours
 

@@ -38,9 +38,14 @@ def top_p_(logits: Tensor, p: Tensor | float) -> Tensor:
     return logits.masked_fill_(remove, float("-inf"))
 
 
-def bit_one_probability(logits_Bld2: Tensor, *, top_k: int = 0, top_p: Tensor | float = 1.0) -> Tensor:
-    """P(bit = 1) of each bit after top-k / top-p, from logits (..., 2) (class 1 = bit 1)."""
+def bit_probabilities(logits_Bld2: Tensor, *, top_k: int = 0, top_p: Tensor | float = 1.0) -> Tensor:
+    """Probabilities (..., 2) of bit 0 and bit 1 after top-k / top-p (class 1 = bit 1)."""
     logits = logits_Bld2.float().clone()
     top_k_(logits, top_k)
     top_p_(logits, top_p)
-    return logits.softmax(-1)[..., 1]
+    return logits.softmax(-1)
+
+
+def bit_one_probability(logits_Bld2: Tensor, *, top_k: int = 0, top_p: Tensor | float = 1.0) -> Tensor:
+    """P(bit = 1) of each bit after top-k / top-p."""
+    return bit_probabilities(logits_Bld2, top_k=top_k, top_p=top_p)[..., 1]

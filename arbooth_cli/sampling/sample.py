@@ -30,7 +30,7 @@ from ..models.transformer import (
     attention_op,
     compiled_block_ops,
 )
-from .filters import bit_one_probability, cfg_mix
+from .filters import bit_probabilities, cfg_mix
 
 Stream = Literal["per-image", "batch"]
 
@@ -182,13 +182,13 @@ def sample_images(
             logits = cfg_mix(logits[:B], logits[B:], cfgs[si], taus[si])
         else:
             logits = logits / taus[si]
-        p1_Bld = bit_one_probability(logits.view(B, l, d, 2), top_k=params.top_k, top_p=params.top_p)
+        probs_Bld2 = bit_probabilities(logits.view(B, l, d, 2), top_k=params.top_k, top_p=params.top_p)
         if stream == "per-image":
             u_Bld = torch.stack([torch.rand((l, d), generator=g, device=dev) for g in generators])
-            bits_Bld = (u_Bld < p1_Bld).to(torch.int64)
-        else:
-            probs = torch.stack([1 - p1_Bld, p1_Bld], dim=-1).view(-1, 2)
-            bits_Bld = torch.multinomial(probs, 1, replacement=True, generator=generators[0]).view(B, l, d)
+            bits_Bld = (u_Bld < probs_Bld2[..., 1]).to(torch.int64)
+        else:  # the official draw: one multinomial over every bit of the batch, softmax probabilities
+            bits_Bld = torch.multinomial(probs_Bld2.view(-1, 2), 1, replacement=True,
+                                         generator=generators[0]).view(B, l, d)
         nxt = acc.add(bits_Bld)
         if nxt is not None:
             x_Bld = torch.cat([nxt, nxt]) if guided else nxt
