@@ -82,6 +82,11 @@ def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tupl
     return size, ratio
 
 
+def _first_set(*values: Any) -> Any:
+    """The prompt's own setting, else the run's, else the model's default."""
+    return next(v for v in values if v is not None)
+
+
 def plan_images(spec: ModelSpec, config: GenConfig) -> list[ImageItem]:
     """Every image of the run, in a fixed order; checks sizes and aspects before any work."""
     items = []
@@ -93,12 +98,10 @@ def plan_images(spec: ModelSpec, config: GenConfig) -> list[ImageItem]:
             seed = base + k
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
-                cfg=job.cfg if job.cfg is not None else (config.cfg if config.cfg is not None else spec.sampling.cfg),
-                tau=job.tau if job.tau is not None else (config.tau if config.tau is not None else spec.sampling.tau),
-                top_k=job.top_k if job.top_k is not None else (config.top_k if config.top_k is not None
-                                                               else spec.sampling.top_k),
-                top_p=job.top_p if job.top_p is not None else (config.top_p if config.top_p is not None
-                                                               else spec.sampling.top_p),
+                cfg=_first_set(job.cfg, config.cfg, spec.sampling.cfg),
+                tau=_first_set(job.tau, config.tau, spec.sampling.tau),
+                top_k=_first_set(job.top_k, config.top_k, spec.sampling.top_k),
+                top_p=_first_set(job.top_p, config.top_p, spec.sampling.top_p),
                 filename=image_filename(pi, job.prompt, seed),
             ))
     names = [it.filename for it in items]
