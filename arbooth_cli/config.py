@@ -40,7 +40,11 @@ class GenConfig:
     """Everything `arbooth gen` needs; the CLI flags map one to one (see `arbooth gen --help`)."""
 
     prompts: tuple[PromptJob, ...]
-    model: str | None = None  #: --model; None: $ARBOOTH_MODEL, else the only cached model
+    #: --model; None: the base of the prompts' subject, else $ARBOOTH_MODEL, the last used or the only cached model
+    model: str | None = None
+    #: --subject NAME from the store ("none": no subject); None: the subject whose token a prompt contains
+    subject: str | None = None
+    delta: str | None = None  #: --delta PATH: a subject file outside the store
     num_images: int = 1  #: -n: images per prompt (seeds seed, seed+1, ...)
     seed: int = 0  #: --seed
     cfg: Number | None = None  #: --cfg: guidance on logits; None: the model's default
@@ -76,6 +80,8 @@ class GenConfig:
             out.append("--batch-size must be >= 1")
         if self.overwrite and self.skip_existing:
             out.append("--overwrite and --skip-existing exclude each other")
+        if self.subject is not None and self.delta is not None:
+            out.append("--subject and --delta exclude each other")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             out.append("--dtype must be auto, fp32, bf16 or fp16")
         if self.stream not in ("per-image", "batch"):
@@ -170,4 +176,185 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
     return jobs
 
 
-__all__ = ["GenConfig", "PromptJob", "read_prompts_file", "parse_number_list"]
+# ---------------------------------------------------------------------------------------------
+# arbooth tune
+# ---------------------------------------------------------------------------------------------
+
+#: names of subjects and runs: a file-system- and shell-friendly word
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+SCALE_SCHEDULES = ("official-step", "uniform", "linear", "exp", "infinity")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Everything `arbooth tune` needs. Defaults are what the official ARBooth code effectively
+    runs (sources in docs/tuning.md); the CLI flags map one to one, and a TOML file given with
+    ``--config`` may set any field by its name."""
+
+    photos: str  #: PHOTOS_DIR
+    token: str  #: --token: the identifier word, e.g. sks
+    cls: str  #: --class: the subject's class noun, e.g. dog
+    model: str | None = None  #: --model (default: $ARBOOTH_MODEL, else the only cached model)
+    name: str | None = None  #: --name of the saved subject (default: the token)
+    steps: int = 500  #: --steps: iterations (one optimizer step each)
+    batch_size: int = 2  #: --batch-size: subject photos per step (and prior samples per step)
+    lr: float = 2.34375e-5  #: --lr: constant learning rate
+    weight_decay: float = 0.005  #: --weight-decay (AdamW, on every tuned tensor)
+    betas: tuple[float, float] = (0.9, 0.999)  #: --betas
+    eps: float = 1e-8  #: --eps of AdamW
+    layers: tuple[str, ...] = ("ca", "ffn")  #: --layers: module types to tune
+    blocks: str = "all"  #: --blocks: block range, e.g. 0-15,20
+    subject_vectors: int = 4  #: --subject-vectors: learned vectors for the token (0: off)
+    scale_weights: str = "official-step"  #: --scale-weights: a schedule name or w1,w2,...
+    prior: bool = True  #: --prior/--no-prior: prior distillation on class-prompt token maps
+    prior_weight: float = 0.5  #: --prior-weight (lambda)
+    prior_mode: Literal["soft", "hard"] = "soft"  #: --prior-mode
+    prior_kl: Literal["bit", "token"] = "bit"  #: --prior-kl: per-bit KL, or the official 2d-way softmax
+    prior_pool: int | None = None  #: --prior-pool: class samples drawn up front (default: steps x batch)
+    prior_tau: float = 0.5  #: temperature of the teacher's class samples
+    prior_top_p: float = 0.97  #: top-p of the teacher's class samples
+    caption: str = "a photo of {token} {cls}"  #: --caption (a photo's .txt file overrides it)
+    class_prompt: str = "a photo of {cls}"  #: --class-prompt of the prior samples
+    resolution: str | None = None  #: --resolution: a size of the model (1M = 1024x1024); default: the model's
+    flip: bool = False  #: --flip: also train on mirrored photos
+    bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
+    bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
+    text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
+    drop_path: float | None = None  #: --drop-path: stochastic depth (default: the model's, 0.1)
+    seed: int = 0  #: --seed
+    validate_every: int = 100  #: --validate-every N steps (0: never)
+    validation_prompts: tuple[str, ...] = ("a {token} {cls} on the beach",)  #: --validation-prompt (repeatable)
+    checkpoint_every: int = 100  #: --checkpoint-every N steps (0: only on Ctrl-C and at the end)
+    resume: bool = False  #: --resume the run of this name from its last checkpoint
+    overwrite: bool = False  #: --overwrite a subject (and run) of the same name
+    save_rank: int = 0  #: --save-rank R: also save a rank-R compressed subject
+    optimizer_state: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  #: --optimizer-state
+    grad_checkpointing: Literal["auto", "on", "off"] = "auto"  #: --grad-checkpointing of the blocks
+    device: str = "auto"  #: --device
+    dtype: str = "auto"  #: --dtype of the transformer blocks (auto: bf16 on GPU, fp32 on CPU)
+    run_dir: str | None = None  #: --run-dir for checkpoints, validation images and the prior pool
+    log_every: int = 10  #: --log-every N steps (the loss is read from the GPU this often)
+
+    @property
+    def subject_name(self) -> str:
+        return self.name or self.token
+
+    def problems(self) -> list[str]:
+        import re
+
+        out = []
+        if not self.token or any(c.isspace() for c in self.token):
+            out.append(f"--token must be one word without spaces, got {self.token!r}")
+        elif not re.fullmatch(r"[\w-]+", self.token):
+            out.append(f"--token must be letters, digits, - or _, got {self.token!r}")
+        if not self.cls.strip():
+            out.append("--class must name the subject's class, e.g. --class dog")
+        if not re.fullmatch(NAME_PATTERN, self.subject_name):
+            out.append(f"--name {self.subject_name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        for flag, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
+            if v < 1:
+                out.append(f"{flag} must be >= 1")
+        if not self.lr > 0:
+            out.append("--lr must be > 0")
+        if self.weight_decay < 0:
+            out.append("--weight-decay must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            out.append("--betas must be two numbers in [0, 1)")
+        from .tuning.selection import MODULE_TYPES
+
+        bad = [layer for layer in self.layers if layer not in MODULE_TYPES]
+        if bad or not self.layers:
+            out.append(f"--layers: unknown {bad or 'empty'}; choose from {', '.join(MODULE_TYPES)} or all")
+        if self.subject_vectors < 0:
+            out.append("--subject-vectors must be >= 0")
+        if self.scale_weights not in SCALE_SCHEDULES:
+            try:
+                ws = [float(x) for x in self.scale_weights.split(",")]
+                if any(w < 0 for w in ws):
+                    out.append("--scale-weights must be >= 0")
+            except ValueError:
+                out.append(f"--scale-weights: {', '.join(SCALE_SCHEDULES)} or comma-separated numbers")
+        if self.prior_weight < 0:
+            out.append("--prior-weight must be >= 0")
+        if self.prior_mode not in ("soft", "hard"):
+            out.append("--prior-mode must be soft or hard")
+        if self.prior_kl not in ("bit", "token"):
+            out.append("--prior-kl must be bit or token")
+        if self.prior_pool is not None and self.prior_pool < 1:
+            out.append("--prior-pool must be >= 1")
+        if not self.prior_tau > 0 or not 0 < self.prior_top_p <= 1:
+            out.append("prior_tau must be > 0 and prior_top_p in (0, 1]")
+        if "{token}" not in self.caption:
+            out.append("--caption must contain {token} (where the subject's word goes)")
+        if not 0 <= self.bsc_strength <= 1:
+            out.append("--bsc-strength must be in [0, 1]")
+        if not 0 <= self.text_dropout < 1:
+            out.append("--text-dropout must be in [0, 1)")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            out.append("--drop-path must be in [0, 1)")
+        for flag, v in (("--validate-every", self.validate_every), ("--checkpoint-every", self.checkpoint_every),
+                        ("--save-rank", self.save_rank)):
+            if v < 0:
+                out.append(f"{flag} must be >= 0")
+        if self.log_every < 1:
+            out.append("--log-every must be >= 1")
+        if self.resume and self.overwrite:
+            out.append("--resume and --overwrite exclude each other")
+        if self.optimizer_state not in ("auto", "fp32", "bf16", "fp8"):
+            out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
+        if self.grad_checkpointing not in ("auto", "on", "off"):
+            out.append("--grad-checkpointing must be auto, on or off")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            out.append("--dtype must be auto, fp32 or bf16")
+        return out
+
+    def validate(self) -> TuneConfig:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **kw: Any) -> TuneConfig:
+        return replace(self, **kw)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TuneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"{where}: unknown keys {unknown}; see 'arbooth tune --help' for the names")
+        kw = dict(data)
+        for key in ("betas", "layers", "validation_prompts"):
+            if key in kw and isinstance(kw[key], list):
+                kw[key] = tuple(kw[key])
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
+
+
+def read_tune_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML file for ``arbooth tune --config`` (keys: :class:`TuneConfig` fields;
+    ``class`` is accepted for ``cls``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"config file {p} is not valid TOML: {exc}") from None
+    data = data.get("tune", data)
+    if "class" in data:
+        data["cls"] = data.pop("class")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+__all__ = ["GenConfig", "PromptJob", "TuneConfig", "read_prompts_file", "read_tune_file", "parse_number_list"]

@@ -167,3 +167,9 @@ class OfflineError(DownloadError):
             f"cannot download model {name!r}: {reason}",
             hint=f"import files you already have with 'arbooth models add {name} FILE...'",
         )
+
+
+class TrainingDivergedError(ArboothError):
+    """A tuning run's loss became NaN or infinite (exit code 4, like other bad settings)."""
+
+    exit_code = EXIT_INVALID

@@ -1,6 +1,7 @@
 """Which model a command uses, and building it from the cache.
 
-A model is named explicitly (``--model``), by ``$ARBOOTH_MODEL``, or is the only one in the cache.
+A model is named explicitly (``--model``), by ``$ARBOOTH_MODEL``, is the one the last command used
+(``<home>/last-model``, while it is still available), or is the only one in the cache.
 Built-in (tiny) specs need no files. Every loaded model carries an identity hash for provenance:
 the cache's ``model_hash`` over its files, or, for built-in weights, a hash of the spec that makes
 them.
@@ -47,6 +48,10 @@ def resolve_model(name: str | None, *, cache: ModelCache | None = None,
     if not name:
         name = env.get(ENV_MODEL) or None
     if not name:
+        last = last_model(cache.root)
+        if last in registry and (registry.get(last).builtin_weights or cache.has(last)):
+            name = last
+    if not name:
         ready = [m.name for m in cache.scan().models if m.name in registry]
         if len(ready) != 1:
             choices = ", ".join(ready) if ready else "none is cached"
@@ -61,6 +66,30 @@ def resolve_model(name: str | None, *, cache: ModelCache | None = None,
         raise ModelNotCachedError(name)
     cached = cache.get(name)
     return ResolvedModel(spec, {role: cached.path(role) for role in cached.roles}, cached.model_hash)
+
+
+LAST_MODEL_FILE = "last-model"
+
+
+def last_model(root: Path) -> str | None:
+    try:
+        return (Path(root) / LAST_MODEL_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def remember_model(name: str, root: Path | None = None) -> None:
+    """Record ``name`` as the last used model (best effort: a read-only home only loses this)."""
+    from . import paths
+
+    root = Path(root) if root is not None else paths.home()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{LAST_MODEL_FILE}.{os.getpid()}"
+        tmp.write_text(name + "\n", encoding="utf-8")
+        os.replace(tmp, root / LAST_MODEL_FILE)
+    except OSError:
+        pass
 
 
 def pick_device(device: str) -> torch.device:

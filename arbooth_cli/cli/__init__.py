@@ -57,6 +57,8 @@ def _root(
 # Built-in command groups, registered exactly as a plugin's `register(app)` would be.
 BUILTIN_COMMANDS = {
     "gen": "arbooth_cli.cli.gen:register",
+    "tune": "arbooth_cli.cli.tune:register",
+    "subjects": "arbooth_cli.cli.subjects:register",
     "models": "arbooth_cli.cli.models:register",
     "plugins": "arbooth_cli.cli.plugins_cmd:register",
 }

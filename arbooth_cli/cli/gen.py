@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
 def gen_cmd(
     ctx: typer.Context,
     prompt: Annotated[Optional[list[str]], typer.Argument(help="Prompts; each gets -n images.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: $ARBOOTH_MODEL, else the only cached model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the base model of the prompt's subject, else $ARBOOTH_MODEL, the last used or the only cached model).")] = None,
+    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="A tuned subject by name ('none': no subject). Default: the subject whose token the prompt contains.")] = None,
+    delta: Annotated[Optional[Path], typer.Option("--delta", help="A subject file (from 'arbooth subjects export') to use instead of the store.")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the first image of each prompt.")] = 0,
     cfg: Annotated[Optional[str], typer.Option(help="Guidance on logits: a number, or one per scale (e.g. 4,4,3,3,...). Default: the model's.")] = None,
@@ -47,6 +49,7 @@ def gen_cmd(
 
     Examples:\n
       arbooth gen "a red star on the left, blue background" -n 4 --grid\n
+      arbooth gen "sks dog on a wave"   (after arbooth tune ./photos --token sks --class dog)\n
       arbooth gen --prompts prompts.txt --out run1 --json | jq -r .path\n
       torchrun --nproc-per-node 2 -m arbooth_cli gen --prompts prompts.jsonl --out run2
     """
@@ -57,7 +60,8 @@ def gen_cmd(
     if prompts_file is not None:
         jobs += read_prompts_file(prompts_file)
     config = GenConfig(
-        prompts=tuple(jobs), model=model, num_images=num_images, seed=seed,
+        prompts=tuple(jobs), model=model, subject=subject, delta=str(delta) if delta is not None else None,
+        num_images=num_images, seed=seed,
         cfg=parse_number_list(cfg, "--cfg") if cfg else None,
         tau=parse_number_list(tau, "--tau") if tau else None,
         top_k=top_k, top_p=top_p, size=size, aspect=aspect, batch_size=batch_size, out_dir=str(out),

@@ -379,13 +379,21 @@ class BSQVAE(nn.Module):
         # the official module registers the same quantizer twice, so both names are in the files
         self.quantize = self.quantizer
 
+    def _live_weight(self) -> Tensor:
+        # tuning frees the encoder (or the decoder) by moving it to the meta device
+        for part in (self.encoder, self.decoder):
+            w = part.conv_in.conv.weight
+            if w.device.type != "meta":
+                return w
+        return self.encoder.conv_in.conv.weight
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.encoder.conv_in.conv.weight.dtype
+        return self._live_weight().dtype
 
     @property
     def device(self) -> torch.device:
-        return self.encoder.conv_in.conv.weight.device
+        return self._live_weight().device
 
     def vae_scales(self, scales: Sequence[Scale]) -> tuple[Scale, ...]:
         return vae_scales(scales, self.cfg.spatial_patchify)

@@ -15,10 +15,11 @@ from typing import Any
 
 from .. import __version__
 from ..config import GenConfig, PromptJob
-from ..errors import ConfigError, InvalidInputError, ResourceError
-from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, resolve_model
+from ..errors import ConfigError, InvalidInputError, NotFoundError, ResourceError
+from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
 from ..models.schedules import TEMPLATES, get_schedule, nearest_template, parse_aspect
 from ..registry import ModelSpec
+from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
 from .writers import contact_sheet, image_filename, write_png
 
 #: ``on_event(kind, data)``: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
@@ -45,9 +46,11 @@ class ImageItem:
     top_k: int
     top_p: float
     filename: str
+    subject: SubjectInfo | None = None
 
     def batch_key(self) -> tuple:
-        return (self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p)
+        subject = None if self.subject is None else str(self.subject.path)
+        return (subject, self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,52 @@ def _first_set(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def plan_images(spec: ModelSpec, config: GenConfig) -> list[ImageItem]:
+def plan_subjects(config: GenConfig, store: SubjectStore | None = None) -> list[SubjectInfo | None]:
+    """The subject of each prompt: ``--delta``'s file, ``--subject``'s, or the stored subject whose
+    token the prompt contains (none for ``--subject none``)."""
+    n = len(config.prompts)
+    if config.delta is not None:
+        path = Path(config.delta)
+        if not path.is_file():
+            raise NotFoundError(f"subject file {path} does not exist")
+        return [subject_info(path)] * n
+    if config.subject == "none":
+        return [None] * n
+    store = store or SubjectStore()
+    if config.subject is not None:
+        return [store.get(config.subject)] * n
+    known = store.list()
+    out: list[SubjectInfo | None] = []
+    for job in config.prompts:
+        hits = [s for s in known if token_in_prompt(s.token, job.prompt)]
+        if len(hits) > 1:
+            names = ", ".join(s.name for s in hits)
+            raise InvalidInputError(f"prompt {job.prompt!r} names several subjects ({names}); one per prompt",
+                                    hint="pick one with --subject NAME")
+        out.append(hits[0] if hits else None)
+    return out
+
+
+def _subject_model(config: GenConfig, subjects: list[SubjectInfo | None]) -> str | None:
+    """The model to use: --model, else the base model of the prompts' subjects."""
+    if config.model:
+        return config.model
+    bases = sorted({s.base_model for s in subjects if s is not None})
+    if len(bases) > 1:
+        raise InvalidInputError(f"the prompts name subjects tuned on different models ({', '.join(bases)})",
+                                hint="run them separately, with --model")
+    return bases[0] if bases else None
+
+
+def plan_images(spec: ModelSpec, config: GenConfig,
+                subjects: list[SubjectInfo | None] | None = None) -> list[ImageItem]:
     """Every image of the run, in a fixed order; checks sizes and aspects before any work."""
     items = []
     for pi, job in enumerate(config.prompts):
+        subject = subjects[pi] if subjects is not None else None
+        if subject is not None and subject.base_model != spec.name:
+            raise InvalidInputError(f"subject {subject.name!r} was tuned on {subject.base_model}, not {spec.name}",
+                                    hint=f"use --model {subject.base_model}")
         size, ratio = _size_and_aspect(spec, job, config)
         n = job.num_images or config.num_images
         base = config.seed if job.seed is None else job.seed
@@ -102,7 +147,7 @@ def plan_images(spec: ModelSpec, config: GenConfig) -> list[ImageItem]:
                 tau=_first_set(job.tau, config.tau, spec.sampling.tau),
                 top_k=_first_set(job.top_k, config.top_k, spec.sampling.top_k),
                 top_p=_first_set(job.top_p, config.top_p, spec.sampling.top_p),
-                filename=image_filename(pi, job.prompt, seed),
+                filename=image_filename(pi, job.prompt, seed), subject=subject,
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -162,9 +207,11 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
 
     emit = on_event or (lambda kind, data: None)
     config.validate()
-    resolved = resolved or resolve_model(config.model)
+    subjects = plan_subjects(config)
+    resolved = resolved or resolve_model(_subject_model(config, subjects))
+    remember_model(resolved.spec.name)
     spec = resolved.spec
-    items = plan_images(spec, config)
+    items = plan_images(spec, config, subjects)
     for it in items:
         problems = SamplingParams(cfg=it.cfg, tau=it.tau, top_k=it.top_k, top_p=it.top_p).problems()
         if problems:
@@ -184,6 +231,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     import torch
 
     from ..models.text_encoder import TextCond
+    from ..tuning.subject import LoadedSubject, SubjectSwitch, load_subject, subject_text
     from .sample import SamplingEngine, SamplingParams, sample_images
 
     out_dir = _prepare_out_dir(config, items) if rank == 0 else Path(config.out_dir)
@@ -201,7 +249,18 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     comps = load_components(resolved, device=device, dtype=dtype)
     emit("loaded", {"model": spec.name, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
 
-    # Text features first, then the text encoder leaves the device before sampling.
+    loaded = {}
+    for it in mine:
+        if it.subject is not None and str(it.subject.path) not in loaded:
+            loaded[str(it.subject.path)] = load_subject(it.subject.path, comps.transformer, model_name=spec.name,
+                                                        model_hash=resolved.model_hash)
+    switch = SubjectSwitch(comps.transformer)
+
+    def subject_of(it: ImageItem) -> LoadedSubject | None:
+        return None if it.subject is None else loaded[str(it.subject.path)]
+
+    # Text features first (with a subject's learned vectors in place of its token), then the
+    # text encoder leaves the device before sampling.
     prompts = sorted({it.prompt for it in mine})
     feats = {}
     for i in range(0, len(prompts), 16):
@@ -209,6 +268,11 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
         enc = comps.text_encoder.encode(chunk)
         for j, p in enumerate(chunk):
             feats[p] = enc.select([j])
+    text_of = {}
+    for it in mine:
+        key = (it.prompt, None if it.subject is None else str(it.subject.path))
+        if key not in text_of:
+            text_of[key] = subject_text(feats[it.prompt], comps.text_encoder.tokenizer, it.prompt, subject_of(it))
     comps.text_encoder = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -226,7 +290,9 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
             first = batch[0]
             scales = _schedule(spec, first)
             params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p)
-            text = TextCond.cat([feats[it.prompt] for it in batch]).to(device)
+            switch.use(subject_of(first))
+            text = TextCond.cat([text_of[(it.prompt, None if it.subject is None else str(it.subject.path))]
+                                 for it in batch]).to(device)
             if config.stream == "batch":
                 gens = [torch.Generator(device=device).manual_seed(first.seed)]
             else:
@@ -236,7 +302,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
                                  engine=engine)
             arr = imgs.permute(0, 2, 3, 1).cpu().numpy()
             for it, img in zip(batch, arr):
-                meta = _metadata(it, resolved, config, scales, img.shape, device, dtype, use_engine)
+                meta = _metadata(it, resolved, config, scales, img.shape, device, dtype, use_engine, subject_of(it))
                 path = out_dir / it.filename
                 write_png(path, img, meta)
                 rec = ImageRecord(str(path), it.prompt, it.seed, meta)
@@ -255,13 +321,15 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
 
 
 def _metadata(it: ImageItem, resolved: ResolvedModel, config: GenConfig, scales, shape, device, dtype,
-              compiled: bool) -> dict:
+              compiled: bool, subject: LoadedSubject | None = None) -> dict:
     return {
         "prompt": it.prompt,
         "seed": it.seed,
         "model": resolved.spec.name,
         "model_hash": resolved.model_hash,
-        "subject": None,
+        "subject": None if subject is None else subject.name,
+        "subject_hash": None if subject is None else subject.sha256,
+        "subject_token": None if subject is None else subject.token,
         "arbooth_version": __version__,
         "cfg": it.cfg,
         "tau": it.tau,

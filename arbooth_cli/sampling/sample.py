@@ -138,6 +138,81 @@ class SamplingEngine:
         return g.forward_scale
 
 
+@dataclass
+class TokenMaps:
+    """What one pass of the sampler drew, for a batch of B prompts.
+
+    ``bits_per_scale``: K tensors (B, l_s, d) int64. ``summed_Bd1HW``: the accumulated code
+    features the tokenizer decodes. ``logits_BLV``: with ``keep_logits``, the raw transformer
+    logits of the conditional branch at every token (before guidance, temperature and filters),
+    float32 on the model's device.
+    """
+
+    bits_per_scale: list[Tensor]
+    summed_Bd1HW: Tensor
+    logits_BLV: Tensor | None = None
+
+
+@torch.no_grad()
+def sample_token_maps(
+    transformer: InfinityTransformer,
+    vae: BSQVAE,
+    text: TextCond,
+    scales: Sequence[Scale],
+    params: SamplingParams,
+    generators: Sequence[torch.Generator],
+    *,
+    stream: Stream = "per-image",
+    on_scale: Callable[[int], None] | None = None,
+    engine: SamplingEngine | None = None,
+    keep_logits: bool = False,
+) -> TokenMaps:
+    """Draw one multi-scale token map per prompt of ``text`` (see :func:`sample_images`)."""
+    B = text.batch
+    if stream == "per-image" and len(generators) != B:
+        raise InvalidInputError(f"{B} images need {B} generators, got {len(generators)}")
+    if stream == "batch" and len(generators) != 1:
+        raise InvalidInputError("the batch stream takes exactly one generator")
+    scales = tuple(tuple(int(v) for v in s) for s in scales)
+    cfgs, taus = params.per_scale(len(scales))
+    guided = any(c != 1.0 for c in cfgs)
+    dev = transformer.device
+    d = transformer.cfg.bits
+
+    both = (TextCond.cat([text, transformer.null_text(text)]) if guided else text).to(dev)
+    if engine is None:
+        forward_scale = partial(transformer.forward_scale, transformer.new_cache(both, scales))
+    else:
+        forward_scale = engine.scale_runner(transformer, both, scales)
+    acc = vae.new_accumulator(scales, batch=B)
+    x_Bld: Tensor | None = None
+    bits: list[Tensor] = []
+    kept: list[Tensor] = []
+    for si, (t, h, w) in enumerate(scales):
+        l = t * h * w
+        raw = forward_scale(x_Bld)
+        if keep_logits:
+            kept.append(raw[:B].clone())  # a graph replay reuses its output buffer
+        if guided:
+            logits = cfg_mix(raw[:B], raw[B:], cfgs[si], taus[si])
+        else:
+            logits = raw / taus[si]
+        probs_Bld2 = bit_probabilities(logits.view(B, l, d, 2), top_k=params.top_k, top_p=params.top_p)
+        if stream == "per-image":
+            u_Bld = torch.stack([torch.rand((l, d), generator=g, device=dev) for g in generators])
+            bits_Bld = (u_Bld < probs_Bld2[..., 1]).to(torch.int64)
+        else:  # the official draw: one multinomial over every bit of the batch, softmax probabilities
+            bits_Bld = torch.multinomial(probs_Bld2.view(-1, 2), 1, replacement=True,
+                                         generator=generators[0]).view(B, l, d)
+        bits.append(bits_Bld)
+        nxt = acc.add(bits_Bld)
+        if nxt is not None:
+            x_Bld = torch.cat([nxt, nxt]) if guided else nxt
+        if on_scale is not None:
+            on_scale(si)
+    return TokenMaps(bits, acc.summed_Bd1HW, torch.cat(kept, dim=1) if keep_logits else None)
+
+
 @torch.no_grad()
 def sample_images(
     transformer: InfinityTransformer,
@@ -157,49 +232,14 @@ def sample_images(
     live on the transformer's device. ``engine``: CUDA graphs / compiled stages kept between calls
     (see :class:`SamplingEngine`); None runs the plain eager path.
     """
-    B = text.batch
-    if stream == "per-image" and len(generators) != B:
-        raise InvalidInputError(f"{B} images need {B} generators, got {len(generators)}")
-    if stream == "batch" and len(generators) != 1:
-        raise InvalidInputError("the batch stream takes exactly one generator")
-    scales = tuple(tuple(int(v) for v in s) for s in scales)
-    cfgs, taus = params.per_scale(len(scales))
-    guided = any(c != 1.0 for c in cfgs)
-    dev = transformer.device
-    d = transformer.cfg.bits
-
-    both = (TextCond.cat([text, transformer.null_text(text)]) if guided else text).to(dev)
-    if engine is None:
-        forward_scale = partial(transformer.forward_scale, transformer.new_cache(both, scales))
-    else:
-        forward_scale = engine.scale_runner(transformer, both, scales)
-    acc = vae.new_accumulator(scales, batch=B)
-    x_Bld: Tensor | None = None
-    for si, (t, h, w) in enumerate(scales):
-        l = t * h * w
-        logits = forward_scale(x_Bld)
-        if guided:
-            logits = cfg_mix(logits[:B], logits[B:], cfgs[si], taus[si])
-        else:
-            logits = logits / taus[si]
-        probs_Bld2 = bit_probabilities(logits.view(B, l, d, 2), top_k=params.top_k, top_p=params.top_p)
-        if stream == "per-image":
-            u_Bld = torch.stack([torch.rand((l, d), generator=g, device=dev) for g in generators])
-            bits_Bld = (u_Bld < probs_Bld2[..., 1]).to(torch.int64)
-        else:  # the official draw: one multinomial over every bit of the batch, softmax probabilities
-            bits_Bld = torch.multinomial(probs_Bld2.view(-1, 2), 1, replacement=True,
-                                         generator=generators[0]).view(B, l, d)
-        nxt = acc.add(bits_Bld)
-        if nxt is not None:
-            x_Bld = torch.cat([nxt, nxt]) if guided else nxt
-        if on_scale is not None:
-            on_scale(si)
-    # Without an engine this frees the key/value cache before the decode (a lower peak).
-    del forward_scale
+    maps = sample_token_maps(transformer, vae, text, scales, params, generators, stream=stream,
+                             on_scale=on_scale, engine=engine)
+    # The key/value cache is gone by now (a lower peak for the decode).
     # One image at a time: convolution kernels chosen for another batch size round differently,
     # and an image must not depend on its batch.
-    feats = acc.summed_Bd1HW.to(vae.dtype)
+    feats = maps.summed_Bd1HW.to(vae.dtype)
+    del maps
     decode = vae.decode if engine is None else partial(engine.decode, vae)
-    img = torch.cat([decode(feats[i : i + 1]) for i in range(B)])
+    img = torch.cat([decode(feats[i : i + 1]) for i in range(feats.shape[0])])
     # Truncation (not rounding) to uint8, as the official pipeline writes its images.
     return ((img.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)

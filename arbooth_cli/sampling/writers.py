@@ -16,7 +16,7 @@ from ..checkpoint_io import raise_if_disk_full
 from ..errors import ResourceError
 
 #: PNG text chunks every image carries (besides "parameters" and "arbooth")
-CHUNK_KEYS = ("prompt", "seed", "model", "model_hash", "subject", "arbooth_version")
+CHUNK_KEYS = ("prompt", "seed", "model", "model_hash", "subject", "subject_hash", "arbooth_version")
 
 
 def slug(text: str, limit: int = 48) -> str:

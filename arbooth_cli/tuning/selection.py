@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # importable without torch (the config checks layer names)
+    from torch import nn
 
 #: module types a user can select, and the parameter-name parts inside a block that belong to each
 MODULE_TYPES: dict[str, tuple[str, ...]] = {

@@ -1,0 +1,203 @@
+"""`arbooth tune`: a folder of photos in, a subject in the local store out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..config import TuneConfig, read_tune_file
+from ..errors import EXIT_INTERRUPTED
+from ._output import get_output, human_size
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_cmd)
+
+
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help, show_default=False)
+
+
+def tune_cmd(
+    ctx: typer.Context,
+    photos: Annotated[Optional[Path], typer.Argument(help="Folder of subject photos (jpg, png, webp, ...); a .txt file beside a photo is its caption.", show_default=False)] = None,
+    token: Annotated[Optional[str], _opt("--token", help="The identifier word the subject is called by, e.g. sks.")] = None,
+    cls: Annotated[Optional[str], _opt("--class", help="The subject's class noun, e.g. dog (used in captions and the prior).")] = None,
+    model: Annotated[Optional[str], _opt("--model", "-m", help="Base model (default: $ARBOOTH_MODEL, else the only cached model).")] = None,
+    name: Annotated[Optional[str], _opt("--name", help="Name of the saved subject (default: the token).")] = None,
+    steps: Annotated[Optional[int], _opt("--steps", help="Iterations [500].")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "-b", help="Photos (and prior samples) per iteration [2].")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", help="Learning rate, constant [2.34375e-5].")] = None,
+    weight_decay: Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay [0.005].")] = None,
+    layers: Annotated[Optional[str], _opt("--layers", help="Module types to tune: ca, ffn, sa, ca_norm, ada, or all [ca,ffn].")] = None,
+    blocks: Annotated[Optional[str], _opt("--blocks", help="Blocks to tune, e.g. 0-15,20 [all].")] = None,
+    subject_vectors: Annotated[Optional[int], _opt("--subject-vectors", help="Learned text vectors for the token; 0 turns them off [4].")] = None,
+    scale_weights: Annotated[Optional[str], _opt("--scale-weights", help="Per-scale CE weights: official-step, uniform, linear, exp, infinity, or w1,w2,... [official-step].")] = None,
+    prior: Annotated[Optional[bool], _opt("--prior/--no-prior", help="Prior distillation on class-prompt samples of the frozen model [on].")] = None,
+    prior_weight: Annotated[Optional[float], _opt("--prior-weight", help="Weight of the distillation loss [0.5].")] = None,
+    prior_mode: Annotated[Optional[str], _opt("--prior-mode", help="soft: KL to the teacher's distributions; hard: CE on its likeliest bits [soft].")] = None,
+    prior_kl: Annotated[Optional[str], _opt("--prior-kl", help="bit: KL per bit; token: one softmax over a token's 2d logits, as the official code [bit].")] = None,
+    prior_pool: Annotated[Optional[int], _opt("--prior-pool", help="Class samples drawn before tuning [steps x batch size].")] = None,
+    caption: Annotated[Optional[str], _opt("--caption", help="Caption of every photo without a .txt file ['a photo of {token} {cls}'].")] = None,
+    class_prompt: Annotated[Optional[str], _opt("--class-prompt", help="Prompt of the prior samples ['a photo of {cls}'].")] = None,
+    resolution: Annotated[Optional[str], _opt("--resolution", help="Training size: a size of the model (1M) or pixels (1024) [the model's].")] = None,
+    flip: Annotated[Optional[bool], _opt("--flip/--no-flip", help="Also train on mirrored photos [off].")] = None,
+    bsc_strength: Annotated[Optional[float], _opt("--bsc-strength", help="Bitwise self-correction: bits flipped at a random rate up to this; 0 turns it off [0.3].")] = None,
+    text_dropout: Annotated[Optional[float], _opt("--text-dropout", help="Probability a caption is replaced by the null text [0.1].")] = None,
+    drop_path: Annotated[Optional[float], _opt("--drop-path", help="Stochastic depth rate [the model's, 0.1].")] = None,
+    seed: Annotated[Optional[int], _opt("--seed", help="Seed of every random choice [0].")] = None,
+    validate_every: Annotated[Optional[int], _opt("--validate-every", help="Write validation images every N steps; 0: never [100].")] = None,
+    validation_prompt: Annotated[Optional[list[str]], _opt("--validation-prompt", help="A validation prompt ({token}, {cls} filled in); repeatable ['a {token} {cls} on the beach'].")] = None,
+    checkpoint_every: Annotated[Optional[int], _opt("--checkpoint-every", help="Checkpoint every N steps (also on Ctrl-C); 0: only on Ctrl-C [100].")] = None,
+    resume: Annotated[Optional[bool], _opt("--resume", help="Continue the run of this name from its last checkpoint.")] = None,
+    overwrite: Annotated[Optional[bool], _opt("--overwrite", help="Replace a subject (and a run) of the same name.")] = None,
+    save_rank: Annotated[Optional[int], _opt("--save-rank", help="Also save a rank-R compressed subject and report its cost; 0: no [0].")] = None,
+    optimizer_state: Annotated[Optional[str], _opt("--optimizer-state", help="AdamW moments in fp32, bf16 or fp8; auto: fp8 on a GPU for big models, else fp32 [auto].")] = None,
+    grad_checkpointing: Annotated[Optional[str], _opt("--grad-checkpointing", help="Recompute block activations in the backward pass: auto (on a GPU), on, off [auto].")] = None,
+    device: Annotated[Optional[str], _opt("--device", help="auto, cpu, cuda or cuda:N [auto].")] = None,
+    dtype: Annotated[Optional[str], _opt("--dtype", help="Transformer weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 [auto].")] = None,
+    run_dir: Annotated[Optional[Path], _opt("--run-dir", help="Folder of checkpoints, validation images and the prior pool [<home>/runs/NAME].")] = None,
+    log_every: Annotated[Optional[int], _opt("--log-every", help="Read and show the losses every N steps [10].")] = None,
+    config_file: Annotated[Optional[Path], _opt("--config", help="A TOML file of these settings (keys as the option names, e.g. steps = 300); options given here win.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
+) -> None:
+    """Tune a subject from a few photos (ARBooth): selected layers, scale-weighted CE and prior distillation.
+
+    The subject is saved under its name in the local store; `arbooth gen` uses it when a prompt
+    contains its token. Defaults follow the official ARBooth code (docs/tuning.md gives each
+    source). Ctrl-C writes a checkpoint; run the same command with --resume to continue.
+
+    Examples:\n
+      arbooth tune ./photos --token sks --class dog\n
+      arbooth tune ./photos --token sks --class dog --steps 300 --save-rank 16 --json\n
+      arbooth tune ./photos --token sks --class dog --resume
+    """
+    from ..tuning.loop import TuneInterrupted, tune
+
+    out = get_output(ctx)
+    given = {
+        "photos": str(photos) if photos is not None else None, "token": token, "cls": cls, "model": model,
+        "name": name, "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "layers": _layers(layers), "blocks": blocks, "subject_vectors": subject_vectors,
+        "scale_weights": scale_weights, "prior": prior, "prior_weight": prior_weight, "prior_mode": prior_mode,
+        "prior_kl": prior_kl, "prior_pool": prior_pool, "caption": caption, "class_prompt": class_prompt,
+        "resolution": resolution, "flip": flip, "bsc_strength": bsc_strength, "text_dropout": text_dropout,
+        "drop_path": drop_path, "seed": seed, "validate_every": validate_every,
+        "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
+        "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite, "save_rank": save_rank,
+        "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "device": device,
+        "dtype": dtype, "run_dir": str(run_dir) if run_dir is not None else None, "log_every": log_every,
+    }
+    settings = read_tune_file(config_file) if config_file is not None else {}
+    if isinstance(settings.get("layers"), str):
+        settings["layers"] = _layers(settings["layers"])
+    settings.update({k: v for k, v in given.items() if v is not None})
+    missing = [flag for key, flag in (("photos", "PHOTOS_DIR"), ("token", "--token"), ("cls", "--class"))
+               if not settings.get(key)]
+    if missing:
+        raise typer.BadParameter(f"missing {', '.join(missing)} (on the command line or in --config)")
+    config = TuneConfig.from_dict(settings, where=str(config_file) if config_file else "options").validate()
+    with _TuneProgress(out) as progress:
+        try:
+            result = tune(config, on_event=progress.event)
+        except TuneInterrupted as exc:
+            progress.close()
+            out.warn(f"interrupted at step {exc.step}; checkpoint in {exc.checkpoint}. "
+                     f"Continue with the same command and --resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    if json_:
+        out.json(result.to_dict())
+    else:
+        out.result(result.subject)
+
+
+def _layers(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    from ..errors import InvalidInputError
+    from ..tuning.selection import parse_layers
+
+    try:
+        return parse_layers(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"--layers: {exc}") from None
+
+
+class _TuneProgress:
+    """Prior sampling and training steps on stderr, with each loss term, speed, ETA and GPU memory."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _TuneProgress:
+        if not self.out.quiet:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                console=self.out.err, transient=False)
+            self.bar.__enter__()
+        return self
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+            self.bar = None
+
+    def _task(self, key: str, desc: str, total: int) -> Any:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(desc, total=total, info="")
+        return self.tasks[key]
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "skipped":
+            self.out.warn(data["message"])
+            return
+        if self.bar is None:
+            return
+        note = self.bar.console.print
+        if kind == "loaded":
+            note(f"{data['model']} on {data['device']} ({data['dtype']}), {data['photos']} photos at "
+                 f"{data['resolution']}, {data['scales']} scales", highlight=False)
+        elif kind == "trainable":
+            parts = ", ".join(f"{k} {v:,}" for k, v in data["by_type"].items())
+            note(f"training {data['params']:,} parameters in {data['tensors']} tensors ({parts}); "
+                 f"optimizer state {data['optimizer_state']} ({human_size(data['optimizer_bytes'])})"
+                 + (", gradient checkpointing" if data["grad_checkpointing"] else ""), highlight=False)
+        elif kind == "pool":
+            t = self._task("pool", "prior samples", data["total"])
+            self.bar.update(t, completed=data["done"], info="(reused)" if data.get("cached") else "")
+        elif kind == "start":
+            t = self._task("steps", "tuning", data["steps"])
+            self.bar.update(t, completed=data["step"])
+        elif kind == "step":
+            t = self._task("steps", "tuning", data["steps"])
+            info = f"loss {data['loss']:.4f} ce {data['ce']:.4f} prior {data['prior']:.4f} {data['it_per_s']:.2f} it/s"
+            if data.get("gpu_peak_bytes"):
+                info += f" peak {data['gpu_peak_bytes'] / 2**30:.1f} GiB"
+            self.bar.update(t, completed=data["step"], info=info)
+        elif kind == "validation":
+            note(f"step {data['step']}: " + ", ".join(data["paths"]), highlight=False)
+        elif kind == "checkpoint":
+            note(f"step {data['step']}: checkpoint {data['path']}", highlight=False)
+        elif kind == "lowrank":
+            note(f"rank {data['rank']}: {human_size(data['bytes_lowrank'])} instead of {human_size(data['bytes_full'])}, "
+                 f"relative change error {data['relative_error']:.3f}, subject CE {data['ce_full']:.4f} -> "
+                 f"{data['ce_lowrank']:.4f}, prior KL {data['prior_full']:.5f} -> {data['prior_lowrank']:.5f}",
+                 highlight=False)

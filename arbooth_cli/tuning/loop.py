@@ -1,0 +1,729 @@
+"""`arbooth tune` as a library call: photos in, a subject file in the local store out.
+
+One iteration = one forward of a batch that holds ``batch_size`` subject photos (teacher-forced
+on their bit labels, with bitwise self-correction noise and text dropout) and ``batch_size``
+class-prompt token maps from the prior pool (teacher-forced on the frozen model's own samples),
+one backward of ``weighted CE + prior_weight * distillation`` and one optimizer step.
+
+The prior pool replaces the official code's second, frozen copy of the transformer: before any
+weight changes, the KV-cached sampler draws the class-prompt token maps that the teacher would
+draw, and keeps the teacher's logits at every token on the way (the sampler computes them
+anyway). They wait in host memory (and in the run folder, for resuming) until their step. The
+distillation target is therefore the same KL(teacher || student) on teacher-drawn tokens, with
+the teacher being exactly the model before tuning; only one copy of the weights is on the GPU.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import __version__, paths
+from ..checkpoint_io import raise_if_disk_full, write_safetensors
+from ..config import SCALE_SCHEDULES, TuneConfig
+from ..errors import CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
+from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
+from ..models.bsq_vae import BSQVAE, teacher_forcing
+from ..models.schedules import SIZE_SCALES, get_schedule
+from ..models.text_encoder import TextCond
+from ..models.transformer import InfinityTransformer, Scale
+from ..registry import ModelSpec
+from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
+from .data import SkippedImageWarning, load_subject_images, to_tensor
+from .losses import prior_distill, scale_weighted_ce, scale_weights, token_weights
+from .lowrank import LowRankReport, compress
+from .optim import TuningAdamW
+from .selection import MODULE_TYPES, parse_blocks, select_params
+from .subject import splice_subject, word_char_span, word_token_span
+
+#: ``on_event(kind, data)``: "skipped", "loaded", "trainable", "pool", "start", "step",
+#: "validation", "checkpoint", "lowrank", "saved"
+EventFn = Callable[[str, dict[str, Any]], None]
+
+#: settings a resumed run may change (the rest must equal the checkpoint's)
+RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
+                     "log_every", "device", "save_rank", "run_dir", "name"}
+POOL_FILE = "prior-pool.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C during tuning; a checkpoint was written (``checkpoint``) unless it says None."""
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@dataclass
+class TuneResult:
+    name: str
+    subject: str  # path of the saved subject file
+    token: str
+    cls: str
+    model: str
+    model_hash: str
+    steps: int
+    seconds: float
+    losses: dict[str, float]  # the last logged values
+    trainable_params: int
+    trainable_tensors: int
+    peak_gpu_bytes: int | None
+    run_dir: str
+    validation_images: list[str] = field(default_factory=list)
+    lowrank: dict[str, Any] | None = None
+    resumed_from: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning helpers (no weights needed)
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_size(spec: ModelSpec, resolution: str | None) -> str:
+    """A named size of ``spec`` from ``--resolution``: a size name (1M) or a square pixel size (1024)."""
+    text = (resolution or spec.sampling.size).strip()
+    if text in spec.sizes:
+        return text
+    side = text.lower().split("x")
+    if len(side) in (1, 2) and all(s.isdigit() for s in side) and len(set(side)) == 1:
+        for size in spec.sizes:
+            if size in SIZE_SCALES and get_schedule(size, 1.0).pixel_hw == (int(side[0]),) * 2:
+                return size
+    raise InvalidInputError(f"model {spec.name} has no resolution {text!r}; sizes: {', '.join(spec.sizes)}"
+                            " (1M = 1024x1024)")
+
+
+def schedule_for(spec: ModelSpec, size: str) -> tuple[Scale, ...]:
+    num = spec.num_scales or None
+    return get_schedule(size if num is None else "1M", 1.0, num_scales=num).scales
+
+
+def _scale_weights(config: TuneConfig, scales: tuple[Scale, ...]) -> Tensor:
+    sched = config.scale_weights
+    if sched in SCALE_SCHEDULES:
+        return scale_weights(scales, sched)  # type: ignore[arg-type]
+    try:
+        return scale_weights(scales, [float(x) for x in sched.split(",")])
+    except ValueError as exc:
+        raise InvalidInputError(f"--scale-weights: {exc}") from None
+
+
+def _config_digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+# ---------------------------------------------------------------------------------------------
+# the prior pool
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PriorPool:
+    """Class-prompt token maps of the frozen model: bits (N, L, d) uint8 and the teacher's raw
+    logits (N, L, V) bf16, on the host."""
+
+    bits_NLd: Tensor
+    logits_NLV: Tensor
+
+    def __len__(self) -> int:
+        return self.bits_NLd.shape[0]
+
+
+def _pool_key(config: TuneConfig, resolved: ResolvedModel, scales: tuple[Scale, ...], n: int) -> str:
+    return _config_digest({"model_hash": resolved.model_hash, "seed": config.seed, "n": n, "scales": scales,
+                           "class_prompt": config.class_prompt.format(cls=config.cls, token=config.token),
+                           "tau": config.prior_tau, "top_p": config.prior_top_p})
+
+
+def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextCond, scales: tuple[Scale, ...],
+                      n: int, *, seed: int, tau: float, top_p: float, batch: int,
+                      on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
+    """``n`` class samples, sample i drawn from its own generator (seed + i), so the pool does not
+    depend on the batch size it was drawn with."""
+    from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
+
+    dev = transformer.device
+    engine = SamplingEngine(compile=False) if dev.type == "cuda" else None
+    params = SamplingParams(cfg=1.0, tau=tau, top_k=0, top_p=top_p)
+    L = sum(math.prod(s) for s in scales)
+    d, V = transformer.cfg.bits, transformer.cfg.vocab
+    bits = torch.empty((n, L, d), dtype=torch.uint8, pin_memory=dev.type == "cuda")
+    logits = torch.empty((n, L, V), dtype=torch.bfloat16, pin_memory=dev.type == "cuda")
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        for start in range(0, n, batch):
+            b = min(batch, n - start)
+            gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(b)]
+            maps = sample_token_maps(transformer, vae, text.repeat(b) if text.batch == 1 else text, scales, params,
+                                     gens, engine=engine, keep_logits=True)
+            bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
+            assert maps.logits_BLV is not None
+            logits[start:start + b].copy_(maps.logits_BLV.to(torch.bfloat16), non_blocking=True)
+            if on_progress:
+                on_progress(start + b, n)
+    finally:
+        transformer.train(was_training)
+        if engine is not None:
+            engine.release()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return PriorPool(bits, logits)
+
+
+def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -> Tensor:
+    """The teacher-forcing inputs (B, L - 1, d) of sampled bits: what the sampler fed each scale."""
+    from ..models.bsq_vae import CodeAccumulator
+
+    B = bits_BLd.shape[0]
+    acc = CodeAccumulator(scales, patchify=vae.cfg.spatial_patchify, bits=vae.cfg.bits, batch=B, device=bits_BLd.device)
+    inputs = []
+    start = 0
+    for s in scales:
+        l = math.prod(s)
+        nxt = acc.add(bits_BLd[:, start:start + l].long())
+        start += l
+        if nxt is not None:
+            inputs.append(nxt)
+    return torch.cat(inputs, dim=1) if inputs else bits_BLd.new_zeros((B, 0, bits_BLd.shape[-1]), dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a new folder with ``write`` and swap it in for ``target``; a reader finds the old or
+    the new folder (as ``target`` or ``target.old``), never a half-written one."""
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    old = target.with_name(target.name + ".old")
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(exc)
+        raise ResourceError(f"cannot write the checkpoint {target}: {exc.strerror or exc}") from None
+
+
+def _find_checkpoint(run_dir: Path) -> Path | None:
+    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
+        d = run_dir / name
+        if (d / "state.json").is_file():
+            return d
+    return None
+
+
+def _gen_state(g: torch.Generator) -> Tensor:
+    return g.get_state().clone()
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """Where the next photos come from: successive random permutations of the photos."""
+
+    order: Tensor
+    pos: int
+
+
+class _Run:
+    """State of one tuning run (kept in one object so checkpoints can save all of it)."""
+
+    def __init__(self, config: TuneConfig, resolved: ResolvedModel, emit: EventFn) -> None:
+        self.config, self.resolved, self.emit = config, resolved, emit
+        self.spec = resolved.spec
+        self.store = SubjectStore()
+        self.name = config.subject_name
+        self.run_dir = Path(config.run_dir) if config.run_dir else paths.home() / "runs" / self.name
+        self.size = resolve_size(self.spec, config.resolution)
+        self.scales = schedule_for(self.spec, self.size)
+        self.h, self.w = get_schedule(self.size, 1.0, num_scales=len(self.scales)).pixel_hw
+        self.validation_images: list[str] = []
+        self._stop = False
+
+    # ---- checks before any heavy work -----------------------------------------------------
+
+    def preflight(self) -> Path | None:
+        c = self.config
+        if self.store.has(self.name) and not (c.overwrite or c.resume):
+            raise SubjectExistsError(self.name)
+        ckpt = _find_checkpoint(self.run_dir)
+        if c.resume:
+            if ckpt is None:
+                raise InvalidInputError(f"no checkpoint to resume in {self.run_dir}",
+                                        hint="start the run without --resume")
+            state = json.loads((ckpt / "state.json").read_text())
+            saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
+            diff = sorted(k for k, v in saved.to_dict().items()
+                          if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
+            if diff:
+                raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
+                                        hint="use the same settings (only --steps and the logging/saving ones may change)")
+            if state["model_hash"] != self.resolved.model_hash:
+                raise InvalidInputError("the checkpoint was made from another version of the model's files")
+            if state["step"] > c.steps:
+                raise InvalidInputError(f"the checkpoint is at step {state['step']}, past --steps {c.steps}")
+            return ckpt
+        if ckpt is not None and not c.overwrite:
+            raise InvalidInputError(f"a run named {self.name!r} left a checkpoint in {self.run_dir}",
+                                    hint="pass --resume to continue it or --overwrite to start again")
+        return None
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        c = self.config
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SkippedImageWarning)
+            self.images = load_subject_images(c.photos, token=c.token, cls=c.cls, height=self.h, width=self.w,
+                                              caption=c.caption)
+        for w in caught:
+            if issubclass(w.category, SkippedImageWarning):
+                self.emit("skipped", {"message": str(w.message)})
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for im in self.images:
+            word_char_span(im.caption, c.token)  # every caption must name the subject
+        self.device = pick_device(c.device)
+        self.dtype = pick_dtype(c.dtype, self.device)
+        comps = load_components(self.resolved, device=self.device, dtype=self.dtype)
+        assert comps.transformer is not None and comps.vae is not None and comps.text_encoder is not None
+        self.transformer, self.vae = comps.transformer, comps.vae
+        self.emit("loaded", {"model": self.spec.name, "device": str(self.device),
+                             "dtype": str(self.dtype).replace("torch.", ""), "photos": len(self.images),
+                             "resolution": f"{self.w}x{self.h}", "scales": len(self.scales)})
+
+        # Text features and photo features once; then the text encoder and the tokenizer's
+        # encoder leave the device.
+        te = comps.text_encoder
+        captions = [im.caption for im in self.images]
+        if c.flip:
+            captions = captions + captions
+        class_prompt = c.class_prompt.format(cls=c.cls, token=c.token)
+        vprompts = [p.format(token=c.token, cls=c.cls) for p in c.validation_prompts] if c.validate_every else []
+        uniq = sorted(set(captions) | {class_prompt} | set(vprompts))
+        feats = {}
+        for i in range(0, len(uniq), 16):
+            enc = te.encode(uniq[i:i + 16])
+            for j, p in enumerate(uniq[i:i + 16]):
+                feats[p] = enc.select([j]).to(self.device)
+        self.caption_text = [feats[p] for p in captions]
+        self.caption_span = [word_token_span(te.tokenizer, p, c.token) for p in captions]
+        self.class_text = feats[class_prompt]
+        self.val_prompts = [(p, feats[p], word_token_span(te.tokenizer, p, c.token)) for p in vprompts]
+        comps.text_encoder = None
+        del te
+        with torch.no_grad():
+            x = to_tensor(self.images, flip=c.flip)
+            self.raw = [self.vae.encode_features(x[i:i + 1].to(self.device)) for i in range(x.shape[0])]
+        self.vae.encoder.to("meta")  # the photos are encoded: free its memory
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def build_pool(self) -> PriorPool | None:
+        c = self.config
+        if not c.prior:
+            return None
+        n = c.prior_pool or c.steps * c.batch_size
+        key = _pool_key(c, self.resolved, self.scales, n)
+        path = self.run_dir / POOL_FILE
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    self.emit("pool", {"done": n, "total": n, "cached": True})
+                    return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"))
+        batch = 16 if self.device.type == "cuda" else 4
+        t0 = time.perf_counter()
+        pool = sample_prior_pool(self.transformer, self.vae, self.class_text, self.scales, n, seed=c.seed + 10_000_019,
+                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=batch,
+                                 on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
+        self.pool_seconds = time.perf_counter() - t0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            write_safetensors(tmp, {"bits": pool.bits_NLd, "logits": pool.logits_NLV}, {"key": key})
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise_if_disk_full(exc)
+            raise
+        return pool
+
+    def setup_training(self) -> None:
+        c = self.config
+        tr = self.transformer
+        if not c.validate_every:  # the decoder only draws validation images
+            self.vae.decoder.to("meta")
+        if c.drop_path is not None:
+            tr.cfg = replace(tr.cfg, drop_path_rate=c.drop_path)
+        blocks = parse_blocks(c.blocks, tr.cfg.depth)
+        self.tuned_names = select_params(tr, tr.blocks, c.layers, blocks)
+        params = dict(tr.named_parameters())
+        self.tuned = {n: params[n] for n in self.tuned_names}
+        for p in self.tuned.values():
+            p.requires_grad_(True)
+        S = c.subject_vectors
+        self.subject_SC = (torch.nn.Parameter(torch.zeros(S, tr.cfg.text_channels, device=self.device))
+                           if S else None)
+        trainable = list(self.tuned.values()) + ([self.subject_SC] if self.subject_SC is not None else [])
+        by_type = {}
+        for layer in c.layers:
+            keys = MODULE_TYPES[layer]
+            by_type[layer] = sum(p.numel() for n, p in self.tuned.items() if any(f".{k}" in n for k in keys))
+        by_type["subject_embedding"] = self.subject_SC.numel() if self.subject_SC is not None else 0
+        self.trainable_params = sum(p.numel() for p in trainable)
+        self.base_values = ({n: p.detach().to("cpu", copy=True) for n, p in self.tuned.items()}
+                            if c.save_rank else None)
+        kind = c.optimizer_state
+        if kind == "auto":
+            kind = "fp8" if self.device.type == "cuda" and self.trainable_params > 200_000_000 else "fp32"
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(c.seed + 1)
+        self.data_gen = torch.Generator().manual_seed(c.seed)
+        self.opt = TuningAdamW(trainable, lr=c.lr, betas=tuple(c.betas), eps=c.eps,  # type: ignore[arg-type]
+                               weight_decay=c.weight_decay, state=kind, generator=self.noise_gen)
+        self.opt_kind = kind
+        self.ckpt_blocks = c.grad_checkpointing == "on" or (c.grad_checkpointing == "auto" and self.device.type == "cuda")
+        self.w_L = token_weights(self.scales, _scale_weights(c, self.scales)).to(self.device)
+        self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
+        self.step = 0
+        self.history: list[Tensor] = []  # (3,) loss, ce, prior per step, on the device, not yet read
+        self.last_logged: dict[str, float] = {}
+        tr.train()
+        self.emit("trainable", {"tensors": len(self.tuned), "params": self.trainable_params, "by_type": by_type,
+                                "optimizer_state": kind, "optimizer_bytes": self.opt.state_bytes(),
+                                "grad_checkpointing": self.ckpt_blocks})
+
+    # ---- checkpoints ----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        self.check_finite()
+        target = self.run_dir / CHECKPOINT_DIR
+
+        def write(d: Path) -> None:
+            weights = dict(self.tuned)
+            if self.subject_SC is not None:
+                weights["subject_embedding"] = self.subject_SC
+            write_safetensors(d / "weights.safetensors", {k: v.detach() for k, v in weights.items()})
+            extra = {f"opt.{k}": v for k, v in self.opt.state_tensors().items()}
+            extra["rng.data"] = _gen_state(self.data_gen)
+            extra["rng.noise"] = _gen_state(self.noise_gen)
+            extra["order"] = self.batch.order
+            write_safetensors(d / "optimizer.safetensors", extra)
+            state = {"step": self.step, "pos": self.batch.pos, "opt_steps": self.opt.steps,
+                     "optimizer_state": self.opt_kind, "config": self.config.to_dict(),
+                     "model_hash": self.resolved.model_hash, "arbooth_version": __version__, "saved": _now(),
+                     "losses": self.last_logged}
+            (d / "state.json").write_text(json.dumps(state, indent=1))
+
+        _write_atomic_dir(target, write)
+        self.emit("checkpoint", {"step": self.step, "path": str(target)})
+        return target
+
+    def load_checkpoint(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((ckpt / "state.json").read_text())
+        try:
+            weights = load_file(str(ckpt / "weights.safetensors"), device=str(self.device))
+            extra = load_file(str(ckpt / "optimizer.safetensors"), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {exc}",
+                                  hint="start again with --overwrite") from None
+        expected = set(self.tuned) | ({"subject_embedding"} if self.subject_SC is not None else set())
+        if set(weights) != expected:
+            raise CheckpointError(f"the checkpoint in {ckpt} holds other tensors than this run tunes")
+        with torch.no_grad():
+            for n, p in self.tuned.items():
+                p.copy_(weights[n])
+            if self.subject_SC is not None:
+                self.subject_SC.copy_(weights["subject_embedding"])
+        opt = {k[4:]: v.to(self.device) for k, v in extra.items() if k.startswith("opt.")}
+        try:
+            self.opt.load_state_tensors(opt, state["opt_steps"])
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt}: {exc}") from None
+        self.data_gen.set_state(extra["rng.data"])
+        self.noise_gen.set_state(extra["rng.noise"])
+        self.batch = _Batch(extra["order"], state["pos"])
+        self.step = state["step"]
+        self.last_logged = state.get("losses", {})
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def next_indices(self) -> list[int]:
+        out = []
+        for _ in range(self.config.batch_size):
+            if self.batch.pos >= len(self.batch.order):
+                self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
+            out.append(int(self.batch.order[self.batch.pos]))
+            self.batch.pos += 1
+        return out
+
+    def subject_text(self, texts: list[TextCond], spans: list[tuple[int, int]]) -> TextCond:
+        text = TextCond.cat(texts)
+        if self.subject_SC is not None:
+            text = splice_subject(text, spans, self.subject_SC)
+        return text
+
+    def train_step(self, pool: PriorPool | None) -> None:
+        c = self.config
+        tr, dev = self.transformer, self.device
+        idx = self.next_indices()
+        drop_B = torch.rand(len(idx), generator=self.data_gen) < c.text_dropout
+        raw = torch.cat([self.raw[i] for i in idx])
+        tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify,
+                             noise_layers=c.bsc_scales if c.bsc_scales is not None else len(self.scales),
+                             noise_strength=c.bsc_strength, requant=True, generator=self.noise_gen)
+        text = self.subject_text([self.caption_text[i] for i in idx], [self.caption_span[i] for i in idx])
+        text = tr.drop_text(text, drop_B)
+        inputs = tf.inputs_BLd
+        Bs = len(idx)
+        if pool is not None:
+            rows = [(self.step * c.batch_size + k) % len(pool) for k in range(c.batch_size)]
+            bits = pool.bits_NLd[rows].to(dev, non_blocking=True)
+            teacher_BLV = pool.logits_NLV[rows].to(dev, non_blocking=True)
+            text = TextCond.cat([text, self.class_text.repeat(len(rows))])
+            inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
+        logits = tr(text, inputs, self.scales, checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen)
+        ce = scale_weighted_ce(logits[:Bs], tf.bits_BLd.to(dev), self.w_L)
+        if pool is not None:
+            prior = prior_distill(logits[Bs:], teacher_BLV, kind=c.prior_mode, per_bit=c.prior_kl == "bit")
+            loss = ce + c.prior_weight * prior
+        else:
+            prior = torch.zeros((), device=dev)
+            loss = ce
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad()
+        self.history.append(torch.stack([loss.detach(), ce.detach(), prior.detach()]).float())
+        self.step += 1
+
+    def check_finite(self) -> dict[str, float]:
+        """Read the losses since the last read (one device sync); stop on a NaN or inf."""
+        if not self.history:
+            return self.last_logged
+        values = torch.stack(self.history).cpu()
+        first = self.step - len(self.history) + 1
+        self.history.clear()
+        bad = (~torch.isfinite(values)).any(dim=1).nonzero()
+        if len(bad):
+            at = first + int(bad[0, 0])
+            ckpt = _find_checkpoint(self.run_dir)
+            where = f"; the last good checkpoint is in {ckpt} (resume with --resume)" if ckpt else ""
+            raise TrainingDivergedError(f"the loss became {values[int(bad[0, 0]), 0].item()} at step {at}{where}",
+                                        hint="lower --lr, or use --optimizer-state fp32")
+        loss, ce, prior = values[-1].tolist()
+        self.last_logged = {"loss": loss, "ce": ce, "prior": prior}
+        return self.last_logged
+
+    @torch.no_grad()
+    def validate(self) -> list[str]:
+        from ..sampling.sample import SamplingParams, sample_images
+        from ..sampling.writers import write_png
+
+        c, tr = self.config, self.transformer
+        out_dir = self.run_dir / "validation"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sp = self.spec.sampling
+        params = SamplingParams(cfg=sp.cfg, tau=sp.tau, top_k=sp.top_k, top_p=sp.top_p)
+        written = []
+        tr.eval()
+        try:
+            for k, (prompt, text, span) in enumerate(self.val_prompts):
+                if self.subject_SC is not None:
+                    text = splice_subject(text, [span], self.subject_SC.detach())
+                gen = torch.Generator(device=self.device).manual_seed(c.seed)
+                img = sample_images(tr, self.vae, text, self.scales, params, [gen])
+                path = out_dir / f"step-{self.step:06d}-{k}.png"
+                meta = {"prompt": prompt, "seed": c.seed, "step": self.step, "subject": self.name,
+                        "model": self.spec.name, "model_hash": self.resolved.model_hash,
+                        "arbooth_version": __version__, "cfg": sp.cfg, "tau": sp.tau, "top_p": sp.top_p}
+                write_png(path, img[0].permute(1, 2, 0).cpu().numpy(), meta)
+                written.append(str(path))
+        finally:
+            tr.train()
+        self.validation_images += written
+        self.emit("validation", {"step": self.step, "paths": written})
+        return written
+
+    def loop(self, pool: PriorPool | None) -> None:
+        c = self.config
+        self.emit("start", {"step": self.step, "steps": c.steps})
+        t0, s0 = time.perf_counter(), self.step
+        while self.step < c.steps:
+            self.train_step(pool)
+            at_end = self.step == c.steps
+            if self.step % c.log_every == 0 or at_end:
+                losses = self.check_finite()
+                now = time.perf_counter()
+                peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+                self.emit("step", {"step": self.step, "steps": c.steps, **losses,
+                                   "it_per_s": (self.step - s0) / max(now - t0, 1e-9), "gpu_peak_bytes": peak})
+            if c.validate_every and self.step % c.validate_every == 0:
+                self.validate()
+            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and not at_end:
+                self.save_checkpoint()
+            if self._stop:
+                ckpt = self.save_checkpoint()
+                raise TuneInterrupted(self.step, ckpt)
+        self.check_finite()
+
+    # ---- saving the subject ----------------------------------------------------------------
+
+    def metadata(self, kind: str, rank: int) -> dict[str, str]:
+        c = self.config
+        return {
+            "format": FORMAT, "name": self.name, "token": c.token, "class": c.cls, "kind": kind, "rank": str(rank),
+            "base_model": self.spec.name, "base_model_hash": self.resolved.model_hash, "steps": str(self.step),
+            "seed": str(c.seed), "arbooth_version": __version__, "created": _now(),
+            "resolution": f"{self.w}x{self.h}", "config": json.dumps(c.to_dict(), sort_keys=True),
+            "photos": json.dumps([im.path.name for im in self.images]),
+        }
+
+    def save_subject(self) -> tuple[SubjectInfo, LowRankReport | None]:
+        c = self.config
+        entries = {n: p.detach() for n, p in self.tuned.items()}
+        if self.subject_SC is not None:
+            entries["subject_embedding"] = self.subject_SC.detach().float()
+        report = None
+        with self.store.staging(self.name) as stage:
+            try:
+                write_safetensors(stage / SUBJECT_FILE, entries, self.metadata("full", 0))
+                if c.save_rank:
+                    assert self.base_values is not None
+                    low, report = compress({n: p.detach() for n, p in self.tuned.items()}, self.base_values,
+                                           c.save_rank)
+                    if self.subject_SC is not None:
+                        low["subject_embedding"] = entries["subject_embedding"]
+                    write_safetensors(stage / lowrank_file(c.save_rank), low, self.metadata("lowrank", c.save_rank))
+            except OSError as exc:
+                raise_if_disk_full(exc)
+                raise
+            info = self.store.commit(self.name, stage, overwrite=c.overwrite or c.resume)
+        return info, report
+
+    def lowrank_loss_cost(self, pool: PriorPool | None, report: LowRankReport) -> dict[str, float]:
+        """The subject and prior losses of one fixed batch with the full and the rank-R weights."""
+        from .lowrank import tuned_values
+
+        assert self.base_values is not None
+        c, tr, dev = self.config, self.transformer, self.device
+        low, _ = compress({n: p.detach() for n, p in self.tuned.items()}, self.base_values, report.rank)
+        idx = list(range(min(c.batch_size, len(self.raw))))
+        raw = torch.cat([self.raw[i] for i in idx])
+        tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify)
+        text = self.subject_text([self.caption_text[i] for i in idx], [self.caption_span[i] for i in idx])
+
+        def losses() -> tuple[float, float]:
+            logits = tr(text, tf.inputs_BLd, self.scales)
+            ce = float(scale_weighted_ce(logits, tf.bits_BLd.to(dev), self.w_L))
+            if pool is None:
+                return ce, 0.0
+            rows = list(range(min(c.batch_size, len(pool))))
+            bits = pool.bits_NLd[rows].to(dev)
+            plog = tr(self.class_text.repeat(len(rows)), inputs_from_bits(self.vae, bits, self.scales), self.scales)
+            return ce, float(prior_distill(plog, pool.logits_NLV[rows].to(dev), kind=c.prior_mode,
+                                           per_bit=c.prior_kl == "bit"))
+
+        tr.eval()
+        with torch.no_grad():
+            full = losses()
+            saved = {n: p.detach().clone() for n, p in self.tuned.items()}
+            values = tuned_values(low, {n: self.base_values[n].to(dev) for n in self.tuned})
+            for n, p in self.tuned.items():
+                p.copy_(values[n])
+            approx = losses()
+            for n, p in self.tuned.items():
+                p.copy_(saved[n])
+        return {"ce_full": full[0], "ce_lowrank": approx[0], "prior_full": full[1], "prior_lowrank": approx[1]}
+
+    # ---- Ctrl-C --------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+
+def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: ResolvedModel | None = None) -> TuneResult:
+    """Tune a subject; see the module docstring. Ctrl-C (SIGINT) finishes the current step, writes
+    a checkpoint and raises :class:`TuneInterrupted`."""
+    emit = on_event or (lambda kind, data: None)
+    config.validate()
+    resolved = resolved or resolve_model(config.model)
+    remember_model(resolved.spec.name)
+    run = _Run(config, resolved, emit)
+    ckpt = run.preflight()
+    t0 = time.perf_counter()
+    run.load()
+    pool = run.build_pool()
+    run.setup_training()
+    resumed = None
+    if ckpt is not None:
+        run.load_checkpoint(ckpt)
+        resumed = run.step
+    elif config.overwrite:
+        shutil.rmtree(run.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(run.run_dir / (CHECKPOINT_DIR + ".old"), ignore_errors=True)
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, run.request_stop) if main else None
+    try:
+        run.loop(pool)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    info, report = run.save_subject()
+    lowrank = None
+    if report is not None:
+        cost = run.lowrank_loss_cost(pool, report)
+        lowrank = {**asdict(report), **cost, "path": str(info.path.parent / lowrank_file(report.rank))}
+        emit("lowrank", lowrank)
+    # the run is complete: its checkpoint and prior pool are no longer needed
+    for leftover in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", POOL_FILE):
+        p = run.run_dir / leftover
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    peak = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
+    result = TuneResult(
+        name=run.name, subject=str(info.path), token=config.token, cls=config.cls, model=run.spec.name,
+        model_hash=resolved.model_hash, steps=run.step, seconds=time.perf_counter() - t0, losses=run.last_logged,
+        trainable_params=run.trainable_params, trainable_tensors=len(run.tuned), peak_gpu_bytes=peak,
+        run_dir=str(run.run_dir), validation_images=run.validation_images, lowrank=lowrank, resumed_from=resumed,
+    )
+    emit("saved", {"path": str(info.path), "name": run.name})
+    return result
