@@ -230,6 +230,8 @@ class TuneConfig:
     save_rank: int = 0  #: --save-rank R: also save a rank-R compressed subject
     optimizer_state: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  #: --optimizer-state
     grad_checkpointing: Literal["auto", "on", "off"] = "auto"  #: --grad-checkpointing of the blocks
+    #: --compile: fused kernels for the blocks' element-wise stages (training and prior sampling); auto: on a GPU
+    compile: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"  #: --device
     dtype: str = "auto"  #: --dtype of the transformer blocks (auto: bf16 on GPU, fp32 on CPU)
     run_dir: str | None = None  #: --run-dir for checkpoints, validation images and the prior pool
@@ -304,6 +306,8 @@ class TuneConfig:
             out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
         if self.grad_checkpointing not in ("auto", "on", "off"):
             out.append("--grad-checkpointing must be auto, on or off")
+        if self.compile not in ("auto", "on", "off"):
+            out.append("--compile must be auto, on or off")
         if self.dtype not in ("auto", "fp32", "bf16"):
             out.append("--dtype must be auto, fp32 or bf16")
         return out

@@ -56,6 +56,7 @@ def tune_cmd(
     save_rank: Annotated[Optional[int], _opt("--save-rank", help="Also save a rank-R compressed subject and report its cost; 0: no [0].")] = None,
     optimizer_state: Annotated[Optional[str], _opt("--optimizer-state", help="AdamW moments in fp32, bf16 or fp8; auto: fp8 on a GPU for big models, else fp32 [auto].")] = None,
     grad_checkpointing: Annotated[Optional[str], _opt("--grad-checkpointing", help="Recompute block activations in the backward pass: auto (on a GPU), on, off [auto].")] = None,
+    compile_: Annotated[Optional[str], _opt("--compile", help="Fused kernels for the blocks (first step ~1 min slower): auto (on a GPU), on, off [auto].")] = None,
     device: Annotated[Optional[str], _opt("--device", help="auto, cpu, cuda or cuda:N [auto].")] = None,
     dtype: Annotated[Optional[str], _opt("--dtype", help="Transformer weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 [auto].")] = None,
     run_dir: Annotated[Optional[Path], _opt("--run-dir", help="Folder of checkpoints, validation images and the prior pool [<home>/runs/NAME].")] = None,
@@ -87,7 +88,7 @@ def tune_cmd(
         "drop_path": drop_path, "seed": seed, "validate_every": validate_every,
         "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
         "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite, "save_rank": save_rank,
-        "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "device": device,
+        "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "compile": compile_, "device": device,
         "dtype": dtype, "run_dir": str(run_dir) if run_dir is not None else None, "log_every": log_every,
     }
     settings = read_tune_file(config_file) if config_file is not None else {}

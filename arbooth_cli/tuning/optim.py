@@ -20,8 +20,9 @@ Tensors with fewer than ``SMALL_TENSOR`` values always keep float32 moments.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -137,31 +138,52 @@ class TuningAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One step for every parameter with a gradient."""
         self.steps += 1
+        for i, p in enumerate(self.params):
+            if p.grad is not None:
+                self._update(i)
+
+    def step_in_backward(self) -> Callable[[], None]:
+        """Update each parameter as soon as its gradient is complete, then drop that gradient,
+        so the gradients of all tuned tensors never exist at once. Call :meth:`begin_step`
+        before each backward pass. Returns a function that removes the hooks."""
+        handles = [p.register_post_accumulate_grad_hook(functools.partial(self._hook, i))
+                   for i, p in enumerate(self.params)]
+        return lambda: [h.remove() for h in handles]  # type: ignore[func-returns-value]
+
+    def begin_step(self) -> None:
+        self.steps += 1
+
+    @torch.no_grad()
+    def _hook(self, i: int, p: Tensor) -> None:
+        self._update(i)
+        p.grad = None
+
+    def _update(self, i: int) -> None:
+        p, ms, vs = self.params[i], self._m[i], self._v[i]
+        assert p.grad is not None
         b1, b2 = self.betas
         bc1 = 1 - b1**self.steps
         bc2_sqrt = math.sqrt(1 - b2**self.steps)
-        for p, ms, vs in zip(self.params, self._m, self._v):
-            if p.grad is None:
-                continue
-            g = p.grad.float()
-            m = self._read(ms, p.shape).mul_(b1).add_(g, alpha=1 - b1)
-            fp8 = isinstance(vs, _Fp8Blocks)
-            v = self._read(vs, p.shape)
-            if fp8:  # stored as sqrt(v)
-                v = v.square_()
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            update = m / (v.sqrt() / bc2_sqrt + self.eps) / bc1
-            if fp8:
-                update.clamp_(-FP8_UPDATE_CLIP, FP8_UPDATE_CLIP)
-            w = p.float()
-            w.mul_(1 - self.lr * self.weight_decay).sub_(update, alpha=self.lr)
-            if p.dtype == torch.float32:
-                p.copy_(w)
-            else:
-                p.copy_(stochastic_round(w, p.dtype, self.generator))
-            self._write(ms, m)
-            self._write(vs, v.sqrt_() if fp8 else v)
+        g = p.grad.float()
+        m = self._read(ms, p.shape).mul_(b1).add_(g, alpha=1 - b1)
+        fp8 = isinstance(vs, _Fp8Blocks)
+        v = self._read(vs, p.shape)
+        if fp8:  # stored as sqrt(v)
+            v = v.square_()
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        update = m / (v.sqrt() / bc2_sqrt + self.eps) / bc1
+        if fp8:
+            update.clamp_(-FP8_UPDATE_CLIP, FP8_UPDATE_CLIP)
+        w = p.detach().float()
+        w.mul_(1 - self.lr * self.weight_decay).sub_(update, alpha=self.lr)
+        if p.dtype == torch.float32:
+            p.detach().copy_(w)
+        else:
+            p.detach().copy_(stochastic_round(w, p.dtype, self.generator))
+        self._write(ms, m)
+        self._write(vs, v.sqrt_() if fp8 else v)
 
     # ---- checkpoints ---------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""`arbooth --help`, `--version` and `models list` must not import torch (they stay fast)."""
+"""`arbooth --help`, `--version`, `models list` and `subjects list` must not import torch (they stay fast)."""
 
+import json
 import os
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,13 +21,29 @@ print("HEAVY=" + ",".join(heavy), file=sys.stderr)
 """
 
 
+def _store_a_subject() -> None:
+    """A minimal subject file in the store (written by hand: this test process may lack torch too)."""
+    meta = {"format": "arbooth.subject/1", "name": "sks", "token": "sks", "class": "dog",
+            "base_model": "tiny-infinity", "base_model_hash": "0" * 64, "steps": "2", "config": "{}"}
+    header = json.dumps({"__metadata__": meta,
+                         "subject_embedding": {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}).encode()
+    d = Path(os.environ["ARBOOTH_HOME"]) / "subjects" / "sks"
+    d.mkdir(parents=True)
+    (d / "subject.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["models", "list"], ["models", "list", "--json"],
-                                  ["plugins", "list"], ["models", "info", "infinity-2b"]])
+                                  ["plugins", "list"], ["models", "info", "infinity-2b"],
+                                  ["subjects", "list"], ["subjects", "list", "--json"]])
 def test_light_commands_do_not_import_torch(args):
+    if args[0] == "subjects":
+        _store_a_subject()  # so the listing reads a header
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True,
                           env=dict(os.environ), timeout=120)
     assert "HEAVY=\n" in proc.stderr or proc.stderr.rstrip().endswith("HEAVY="), proc.stderr
     assert proc.stdout.strip()
+    if args[0] == "subjects":
+        assert "sks" in proc.stdout
 
 
 def test_console_script_and_module_entry_points_agree():

@@ -255,3 +255,46 @@ def test_wrapped_linears_take_effect() -> None:
             changed = m(text, x, SQUARE)
             setattr(owner, leaf, original)
             assert (changed - base).abs().max() > 1e-4, name
+
+
+@pytest.mark.parametrize("head_tokens", [0, 5, 2600])
+def test_scale_prefix_attention_matches_mask(model, head_tokens) -> None:
+    """Attention scale by scale (with the first scales in one masked call, or none, or all)
+    equals the (L, L) block-causal mask; gradients too."""
+    from arbooth_cli.models.transformer import ScalePrefixes, block_causal_mask
+
+    scales = WIDE
+    sp = ScalePrefixes.of(scales, torch.device("cpu"), head_tokens)
+    ends = [e for _, e in sp.bounds]
+    assert (ends[-1] if ends else sp.head) == n_tokens(scales)
+    if sp.head_mask is not None:
+        assert torch.equal(sp.head_mask, block_causal_mask(scales, torch.device("cpu"))[: sp.head, : sp.head])
+    gen = torch.Generator().manual_seed(4)
+    text, x = make_text(gen), tf_input(gen, scales)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    masked = model(text, x1, scales)
+    import arbooth_cli.models.transformer as T
+
+    orig = T.ScalePrefixes.of
+    T.ScalePrefixes.of = staticmethod(lambda s, d, h=head_tokens: orig(s, d, h))
+    try:
+        prefix = model(text, x2, scales, prefix_attention=True)
+    finally:
+        T.ScalePrefixes.of = orig
+    torch.testing.assert_close(prefix, masked, rtol=1e-5, atol=1e-5)
+    masked.square().mean().backward()
+    prefix.square().mean().backward()
+    torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointed_blocks_give_the_same_gradients(model) -> None:
+    """Recomputing blocks in the backward pass changes nothing in float32 (the stored block
+    inputs keep the blocks' dtype)."""
+    gen = torch.Generator().manual_seed(5)
+    text, x = make_text(gen), tf_input(gen, SQUARE)
+    grads = []
+    for ckpt in (False, True):
+        xi = x.clone().requires_grad_()
+        model(text, xi, SQUARE, checkpoint_blocks=ckpt).square().mean().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)

@@ -1,0 +1,153 @@
+"""Where a tuning step's time goes: forward, backward, optimizer, prior-pool sampling.
+
+Builds the model at full size from a random init (as bench/tune_speed.py), prepares a run with
+a small prior pool, then times, after warm-up:
+  step        a whole training step (forward, backward with the optimizer inside)
+  fwd         the teacher-forced forward alone (no grad)
+  fwd+bwd     forward and backward without the optimizer
+  opt         the optimizer on random gradients, per state kind
+  pool        prior-pool sampling per sample, plain graphs and graphs + compiled stages
+and prints a profiler table of one step's CUDA kernels.
+
+    python bench/profile_tune.py --model infinity-2b
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tune_speed import RandomTextEncoder, make_photos  # noqa: E402
+
+from arbooth_cli.config import TuneConfig  # noqa: E402
+from arbooth_cli.loading import ResolvedModel, spec_hash  # noqa: E402
+from arbooth_cli.models.build import Components, build_components  # noqa: E402
+from arbooth_cli.registry import get_spec  # noqa: E402
+from arbooth_cli.tuning import loop as L  # noqa: E402
+from arbooth_cli.tuning.optim import TuningAdamW  # noqa: E402
+
+
+def timed(fn, n: int) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="infinity-2b")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: pool,opt,profile")
+    args = ap.parse_args()
+    skip = set(args.skip.split(","))
+    spec = get_spec(args.model)
+    dev = torch.device("cuda")
+    work = Path(tempfile.mkdtemp(prefix="arbooth-prof-"))
+    os.environ["ARBOOTH_HOME"] = str(work / "home")
+    (work / "photos").mkdir()
+    size = L.resolve_size(spec, None)
+    make_photos(work / "photos", 3, 16 * L.schedule_for(spec, size)[-1][1])
+    comps = build_components(spec, device=dev, dtype=torch.bfloat16, roles=("transformer", "vae"),
+                             allow_random_init=True)
+    comps = Components(spec, dev, torch.bfloat16, comps.transformer, comps.vae,
+                       RandomTextEncoder(spec.text_encoder.width, dev))  # type: ignore[arg-type]
+    config = TuneConfig(photos=str(work / "photos"), token="sks", cls="dog", model=spec.name, steps=100,
+                        prior_pool=8, validate_every=0, checkpoint_every=0, device="cuda", dtype="bf16")
+    run = L._Run(config, ResolvedModel(spec, {}, "random"), lambda k, d: None, comps)
+    run.preflight()
+    run.load()
+    out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    if "pool" not in skip:
+        from arbooth_cli.sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
+
+        b = L.pool_batch(run.transformer, run.scales)
+        out["pool_batch"] = b
+        params = SamplingParams(cfg=1.0, tau=0.5, top_p=0.97)
+        for name, engine in (("graphs", SamplingEngine(compile=False)), ("graphs+compile", SamplingEngine())):
+            def draw():
+                gens = [torch.Generator(device=dev).manual_seed(i) for i in range(b)]
+                sample_token_maps(run.transformer, run.vae, run.class_text.repeat(b), run.scales, params, gens,
+                                  engine=engine, keep_logits=True)
+            t = time.perf_counter()
+            draw()
+            torch.cuda.synchronize()
+            out[f"pool_first_call_s[{name}]"] = round(time.perf_counter() - t, 2)
+            out[f"pool_s_per_sample[{name}]"] = round(timed(draw, 2) / b, 4)
+            engine.release()
+        torch.cuda.empty_cache()
+    pool = run.build_pool()
+    run.setup_training()
+    tr = run.transformer
+    for _ in range(2):
+        run.train_step(pool)
+    out["step_s"] = round(timed(lambda: run.train_step(pool), args.reps), 3)
+
+    # forward alone, and forward + backward without the optimizer
+    idx = [0, 1]
+    raw = torch.cat([run.raw[i] for i in idx])
+    tf = L.teacher_forcing(raw, run.vae.vae_scales(run.scales), patchify=run.vae.cfg.spatial_patchify)
+    text = L.TextCond.cat([run.subject_text([run.caption_text[i] for i in idx], [run.caption_span[i] for i in idx]),
+                           run.class_text.repeat(2)])
+    inputs = torch.cat([tf.inputs_BLd, tf.inputs_BLd])
+
+    def fwd():
+        with torch.no_grad():
+            tr(text, inputs, run.scales, prefix_attention=True)
+
+    out["fwd_s"] = round(timed(fwd, args.reps), 3)
+
+    def fwd_mask():
+        with torch.no_grad():
+            tr(text, inputs, run.scales, prefix_attention=False)
+
+    out["fwd_masked_attention_s"] = round(timed(fwd_mask, args.reps), 3)
+    run.remove_hooks()
+
+    def fwd_bwd(ckpt=True):
+        logits = tr(text, inputs, run.scales, checkpoint_blocks=ckpt, prefix_attention=True)
+        logits.float().square().mean().backward()
+        run.opt.zero_grad()
+
+    out["fwd_bwd_ckpt_s"] = round(timed(fwd_bwd, args.reps), 3)
+    torch.cuda.reset_peak_memory_stats()
+    if "opt" not in skip:
+        params = list(run.tuned.values())
+        for kind in ("fp32", "bf16", "fp8"):
+            opt = TuningAdamW(params, lr=1e-5, state=kind, generator=torch.Generator(device=dev).manual_seed(0))
+            for p in params:
+                p.grad = torch.randn_like(p) * 1e-3
+
+            out[f"opt_s[{kind}]"] = round(timed(opt.step, 2), 3)
+            del opt
+        for p in params:
+            p.grad = None
+        torch.cuda.empty_cache()
+    if "profile" not in skip:
+        run.remove_hooks = run.opt.step_in_backward()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            run.train_step(pool)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30))
+    print(json.dumps(out, indent=1))
+    outdir = os.environ.get("OUT")
+    if outdir:
+        Path(outdir, "profile_tune.json").write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

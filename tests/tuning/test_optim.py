@@ -1,0 +1,200 @@
+"""TuningAdamW and stochastic rounding: exact AdamW in fp32, unbiased rounding, compact states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from arbooth_cli.tuning.optim import FP8, SMALL_TENSOR, TuningAdamW, stochastic_round
+
+HP = {"lr": 1e-2, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.05}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _neighbours(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The representable values of ``dtype`` next to ``x`` towards and away from zero (normal range)."""
+    drop = {torch.bfloat16: 16, FP8: 20}[dtype]
+    low = x.view(torch.int32) & ~((1 << drop) - 1)
+    return low.view(torch.float32), (low + (1 << drop)).view(torch.float32)
+
+
+def test_fp32_state_matches_torch_adamw():
+    """On fp32 weights with fp32 moments the update is torch's AdamW."""
+    g = _gen(0)
+    w0 = torch.randn(64, 80, generator=g)
+    b0 = torch.randn(80, generator=g)
+    ours = [w0.clone(), b0.clone()]
+    ref = [torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())]
+    opt = TuningAdamW(ours, state="fp32", **HP)
+    torch_opt = torch.optim.AdamW(ref, foreach=False, **HP)
+    for _ in range(20):
+        grads = [torch.randn(t.shape, generator=g) for t in ours]
+        for p, q, gr in zip(ours, ref, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        torch_opt.step()
+    assert opt.steps == 20
+    for p, q in zip(ours, ref):
+        assert not torch.equal(p, w0 if p.ndim == 2 else b0)
+        torch.testing.assert_close(p, q.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, FP8])
+def test_stochastic_round_gives_a_neighbour_and_is_unbiased(dtype):
+    """Every result is one of the two neighbours of x, and the mean of many draws is x."""
+    g = _gen(1)
+    sign = torch.where(torch.rand(20_000, generator=g) < 0.5, -1.0, 1.0)
+    x = sign * torch.exp(torch.empty(20_000).uniform_(-2.0, 5.5, generator=g))  # |x| in [0.14, 245]
+    r = stochastic_round(x, dtype, _gen(2)).float()
+    low, high = _neighbours(x, dtype)
+    assert ((r == low) | (r == high)).all()
+    assert (r != x.to(dtype).float()).any()  # not plain round-to-nearest
+
+    spacing = {torch.bfloat16: 2.0**-7, FP8: 2.0**-3}[dtype]  # between 1 and 2
+    v = 1.0 + 0.3 * spacing
+    xs = torch.full((200_000,), v)
+    rs = stochastic_round(xs, dtype, _gen(3)).float()
+    assert set(rs.unique().tolist()) == {1.0, 1.0 + spacing}
+    assert abs((rs == 1.0 + spacing).float().mean().item() - 0.3) < 0.01
+    assert abs(rs.mean().item() - v) < 0.02 * spacing
+    neg = stochastic_round(-xs, dtype, _gen(4)).float()
+    assert abs(neg.mean().item() + v) < 0.02 * spacing
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, FP8])
+def test_stochastic_round_without_generator_is_round_to_nearest_and_seeded_draws_repeat(dtype):
+    """generator=None is ``x.to(dtype)``; the same seed gives the same bits."""
+    x = torch.randn(5000, generator=_gen(5)) * 10
+    assert torch.equal(stochastic_round(x, dtype, None).view(torch.uint8), x.to(dtype).view(torch.uint8))
+    a = stochastic_round(x, dtype, _gen(6))
+    b = stochastic_round(x, dtype, _gen(6))
+    c = stochastic_round(x, dtype, _gen(7))
+    assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    assert not torch.equal(a.view(torch.uint8), c.view(torch.uint8))
+
+
+def test_stochastic_rounding_keeps_updates_below_bf16_resolution():
+    """lr 1e-5 on bf16 weights of 1.0: round-to-nearest drops every update, stochastic rounding
+    moves the mean by lr per step (the normalised AdamW step of a constant gradient is 1)."""
+    n, steps, lr = 1 << 16, 20, 1e-5
+
+    def run(generator):
+        w = torch.ones(n, dtype=torch.bfloat16)
+        opt = TuningAdamW([w], lr=lr, state="fp32", generator=generator)
+        for _ in range(steps):
+            w.grad = torch.ones_like(w)
+            opt.step()
+        return w
+
+    nearest = run(None)
+    assert torch.equal(nearest, torch.ones(n, dtype=torch.bfloat16))
+    rounded = run(_gen(8))
+    moved = 1.0 - rounded.double().mean().item()
+    assert moved == pytest.approx(steps * lr, rel=0.1)
+    assert set(rounded.float().unique().tolist()) <= {1.0, 1.0 - 2.0**-8, 1.0 - 2.0**-7}
+
+
+@pytest.mark.parametrize("state", ["bf16", "fp8"])
+def test_low_precision_states_track_fp32_and_are_smaller(state):
+    """After 50 steps the weights moved about as with fp32 moments, with less state memory."""
+    g = _gen(9)
+    w0 = torch.randn(128, 64, generator=g)  # 8192 >= SMALL_TENSOR values
+    drift = torch.randn(128, 64, generator=g)
+    grads = [0.5 * drift + torch.randn(128, 64, generator=g) for _ in range(50)]
+
+    def run(kind):
+        w = w0.clone()
+        opt = TuningAdamW([w], lr=1e-3, weight_decay=0.01, state=kind, generator=_gen(10))
+        for gr in grads:
+            w.grad = gr.clone()
+            opt.step()
+        return w - w0, opt.state_bytes()
+
+    ref, ref_bytes = run("fp32")
+    got, got_bytes = run(state)
+    assert ref_bytes == 8 * w0.numel()
+    assert ((got - ref).norm() / ref.norm()).item() < 0.25
+    assert got_bytes < ref_bytes
+    if state == "fp8":
+        assert got_bytes * 3 <= ref_bytes
+    else:
+        assert got_bytes * 2 == ref_bytes
+
+
+def test_small_tensors_keep_fp32_moments():
+    """A tensor below SMALL_TENSOR values costs fp32 state whatever the kind."""
+    small = torch.zeros(SMALL_TENSOR - 1)
+    for kind in ("fp32", "bf16", "fp8"):
+        assert TuningAdamW([small], lr=1e-3, state=kind).state_bytes() == 8 * small.numel()
+
+
+@pytest.mark.parametrize("state", ["fp32", "fp8"])
+def test_state_round_trip_gives_an_identical_next_step(state):
+    """A fresh optimizer loaded with another's state (and rounding stream) takes the same step."""
+    g = _gen(11)
+    w = torch.randn(96, 64, generator=g).to(torch.bfloat16)
+    b = torch.randn(64, generator=g)
+    gen_a = _gen(12)
+    a = TuningAdamW([w, b], lr=1e-3, weight_decay=0.01, state=state, generator=gen_a)
+    for _ in range(3):
+        w.grad = torch.randn(w.shape, generator=g).to(torch.bfloat16)
+        b.grad = torch.randn(b.shape, generator=g)
+        a.step()
+    saved = {k: v.clone() for k, v in a.state_tensors().items()}
+    w2, b2 = w.clone(), b.clone()
+    gen_b = torch.Generator()
+    gen_b.set_state(gen_a.get_state())
+    fresh = TuningAdamW([w2, b2], lr=1e-3, weight_decay=0.01, state=state, generator=gen_b)
+    fresh.load_state_tensors(saved, a.steps)
+    assert fresh.steps == 3
+    gw, gb = torch.randn(w.shape, generator=g).to(torch.bfloat16), torch.randn(b.shape, generator=g)
+    for opt, (p, q) in ((a, (w, b)), (fresh, (w2, b2))):
+        p.grad, q.grad = gw.clone(), gb.clone()
+        opt.step()
+    assert torch.equal(w.view(torch.int16), w2.view(torch.int16)) and torch.equal(b, b2)
+    for k, v in a.state_tensors().items():
+        assert torch.equal(v.view(torch.uint8), fresh.state_tensors()[k].view(torch.uint8)), k
+
+
+def test_mismatching_state_is_refused():
+    """Other names (another state kind or other tensors) or other shapes raise ValueError."""
+    w = torch.zeros(64, 128)
+    fp32 = TuningAdamW([w], lr=1e-3, state="fp32")
+    fp8 = TuningAdamW([w.clone()], lr=1e-3, state="fp8")
+    with pytest.raises(ValueError, match="does not match"):
+        fp32.load_state_tensors(fp8.state_tensors(), 1)
+    with pytest.raises(ValueError, match="does not match"):
+        TuningAdamW([w, torch.zeros(3)], lr=1e-3).load_state_tensors(fp32.state_tensors(), 1)
+    other = TuningAdamW([torch.zeros(128, 64)], lr=1e-3, state="fp32")
+    with pytest.raises(ValueError, match="expected"):
+        fp32.load_state_tensors(other.state_tensors(), 1)
+    with pytest.raises(ValueError, match="unknown optimizer state"):
+        TuningAdamW([w], lr=1e-3, state="int4")  # type: ignore[arg-type]
+
+
+def test_step_in_backward_equals_step_after_backward():
+    """Updating each tensor inside the backward pass gives the same weights as one step after it
+    (fp32 weights and moments: no random rounding, so the order of updates cannot matter)."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    b = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    b.load_state_dict(a.state_dict())
+    opt_a = TuningAdamW(list(a.parameters()), lr=1e-2, weight_decay=0.01)
+    opt_b = TuningAdamW(list(b.parameters()), lr=1e-2, weight_decay=0.01)
+    remove = opt_b.step_in_backward()
+    for _ in range(5):
+        x = torch.randn(4, 16)
+        a(x).square().mean().backward()
+        opt_a.step()
+        opt_a.zero_grad()
+        opt_b.begin_step()
+        b(x).square().mean().backward()
+        assert all(p.grad is None for p in b.parameters())  # dropped as soon as used
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    remove()
+    b(torch.randn(4, 16)).sum().backward()
+    assert all(p.grad is not None for p in b.parameters())  # hooks gone: gradients stay
