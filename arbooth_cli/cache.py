@@ -259,16 +259,9 @@ class ModelCache:
         with self._lock(name):
             target = self.model_dir(name)
             self._mkdir(target.parent)
-            if target.exists():
-                if not force:
-                    raise ModelExistsError(name)
-                # Move the old one aside first: readers see either the old or the new model.
-                trash = paths.staging_dir(self.root) / f"{name}.{uuid.uuid4().hex[:12]}.removing"
-                os.replace(target, trash)
-                os.replace(stage, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(stage, target)
+            if target.exists() and not force:
+                raise ModelExistsError(name)
+            swap_in(stage, target, paths.staging_dir(self.root))
         model = self._read_manifest(target)
         assert model is not None
         return model
@@ -370,6 +363,18 @@ class ModelCache:
         model = self.add(spec, inputs, force=force, validate=validate, progress=progress, source="pull")
         shutil.rmtree(dl_dir, ignore_errors=True)
         return model
+
+
+def swap_in(stage: Path, target: Path, trash_dir: Path) -> None:
+    """Rename the folder ``stage`` to ``target``; an existing ``target`` is first moved aside into
+    ``trash_dir`` and then deleted, so readers see the old or the new folder, never a mix."""
+    if target.exists():
+        trash = trash_dir / f"{target.name}.{uuid.uuid4().hex[:12]}.removing"
+        os.replace(target, trash)
+        os.replace(stage, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(stage, target)
 
 
 def spec_validator(spec: ModelSpec) -> ShapeValidator:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError, InvalidInputError
 
@@ -35,8 +35,31 @@ class PromptJob:
 PROMPT_FILE_KEYS = {f.name for f in fields(PromptJob)} - {"line"} | {"n"}
 
 
+_C = TypeVar("_C", bound="_Checked")
+
+
+class _Checked:
+    """What every command config offers: ``problems()`` (all of them at once), ``validate()``,
+    ``to_dict()`` and ``with_(**changes)``."""
+
+    def problems(self) -> list[str]:
+        raise NotImplementedError
+
+    def validate(self: _C) -> _C:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def with_(self: _C, **kw: Any) -> _C:
+        return replace(self, **kw)  # type: ignore[type-var]
+
+
 @dataclass(frozen=True)
-class GenConfig:
+class GenConfig(_Checked):
     """Everything `arbooth gen` needs; the CLI flags map one to one (see `arbooth gen --help`)."""
 
     prompts: tuple[PromptJob, ...]
@@ -90,17 +113,6 @@ class GenConfig:
             out.append("--compile must be auto, on or off")
         return out
 
-    def validate(self) -> GenConfig:
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_(self, **kw: Any) -> GenConfig:
-        return replace(self, **kw)
 
 
 def _number(value: Any, key: str, line: int) -> Number:
@@ -186,7 +198,7 @@ SCALE_SCHEDULES = ("official-step", "uniform", "linear", "exp", "infinity")
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(_Checked):
     """Everything `arbooth tune` needs. Defaults are what the official ARBooth code effectively
     runs (sources in docs/tuning.md); the CLI flags map one to one, and a TOML file given with
     ``--config`` may set any field by its name."""
@@ -312,17 +324,6 @@ class TuneConfig:
             out.append("--dtype must be auto, fp32 or bf16")
         return out
 
-    def validate(self) -> TuneConfig:
-        problems = self.problems()
-        if problems:
-            raise ConfigError(problems)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_(self, **kw: Any) -> TuneConfig:
-        return replace(self, **kw)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TuneConfig:

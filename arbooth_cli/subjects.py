@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .cache import swap_in
 from .checkpoint_io import raise_if_disk_full, read_safetensors_header
 from .errors import CacheBusyError, CacheNotWritableError, CheckpointError, InvalidInputError, NotFoundError
 
@@ -189,15 +190,9 @@ class SubjectStore:
         with self._lock(name):
             target = self.subject_dir(name)
             self._mkdir(self.dir)
-            if target.exists():
-                if not overwrite:
-                    raise SubjectExistsError(name)
-                trash = paths.staging_dir(self.root) / f"subject-{name}.{uuid.uuid4().hex[:12]}.removing"
-                os.replace(target, trash)
-                os.replace(stage, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(stage, target)
+            if target.exists() and not overwrite:
+                raise SubjectExistsError(name)
+            swap_in(stage, target, paths.staging_dir(self.root))
         return self.get(name)
 
     def remove(self, name: str) -> Path:

@@ -268,7 +268,9 @@ def _expandable_segments() -> None:
     if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
         return
     try:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        with warnings.catch_warnings():  # newer torch renames this setter and warns
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     except (AttributeError, RuntimeError):  # older torch: keep the default allocator
         pass
 
