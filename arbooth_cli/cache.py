@@ -197,44 +197,14 @@ class ModelCache:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        from filelock import FileLock, Timeout
-
-        ldir = paths.locks_dir(self.root)
-        self._mkdir(ldir)
-        lock = FileLock(str(ldir / f"{name}.lock"))
-        try:
-            with lock.acquire(timeout=LOCK_TIMEOUT_S):
-                yield
-        except Timeout:
-            raise CacheBusyError(
-                f"another arbooth process has held the lock of {name!r} for {LOCK_TIMEOUT_S:.0f} s",
-                hint="wait for it to finish, or remove a stale lock file in " + str(ldir),
-            ) from None
+    def _lock(self, name: str):  # type: ignore[no-untyped-def]
+        return store_lock(self.root, name, repr(name))
 
     def _mkdir(self, d: Path) -> None:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if not os.access(d, os.W_OK | os.X_OK):
-                raise PermissionError(errno.EACCES, "not writable", str(d))
-        except OSError as exc:
-            raise_if_disk_full(exc)
-            raise CacheNotWritableError(
-                f"cannot write to the cache directory {d}: {exc.strerror or exc}",
-                hint="set ARBOOTH_HOME to a writable directory",
-            ) from None
+        writable_dir(d)
 
-    @contextmanager
-    def _staging(self, name: str) -> Iterator[Path]:
-        tdir = paths.staging_dir(self.root)
-        self._mkdir(tdir)
-        stage = tdir / f"{name}.{uuid.uuid4().hex[:12]}.partial"
-        stage.mkdir()
-        try:
-            yield stage
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+    def _staging(self, name: str):  # type: ignore[no-untyped-def]
+        return staging_folder(self.root, name)
 
     def _commit(self, name: str, stage: Path, files: list[CachedFile], roles: dict[str, str],
                 source: str, originals: dict[str, Any], force: bool, spec: ModelSpec) -> CachedModel:
@@ -270,9 +240,7 @@ class ModelCache:
         """Remove a cached model (atomically: it is moved out of ``models/`` first)."""
         with self._lock(name):
             model = self.get(name)
-            self._mkdir(paths.staging_dir(self.root))
-            trash = paths.staging_dir(self.root) / f"{name}.{uuid.uuid4().hex[:12]}.removing"
-            os.replace(model.root, trash)
+            trash = move_aside(model.root, self.root)
         shutil.rmtree(trash, ignore_errors=True)
         return model
 
@@ -363,6 +331,62 @@ class ModelCache:
         model = self.add(spec, inputs, force=force, validate=validate, progress=progress, source="pull")
         shutil.rmtree(dl_dir, ignore_errors=True)
         return model
+
+
+# ---- store mechanics shared with the subject store --------------------------------------------
+
+
+def writable_dir(d: Path) -> None:
+    """Create ``d`` (and parents) and check it is writable; :class:`CacheNotWritableError` if not."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(d))
+    except OSError as exc:
+        raise_if_disk_full(exc)
+        raise CacheNotWritableError(
+            f"cannot write to the cache directory {d}: {exc.strerror or exc}",
+            hint="set ARBOOTH_HOME to a writable directory",
+        ) from None
+
+
+@contextmanager
+def store_lock(root: Path, key: str, what: str) -> Iterator[None]:
+    """One writer at a time for ``key`` under ``root`` (``what`` names it in the error)."""
+    from filelock import FileLock, Timeout
+
+    ldir = paths.locks_dir(root)
+    writable_dir(ldir)
+    try:
+        with FileLock(str(ldir / f"{key}.lock")).acquire(timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise CacheBusyError(
+            f"another arbooth process has held the lock of {what} for {LOCK_TIMEOUT_S:.0f} s",
+            hint="wait for it to finish, or remove a stale lock file in " + str(ldir),
+        ) from None
+
+
+@contextmanager
+def staging_folder(root: Path, stem: str) -> Iterator[Path]:
+    """A fresh folder under ``tmp/`` to build something in; deleted on exit (moved away on success)."""
+    tdir = paths.staging_dir(root)
+    writable_dir(tdir)
+    stage = tdir / f"{stem}.{uuid.uuid4().hex[:12]}.partial"
+    stage.mkdir()
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_aside(target: Path, root: Path) -> Path:
+    """Rename ``target`` into ``tmp/`` (one atomic step: readers no longer find it); returns where
+    it went, for the caller to delete outside its lock."""
+    writable_dir(paths.staging_dir(root))
+    trash = paths.staging_dir(root) / f"{target.name}.{uuid.uuid4().hex[:12]}.removing"
+    os.replace(target, trash)
+    return trash
 
 
 def swap_in(stage: Path, target: Path, trash_dir: Path) -> None:

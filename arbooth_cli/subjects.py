@@ -20,20 +20,17 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import paths
-from .cache import swap_in
+from .cache import move_aside, staging_folder, store_lock, swap_in, writable_dir
 from .checkpoint_io import raise_if_disk_full, read_safetensors_header
-from .errors import CacheBusyError, CacheNotWritableError, CheckpointError, InvalidInputError, NotFoundError
+from .errors import CacheNotWritableError, CheckpointError, InvalidInputError, NotFoundError
 
 SUBJECT_FILE = "subject.safetensors"
 FORMAT = "arbooth.subject/1"
-LOCK_TIMEOUT_S = 60.0
 
 
 def lowrank_file(rank: int) -> str:
@@ -153,43 +150,17 @@ class SubjectStore:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        from filelock import FileLock, Timeout
+    def _lock(self, name: str):  # type: ignore[no-untyped-def]
+        return store_lock(self.root, f"subject-{name}", f"subject {name!r}")
 
-        ldir = paths.locks_dir(self.root)
-        self._mkdir(ldir)
-        try:
-            with FileLock(str(ldir / f"subject-{name}.lock")).acquire(timeout=LOCK_TIMEOUT_S):
-                yield
-        except Timeout:
-            raise CacheBusyError(f"another arbooth process holds the lock of subject {name!r}",
-                                 hint="wait for it to finish, or remove a stale lock file in " + str(ldir)) from None
-
-    def _mkdir(self, d: Path) -> None:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise_if_disk_full(exc)
-            raise CacheNotWritableError(f"cannot write to {d}: {exc.strerror or exc}",
-                                        hint="set ARBOOTH_HOME to a writable directory") from None
-
-    @contextmanager
-    def staging(self, name: str) -> Iterator[Path]:
+    def staging(self, name: str):  # type: ignore[no-untyped-def]
         """A fresh folder to write a subject's files into before :meth:`commit`."""
-        tdir = paths.staging_dir(self.root)
-        self._mkdir(tdir)
-        stage = tdir / f"subject-{name}.{uuid.uuid4().hex[:12]}.partial"
-        stage.mkdir()
-        try:
-            yield stage
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+        return staging_folder(self.root, f"subject-{name}")
 
     def commit(self, name: str, stage: Path, *, overwrite: bool) -> SubjectInfo:
         with self._lock(name):
             target = self.subject_dir(name)
-            self._mkdir(self.dir)
+            writable_dir(self.dir)
             if target.exists() and not overwrite:
                 raise SubjectExistsError(name)
             swap_in(stage, target, paths.staging_dir(self.root))
@@ -200,9 +171,7 @@ class SubjectStore:
             target = self.subject_dir(name)
             if not target.is_dir():
                 raise SubjectNotFoundError(name, [s.name for s in self.list()])
-            self._mkdir(paths.staging_dir(self.root))
-            trash = paths.staging_dir(self.root) / f"subject-{name}.{uuid.uuid4().hex[:12]}.removing"
-            os.replace(target, trash)
+            trash = move_aside(target, self.root)
         shutil.rmtree(trash, ignore_errors=True)
         return target
 
