@@ -179,8 +179,8 @@ def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> i
 def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextCond, scales: tuple[Scale, ...],
                       n: int, *, seed: int, tau: float, top_p: float, batch: int, compile: bool = False,
                       on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
-    """``n`` class samples, sample i drawn from its own generator (seed + i), so the pool does not
-    depend on the batch size it was drawn with."""
+    """``n`` samples of the one prompt of ``text``, sample i drawn from its own generator
+    (seed + i), so the pool does not depend on the batch size it was drawn with."""
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
     dev = transformer.device
@@ -196,8 +196,8 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextC
         for start in range(0, n, batch):
             b = min(batch, n - start)
             gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(b)]
-            maps = sample_token_maps(transformer, vae, text.repeat(b) if text.batch == 1 else text, scales, params,
-                                     gens, engine=engine, keep_logits=True)
+            maps = sample_token_maps(transformer, vae, text.repeat(b), scales, params, gens, engine=engine,
+                                     keep_logits=True)
             bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
             assert maps.logits_BLV is not None
             logits[start:start + b].copy_(maps.logits_BLV.to(torch.bfloat16), non_blocking=True)
@@ -660,12 +660,14 @@ class _Run:
             "photos": json.dumps([im.path.name for im in self.images]),
         }
 
-    def save_subject(self) -> tuple[SubjectInfo, LowRankReport | None]:
+    def save_subject(self) -> tuple[SubjectInfo, dict[str, Tensor] | None, LowRankReport | None]:
+        """Write the subject (and its rank-R form); returns the low-rank entries for
+        :meth:`lowrank_loss_cost`."""
         c = self.config
         entries = {n: p.detach() for n, p in self.tuned.items()}
         if self.subject_SC is not None:
             entries["subject_embedding"] = self.subject_SC.detach().float()
-        report = None
+        report = low = None
         with self.store.staging(self.name) as stage:
             try:
                 write_safetensors(stage / SUBJECT_FILE, entries, self.metadata("full", 0))
@@ -680,15 +682,15 @@ class _Run:
                 raise_if_disk_full(exc)
                 raise
             info = self.store.commit(self.name, stage, overwrite=c.overwrite or c.resume)
-        return info, report
+        return info, low, report
 
-    def lowrank_loss_cost(self, pool: PriorPool | None, report: LowRankReport) -> dict[str, float]:
-        """The subject and prior losses of one fixed batch with the full and the rank-R weights."""
+    def lowrank_loss_cost(self, pool: PriorPool | None, low: dict[str, Tensor]) -> dict[str, float]:
+        """The subject and prior losses of one fixed batch with the full and the rank-R weights
+        (``low``: the entries of the rank-R subject file)."""
         from .lowrank import tuned_values
 
         assert self.base_values is not None
         c, tr, dev = self.config, self.transformer, self.device
-        low, _ = compress({n: p.detach() for n, p in self.tuned.items()}, self.base_values, report.rank)
         idx = list(range(min(c.batch_size, len(self.raw))))
         raw = torch.cat([self.raw[i] for i in idx])
         tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify)
@@ -756,10 +758,11 @@ def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: Resol
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
-    info, report = run.save_subject()
+    info, low, report = run.save_subject()
     lowrank = None
     if report is not None:
-        cost = run.lowrank_loss_cost(pool, report)
+        assert low is not None
+        cost = run.lowrank_loss_cost(pool, low)
         lowrank = {**asdict(report), **cost, "path": str(info.path.parent / lowrank_file(report.rank))}
         emit("lowrank", lowrank)
     # the run is complete: its checkpoint and prior pool are no longer needed
