@@ -22,6 +22,8 @@ import math
 import os
 import shutil
 import signal
+import sys
+import threading
 import time
 import uuid
 import warnings
@@ -36,7 +38,7 @@ from torch import Tensor
 from .. import __version__, paths
 from ..checkpoint_io import raise_if_disk_full, write_safetensors
 from ..config import SCALE_SCHEDULES, TuneConfig
-from ..errors import CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
+from ..errors import ArboothError, CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
 from ..models.bsq_vae import BSQVAE, teacher_forcing
 from ..models.schedules import SIZE_SCALES, get_schedule
@@ -247,10 +249,61 @@ def _write_atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+    except BaseException as exc:  # whatever stopped the write, no half-written folder stays behind
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, OSError) or isinstance(exc, ResourceError):  # already typed (DiskFullError)
+            raise
         raise_if_disk_full(exc)
         raise ResourceError(f"cannot write the checkpoint {target}: {exc.strerror or exc}") from None
+
+
+class _CheckpointWriter:
+    """Writes checkpoint folders (with :func:`_write_atomic_dir`) on a background thread, so the
+    training steps go on while a big checkpoint reaches the disk.
+
+    At most one write is in flight: :meth:`submit` first waits for the previous one, so the host
+    buffers a snapshot lives in are never refilled while a write still reads them. The thread never
+    calls back into the run (progress events belong to the main thread); :meth:`wait` hands its
+    result or its error to the caller."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._pending: tuple[Path, int] | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        """A write was submitted and has ended (:meth:`wait` will not block)."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def submit(self, target: Path, write: Callable[[Path], None], step: int) -> tuple[Path, int] | None:
+        """Start writing ``target`` with ``write``; returns what :meth:`wait` returned for the
+        previous write (and raises its error)."""
+        previous = self.wait()
+
+        def work() -> None:
+            try:
+                _write_atomic_dir(target, write)
+            except BaseException as exc:  # re-raised in the main thread by wait()
+                self._error = exc
+
+        self._pending = (target, step)
+        # not a daemon: a checkpoint that has started is finished even if the main thread dies
+        self._thread = threading.Thread(target=work, name="arbooth-checkpoint")
+        self._thread.start()
+        return previous
+
+    def wait(self) -> tuple[Path, int] | None:
+        """Block until the write in flight (if any) is on disk; return its (folder, step), or
+        None when there was none. An error of the write is raised here, in the caller."""
+        if self._thread is None:
+            return None
+        self._thread.join()  # fields are cleared only after the join: an interrupted wait can be retried
+        done, error = self._pending, self._error
+        self._thread = self._pending = self._error = None
+        if error is not None:
+            raise error
+        return done
 
 
 def _find_checkpoint(run_dir: Path) -> Path | None:
@@ -309,6 +362,8 @@ class _Run:
         self.validation_images: list[str] = []
         self.compiled = False  # set once the device is known
         self._stop = False
+        self.writer = _CheckpointWriter()
+        self._pinned: dict[str, Tensor] = {}  # host buffers of checkpoint snapshots (CUDA), reused
 
     # ---- checks before any heavy work -----------------------------------------------------
 
@@ -474,29 +529,63 @@ class _Run:
 
     # ---- checkpoints ----------------------------------------------------------------------
 
-    def save_checkpoint(self) -> Path:
-        self.check_finite()
-        target = self.run_dir / CHECKPOINT_DIR
+    def _to_host(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Host copies of ``tensors`` that later steps cannot change. On CUDA they go into pinned
+        buffers kept for the next checkpoint (allocating GBs of pinned memory each time would cost
+        more than the copy); the copies are queued only: the caller synchronises once."""
+        if self.device.type != "cuda":
+            return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+        out = {}
+        for k, v in tensors.items():
+            buf = self._pinned.get(k)
+            if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
+                buf = self._pinned[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
+            out[k] = buf.copy_(v.detach(), non_blocking=True)
+        return out
 
-        def write(d: Path) -> None:
-            weights = dict(self.tuned)
-            if self.subject_SC is not None:
-                weights["subject_embedding"] = self.subject_SC
-            write_safetensors(d / "weights.safetensors", {k: v.detach() for k, v in weights.items()})
-            extra = {f"opt.{k}": v for k, v in self.opt.state_tensors().items()}
-            extra["rng.data"] = _gen_state(self.data_gen)
-            extra["rng.noise"] = _gen_state(self.noise_gen)
-            extra["order"] = self.batch.order
+    def save_checkpoint(self, *, wait: bool = False) -> Path:
+        """Snapshot the run and write it to the run folder in the background (``wait``: before
+        returning). The snapshot is taken here, so the checkpoint is of this step even though the
+        loop goes on while it is written."""
+        self.check_finite()
+        # the previous write still reads the pinned buffers: let it finish before refilling them
+        self.finish_checkpoint()
+        target = self.run_dir / CHECKPOINT_DIR
+        weights = dict(self.tuned)
+        if self.subject_SC is not None:
+            weights["subject_embedding"] = self.subject_SC
+        host_weights = self._to_host(weights)
+        extra = self._to_host({f"opt.{k}": v for k, v in self.opt.state_tensors().items()})
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the one sync for all the copies
+        extra["rng.data"] = _gen_state(self.data_gen)
+        extra["rng.noise"] = _gen_state(self.noise_gen)
+        extra["order"] = self.batch.order.clone()
+        state = {"step": self.step, "pos": self.batch.pos, "opt_steps": self.opt.steps,
+                 "optimizer_state": self.opt_kind, "config": self.config.to_dict(),
+                 "model_hash": self.resolved.model_hash, "arbooth_version": __version__, "saved": _now(),
+                 "losses": dict(self.last_logged)}
+
+        def write(d: Path) -> None:  # runs on the writer thread: reads the snapshot only
+            write_safetensors(d / "weights.safetensors", host_weights)
             write_safetensors(d / "optimizer.safetensors", extra)
-            state = {"step": self.step, "pos": self.batch.pos, "opt_steps": self.opt.steps,
-                     "optimizer_state": self.opt_kind, "config": self.config.to_dict(),
-                     "model_hash": self.resolved.model_hash, "arbooth_version": __version__, "saved": _now(),
-                     "losses": self.last_logged}
             (d / "state.json").write_text(json.dumps(state, indent=1))
 
-        _write_atomic_dir(target, write)
-        self.emit("checkpoint", {"step": self.step, "path": str(target)})
+        self.writer.submit(target, write, self.step)
+        if wait:
+            self.finish_checkpoint()
         return target
+
+    def finish_checkpoint(self) -> Path | None:
+        """Wait for the checkpoint being written, if any, and emit its "checkpoint" event; returns
+        its folder. The event is emitted once the folder is complete on disk, always from the main
+        thread (here), at the first step boundary or wait point after the write ended. A failed
+        write raises its error (a ResourceError) here."""
+        done = self.writer.wait()
+        if done is None:
+            return None
+        self.emit("checkpoint", {"step": done[1], "path": str(done[0])})
+        return done[0]
 
     def load_checkpoint(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -588,10 +677,20 @@ class _Run:
         bad = (~torch.isfinite(values)).any(dim=1).nonzero()
         if len(bad):
             at = first + int(bad[0, 0])
+            # the last good checkpoint may still be on its way to the disk: the message must name a
+            # complete one. If its write failed, the divergence is still the error raised (the
+            # write error is chained and named), and the previous checkpoint is the one kept.
+            failed: ArboothError | None = None
+            try:
+                self.finish_checkpoint()
+            except ArboothError as exc:
+                failed = exc
             ckpt = _find_checkpoint(self.run_dir)
             where = f"; the last good checkpoint is in {ckpt} (resume with --resume)" if ckpt else ""
+            if failed is not None:
+                where += f" (the last checkpoint could not be written: {failed})"
             raise TrainingDivergedError(f"the loss became {values[int(bad[0, 0]), 0].item()} at step {at}{where}",
-                                        hint="lower --lr, or use --optimizer-state fp32")
+                                        hint="lower --lr, or use --optimizer-state fp32") from failed
         loss, ce, prior = values[-1].tolist()
         self.last_logged = {"loss": loss, "ce": ce, "prior": prior}
         return self.last_logged
@@ -632,6 +731,8 @@ class _Run:
         t0, s0 = time.perf_counter(), self.step
         while self.step < c.steps:
             self.train_step(pool)
+            if self.writer.finished:  # report a finished checkpoint (or its error) at the next step
+                self.finish_checkpoint()
             at_end = self.step == c.steps
             if self.step % c.log_every == 0 or at_end:
                 losses = self.check_finite()
@@ -641,12 +742,16 @@ class _Run:
                                    "it_per_s": (self.step - s0) / max(now - t0, 1e-9), "gpu_peak_bytes": peak})
             if c.validate_every and self.step % c.validate_every == 0:
                 self.validate()
-            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and not at_end:
+            saved = bool(c.checkpoint_every) and self.step % c.checkpoint_every == 0 and not at_end
+            if saved:
                 self.save_checkpoint()
             if self._stop:
-                ckpt = self.save_checkpoint()
+                # Ctrl-C: the checkpoint is on disk before the run stops (this step's, if just submitted)
+                ckpt = self.finish_checkpoint() if saved else self.save_checkpoint(wait=True)
                 raise TuneInterrupted(self.step, ckpt)
         self.check_finite()
+        self.finish_checkpoint()
+        self._pinned.clear()  # no write is in flight: give the pinned host memory back
 
     # ---- saving the subject ----------------------------------------------------------------
 
@@ -664,6 +769,7 @@ class _Run:
         """Write the subject (and its rank-R form); returns the low-rank entries for
         :meth:`lowrank_loss_cost`."""
         c = self.config
+        self.finish_checkpoint()  # no checkpoint write may race the subject's (loop() already waited)
         entries = {n: p.detach() for n, p in self.tuned.items()}
         if self.subject_SC is not None:
             entries["subject_embedding"] = self.subject_SC.detach().float()
@@ -725,6 +831,19 @@ class _Run:
         self._stop = True
 
 
+def _drain_checkpoints(run: _Run, pending: BaseException | None) -> None:
+    """No checkpoint write outlives :func:`tune`. With no error on its way, a failed write is
+    raised; otherwise that error wins and the failed write is noted on it (Python 3.11+)."""
+    if pending is None:
+        run.finish_checkpoint()
+        return
+    try:
+        run.finish_checkpoint()
+    except Exception as exc:
+        if hasattr(pending, "add_note"):
+            pending.add_note(f"the last checkpoint could not be written either: {exc}")
+
+
 def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: ResolvedModel | None = None,
          components: Components | None = None) -> TuneResult:
     """Tune a subject; see the module docstring. Ctrl-C (SIGINT) finishes the current step, writes
@@ -749,16 +868,17 @@ def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: Resol
     elif config.overwrite:
         shutil.rmtree(run.run_dir / CHECKPOINT_DIR, ignore_errors=True)
         shutil.rmtree(run.run_dir / (CHECKPOINT_DIR + ".old"), ignore_errors=True)
-    import threading
-
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, run.request_stop) if main else None
     try:
-        run.loop(pool)
+        try:
+            run.loop(pool)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        info, low, report = run.save_subject()
     finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-    info, low, report = run.save_subject()
+        _drain_checkpoints(run, sys.exc_info()[1])
     lowrank = None
     if report is not None:
         assert low is not None

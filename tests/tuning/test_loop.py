@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,12 +17,14 @@ from safetensors.torch import load_file
 
 from arbooth_cli import __version__, paths
 from arbooth_cli.config import TuneConfig
-from arbooth_cli.errors import ConfigError, InvalidInputError, TrainingDivergedError
+from arbooth_cli.errors import (ConfigError, DiskFullError, InvalidInputError, ResourceError,
+                               TrainingDivergedError)
 from arbooth_cli.loading import resolve_model
 from arbooth_cli.models.build import build_transformer
 from arbooth_cli.models.specs.tiny import TINY_INFINITY
 from arbooth_cli.subjects import FORMAT, SubjectExistsError, SubjectStore, read_subject_header
-from arbooth_cli.tuning.loop import CHECKPOINT_DIR, POOL_FILE, TuneInterrupted, _Run, tune
+from arbooth_cli.tuning.loop import (CHECKPOINT_DIR, POOL_FILE, PriorPool, TuneInterrupted, _CheckpointWriter,
+                                     _Run, tune)
 from arbooth_cli.tuning.lowrank import compress, lowrank_factors, tuned_values
 from arbooth_cli.tuning.selection import DEFAULT_LAYERS, select_params
 
@@ -150,6 +155,126 @@ def test_resume_after_ctrl_c_is_exact(photos):
     assert set(ta) == set(tb)
     for n in ta:
         assert torch.equal(ta[n], tb[n]), n
+
+
+def _checkpoint_file(path: Path) -> bool:
+    """A file of a checkpoint folder being written (not the prior pool or the subject)."""
+    return path.parent.name.startswith(CHECKPOINT_DIR + ".") and path.parent.name.endswith(".partial")
+
+
+def _start(cfg: TuneConfig, emit=lambda kind, data: None) -> tuple[_Run, PriorPool | None]:
+    """A run driven by hand up to its loop (the checkpoint of a finished tune() is deleted)."""
+    run = _Run(cfg.validate(), resolve_model("tiny-infinity"), emit)
+    ckpt = run.preflight()
+    run.load()
+    pool = run.build_pool()
+    run.setup_training()
+    if ckpt is not None:
+        run.load_checkpoint(ckpt)
+    return run, pool
+
+
+def test_checkpoints_written_in_the_background_are_complete_and_resume_exactly(photos, monkeypatch):
+    """Checkpoints at steps 2 and 4 of 5 are written on another thread while training goes on:
+    each write starts only once the next step has changed the live tensors. Each "checkpoint"
+    event comes when its folder is complete, and the one left after the loop is step 4's snapshot:
+    resuming it for one step gives run A's weights."""
+    import arbooth_cli.tuning.loop as loop
+
+    real = loop.write_safetensors
+    writers: list[bool] = []
+    stepped = {s: threading.Event() for s in range(1, 6)}
+
+    def late(path, tensors, *args, **kwargs):
+        if _checkpoint_file(Path(path)):
+            writers.append(threading.current_thread() is threading.main_thread())
+            if Path(path).name == "weights.safetensors":  # the first file of checkpoint k (of step 2k)
+                k = (len(writers) + 1) // 2
+                assert stepped[2 * k + 1].wait(timeout=60)  # step 2k + 1 has updated the weights
+        return real(path, tensors, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "write_safetensors", late)
+    run_dir = paths.home() / "runs" / "sks"
+    events: list[tuple[int, int]] = []
+
+    def on_event(kind, data):
+        if kind == "step":
+            stepped[data["step"]].set()
+        if kind == "checkpoint":
+            assert threading.current_thread() is threading.main_thread()
+            on_disk = json.loads((Path(data["path"]) / "state.json").read_text())["step"]
+            events.append((data["step"], on_disk))
+
+    cfg = config(photos, steps=5, checkpoint_every=2)
+    a, pool = _start(cfg, on_event)
+    a.loop(pool)
+    assert a.step == 5 and events == [(2, 2), (4, 4)]
+    assert writers and not any(writers)  # every checkpoint file was written off the main thread
+    ckpt = run_dir / CHECKPOINT_DIR
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_DIR, POOL_FILE]  # no .partial, no .old
+    assert set(load_file(str(ckpt / "weights.safetensors"))) == set(a.tuned) | {"subject_embedding"}
+
+    b, pool = _start(cfg.with_(resume=True))
+    assert b.step == 4
+    b.loop(pool)
+    assert b.step == 5
+    for n, p in a.tuned.items():
+        assert torch.equal(b.tuned[n].detach(), p.detach()), n
+    assert torch.equal(b.subject_SC.detach(), a.subject_SC.detach())
+
+
+@pytest.mark.parametrize("failure", ["enospc-at-once", "disk-full-late"])
+def test_a_failed_background_checkpoint_surfaces_as_a_resource_error(photos, monkeypatch, failure):
+    """A write that fails on the writer thread is raised by tune() as DiskFullError, whether the
+    loop sees it at the next step (an immediate OSError) or only at its end (a slow failure, typed
+    as HashingWriter types it); no half-written folder and no writer thread stay behind."""
+    import arbooth_cli.tuning.loop as loop
+
+    real = loop.write_safetensors
+
+    def full(path, tensors, *args, **kwargs):
+        if not _checkpoint_file(Path(path)):
+            return real(path, tensors, *args, **kwargs)
+        assert threading.current_thread() is not threading.main_thread()
+        if failure == "enospc-at-once":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        time.sleep(0.2)
+        raise DiskFullError("no space left on the device while writing")
+
+    monkeypatch.setattr(loop, "write_safetensors", full)
+    steps = 6 if failure == "enospc-at-once" else 3
+    with pytest.raises(DiskFullError) as info:
+        tune(config(photos, steps=steps, checkpoint_every=2))
+    assert isinstance(info.value, ResourceError) and info.value.exit_code == 5
+    run_dir = paths.home() / "runs" / "sks"
+    assert not list(run_dir.glob("*.partial")) and not (run_dir / CHECKPOINT_DIR).exists()
+    assert not any(t.name == "arbooth-checkpoint" for t in threading.enumerate())
+    assert not SubjectStore().has("sks")
+
+
+def test_the_checkpoint_writer_keeps_one_write_in_flight(tmp_path):
+    """submit() waits for the previous write; wait() returns (folder, step) or raises the write's error."""
+    writer = _CheckpointWriter()
+    assert writer.wait() is None
+    done: list[int] = []
+
+    def first(d: Path) -> None:
+        time.sleep(0.1)
+        (d / "x").write_text("1")
+        done.append(1)
+
+    def second(d: Path) -> None:
+        assert done == [1]  # the first write had ended before this one started
+        raise ValueError("boom")
+
+    target = tmp_path / "ckpt"
+    writer.submit(target, first, 1)
+    assert writer.submit(target, second, 2) == (target, 1)
+    with pytest.raises(ValueError, match="boom"):
+        writer.wait()
+    assert writer.wait() is None and not writer.finished
+    assert (target / "x").read_text() == "1" and not list(tmp_path.glob("*.partial"))
 
 
 def test_resume_without_a_checkpoint_is_refused(photos):
