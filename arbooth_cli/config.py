@@ -115,6 +115,15 @@ class GenConfig(_Checked):
 
 
 
+def parse_int_ranges(text: str) -> set[int]:
+    """``'0-7,12'`` -> {0, ..., 7, 12}; ValueError for anything else (callers check the bounds)."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def _number(value: Any, key: str, line: int) -> Number:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -362,4 +371,81 @@ def read_tune_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-__all__ = ["GenConfig", "PromptJob", "TuneConfig", "read_prompts_file", "read_tune_file", "parse_number_list"]
+# ---------------------------------------------------------------------------------------------
+# arbooth inspect
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InspectNoiseConfig(_Checked):
+    """`arbooth inspect noise`: perturb one scale's token map at a time and measure the change."""
+
+    prompt: str
+    model: str | None = None  #: --model (default: as `arbooth gen`)
+    subject: str | None = None  #: --subject NAME ('none': no subject; default: by the prompt's token)
+    delta: str | None = None  #: --delta PATH: a subject file
+    scales: str = "all"  #: --scales: 'all' or 1-based scale numbers, e.g. 1,2,5-8
+    mode: str = "random"  #: --mode: random, flip or swap
+    strength: float = 1.0  #: --strength P in [0, 1]
+    seeds: int = 4  #: --seeds N: reference images (seeds seed .. seed+N-1)
+    seed: int = 0  #: --seed of the first reference
+    features: str = "auto"  #: --features: auto, tokenizer, dino or clip
+    feature_weights: str | None = None  #: --feature-weights FOLDER of DINO or CLIP weights
+    cfg: Number | None = None  #: --cfg (default: the model's)
+    tau: Number | None = None  #: --tau (default: the model's)
+    top_p: float | None = None  #: --top-p (default: the model's)
+    size: str | None = None  #: --size (default: the model's)
+    batch_size: int = 0  #: --batch-size: images sampled together (0: as many as fit, at most one seed's)
+    thumb: int = 256  #: --thumb: width of each picture in the grid, px
+    out_dir: str = "arbooth-inspect"  #: --out
+    overwrite: bool = False  #: --overwrite the report files of an earlier run in --out
+    device: str = "auto"  #: --device
+    dtype: str = "auto"  #: --dtype
+    compile: Literal["auto", "on", "off"] = "auto"  #: --compile (as `arbooth gen`)
+
+    def problems(self) -> list[str]:
+        from .analysis.perturb import MODES
+
+        out = []
+        if not self.prompt.strip():
+            out.append("empty prompt")
+        if self.mode not in MODES:
+            out.append(f"--mode must be one of {', '.join(MODES)}")
+        if not 0.0 <= self.strength <= 1.0:
+            out.append(f"--strength must be in [0, 1], got {self.strength:g}")
+        if self.seeds < 1:
+            out.append("--seeds must be >= 1")
+        if self.subject is not None and self.delta is not None:
+            out.append("--subject and --delta exclude each other")
+        if self.features not in ("auto", "tokenizer", "dino", "clip"):
+            out.append("--features must be auto, tokenizer, dino or clip")
+        if self.features == "tokenizer" and self.feature_weights is not None:
+            out.append("--feature-weights goes with --features dino, clip or auto")
+        if self.batch_size < 0:
+            out.append("--batch-size must be >= 0 (0: automatic)")
+        if self.thumb < 16:
+            out.append("--thumb must be >= 16")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            out.append("--dtype must be auto, fp32, bf16 or fp16")
+        if self.compile not in ("auto", "on", "off"):
+            out.append("--compile must be auto, on or off")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            out.append("--top-p must be in (0, 1]")
+        return out
+
+
+@dataclass(frozen=True)
+class InspectWeightsConfig(_Checked):
+    """`arbooth inspect weights`: how far a subject moved each tuned tensor from its base."""
+
+    subject: str  #: SUBJECT: a stored subject's name, or a subject file's path
+    model: str | None = None  #: --model (default: the subject's base model)
+    out_dir: str = "arbooth-inspect"  #: --out
+    overwrite: bool = False  #: --overwrite the report files of an earlier run in --out
+    device: str = "auto"  #: --device
+
+    def problems(self) -> list[str]:
+        return [] if self.subject.strip() else ["name a subject, or a subject file"]
+
+
+__all__ = ["GenConfig", "InspectNoiseConfig", "InspectWeightsConfig", "PromptJob", "TuneConfig", "read_prompts_file", "read_tune_file", "parse_number_list"]

@@ -119,7 +119,7 @@ def main() -> None:
     ckpt_s: list[float] = []
     val_s: list[float] = []
     info: dict = {}
-    pauses: list[tuple[float, float]] = []  # (when, seconds) of checkpoints and validation
+    val_pauses: list[tuple[float, float]] = []  # (when, seconds) of validation
     last = [time.perf_counter()]
 
     def on_event(kind: str, data: dict) -> None:
@@ -136,11 +136,10 @@ def main() -> None:
         if kind == "step":
             steps.append((data["step"], now))
         if kind == "checkpoint":
-            ckpt_s.append(now - last[0])
-            pauses.append((now, now - last[0]))
+            ckpt_s.append(now)
         if kind == "validation":
             val_s.append(now - last[0])
-            pauses.append((now, now - last[0]))
+            val_pauses.append((now, now - last[0]))
         if kind == "saved":
             marks["saved"] = now
         last[0] = now
@@ -152,13 +151,22 @@ def main() -> None:
     result = tune(config, on_event=on_event, resolved=resolved, components=comps)
     total = time.perf_counter() - t1
 
-    # seconds per step from the logged steps after the first log point (excludes warm-up);
-    # checkpoint and validation time between log points is taken out
-    per_step = None
-    if len(steps) >= 2:
-        (s0, t_0), (s1, t_1) = steps[0], steps[-1]
-        paused = sum(d for when, d in pauses if t_0 < when <= t_1)
-        per_step = (t_1 - t_0 - paused) / max(s1 - s0, 1)
+    # Seconds per step from the windows between log points after the first one (warm-up excluded).
+    # A checkpoint is written in the background after the step it snapshots, so its cost (the
+    # snapshot and any slowdown while the write runs) shows up in the window after that step:
+    # windows without one give the step time, the difference gives the cost per checkpoint.
+    # Validation pauses are taken out of every window.
+    per_step, ckpt_cost = None, None
+    ck_every = args.checkpoint_every
+    clean, dirty = [], []
+    for (a, ta), (b, tb) in zip(steps, steps[1:]):
+        paused = sum(d for when, d in val_pauses if ta < when <= tb)
+        n_ck = sum(1 for s in range(a, b) if ck_every and s % ck_every == 0 and s > 0)
+        (dirty if n_ck else clean).append(((tb - ta - paused), b - a, n_ck))
+    if clean:
+        per_step = sum(t for t, n, _ in clean) / sum(n for _, n, _ in clean)
+    if dirty and per_step:
+        ckpt_cost = sum(t - n * per_step for t, n, _ in dirty) / sum(k for _, _, k in dirty)
     pool_s = marks.get("pool_end", 0) - marks.get("pool_start", 0) if "pool_end" in marks else 0.0
     pool_n = config.prior_pool or config.steps * config.batch_size
     out = {
@@ -170,7 +178,9 @@ def main() -> None:
         "setup_s_before_pool": round(marks.get("pool_start", t1) - t1, 2),
         "loop_s": round(steps[-1][1] - marks["loop_start"], 2) if steps else None,
         "s_per_step": round(per_step, 4) if per_step else None,
-        "checkpoint_s": [round(x, 2) for x in ckpt_s], "validation_s": [round(x, 2) for x in val_s],
+        "checkpoints_written": len(ckpt_s),
+        "checkpoint_cost_s": round(ckpt_cost, 2) if ckpt_cost is not None else None,
+        "validation_s": [round(x, 2) for x in val_s],
         "save_s": round(marks["saved"] - steps[-1][1], 2) if steps and "saved" in marks else None,
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if dev.type == "cuda" else None,
@@ -178,7 +188,7 @@ def main() -> None:
     }
     if per_step and args.steps < 500:
         # the default run: 500 steps, a pool of 1000, checkpoints and validation every 100
-        ck = (sum(ckpt_s) / len(ckpt_s)) if ckpt_s else 0.0
+        ck = ckpt_cost or 0.0
         va = (sum(val_s) / len(val_s)) if val_s else 0.0
         pool_1000 = (pool_s / pool_n * 1000) if pool_s else 0.0
         out["estimate_default_run_s"] = round(out["setup_s_before_pool"] + pool_1000 + 500 * per_step + 4 * ck

@@ -59,6 +59,7 @@ BUILTIN_COMMANDS = {
     "gen": "arbooth_cli.cli.gen:register",
     "tune": "arbooth_cli.cli.tune:register",
     "subjects": "arbooth_cli.cli.subjects:register",
+    "inspect": "arbooth_cli.cli.inspect:register",
     "models": "arbooth_cli.cli.models:register",
     "plugins": "arbooth_cli.cli.plugins_cmd:register",
 }

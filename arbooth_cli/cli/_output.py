@@ -72,6 +72,31 @@ class Output:
             yield update
 
 
+class EventProgress:
+    """A rich progress display on stderr fed by a library call's ``on_event(kind, data)``; subclasses
+    implement :meth:`event` with ``self.bar`` (None under --quiet: draw nothing)."""
+
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.out.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=self.out.err, transient=True)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
 def get_output(ctx: Any) -> Output:
     """The Output of the current invocation (set up by the root callback)."""
     obj = ctx.find_root().obj if ctx is not None else None

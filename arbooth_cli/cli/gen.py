@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import GenConfig, PromptJob, parse_number_list, read_prompts_file
-from ._output import get_output
+from ._output import EventProgress, get_output
 
 
 def register(app: typer.Typer) -> None:
@@ -80,25 +80,8 @@ def gen_cmd(
         out_.result(result.grid)
 
 
-class _GenProgress:
+class _GenProgress(EventProgress):
     """Images (and, for big jobs, scales) on stderr."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.bar: Any = None
-
-    def __enter__(self) -> _GenProgress:
-        if not self.out.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=self.out.err, transient=True)
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         if self.bar is None:

@@ -93,33 +93,49 @@ def _first_set(*values: Any) -> Any:
 def plan_subjects(config: GenConfig, store: SubjectStore | None = None) -> list[SubjectInfo | None]:
     """The subject of each prompt: ``--delta``'s file, ``--subject``'s, or the stored subject whose
     token the prompt contains (none for ``--subject none``)."""
-    n = len(config.prompts)
-    if config.delta is not None:
-        path = Path(config.delta)
+    return subjects_for([job.prompt for job in config.prompts], config.subject, config.delta, store)
+
+
+def subjects_for(prompts: list[str], subject: str | None, delta: str | None,
+                 store: SubjectStore | None = None) -> list[SubjectInfo | None]:
+    """What :func:`plan_subjects` does, for plain prompts and the two flags."""
+    n = len(prompts)
+    if delta is not None:
+        path = Path(delta)
         if not path.is_file():
             raise NotFoundError(f"subject file {path} does not exist")
         return [subject_info(path)] * n
-    if config.subject == "none":
+    if subject == "none":
         return [None] * n
     store = store or SubjectStore()
-    if config.subject is not None:
-        return [store.get(config.subject)] * n
+    if subject is not None:
+        return [store.get(subject)] * n
     known = store.list()
     out: list[SubjectInfo | None] = []
-    for job in config.prompts:
-        hits = [s for s in known if token_in_prompt(s.token, job.prompt)]
+    for prompt in prompts:
+        hits = [s for s in known if token_in_prompt(s.token, prompt)]
         if len(hits) > 1:
             names = ", ".join(s.name for s in hits)
-            raise InvalidInputError(f"prompt {job.prompt!r} names several subjects ({names}); one per prompt",
+            raise InvalidInputError(f"prompt {prompt!r} names several subjects ({names}); one per prompt",
                                     hint="pick one with --subject NAME")
         out.append(hits[0] if hits else None)
     return out
 
 
-def _subject_model(config: GenConfig, subjects: list[SubjectInfo | None]) -> str | None:
-    """The model to use: --model, else the base model of the prompts' subjects."""
-    if config.model:
-        return config.model
+def check_subject_base(subject: SubjectInfo, resolved: ResolvedModel) -> None:
+    """Refuse, before any work, a subject tuned on another model or on other files of it."""
+    if subject.base_model != resolved.spec.name:
+        raise InvalidInputError(f"subject {subject.name!r} was tuned on {subject.base_model}, not {resolved.spec.name}",
+                                hint=f"use --model {subject.base_model}")
+    if subject.base_model_hash != resolved.model_hash:
+        raise InvalidInputError(f"subject {subject.name!r} was tuned on other weight files of {subject.base_model}",
+                                hint="import the model files it was tuned on")
+
+
+def subject_model(model: str | None, subjects: list[SubjectInfo | None]) -> str | None:
+    """``model`` if given, else the base model of ``subjects`` (one at most), else None."""
+    if model:
+        return model
     bases = sorted({s.base_model for s in subjects if s is not None})
     if len(bases) > 1:
         raise InvalidInputError(f"the prompts name subjects tuned on different models ({', '.join(bases)})",
@@ -208,7 +224,7 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     emit = on_event or (lambda kind, data: None)
     config.validate()
     subjects = plan_subjects(config)
-    resolved = resolved or resolve_model(_subject_model(config, subjects))
+    resolved = resolved or resolve_model(subject_model(config.model, subjects))
     remember_model(resolved.spec.name)
     spec = resolved.spec
     items = plan_images(spec, config, subjects)

@@ -166,8 +166,15 @@ def sample_token_maps(
     on_scale: Callable[[int], None] | None = None,
     engine: SamplingEngine | None = None,
     keep_logits: bool = False,
+    edit_bits: Callable[[int, Tensor], Tensor] | None = None,
 ) -> TokenMaps:
-    """Draw one multi-scale token map per prompt of ``text`` (see :func:`sample_images`)."""
+    """Draw one multi-scale token map per prompt of ``text`` (see :func:`sample_images`).
+
+    ``edit_bits(scale_index, bits_Bld) -> bits_Bld``: replaces the bits just drawn at a scale before
+    they are accumulated, so the later scales continue from the edited state (the noise analysis of
+    ``arbooth inspect``). It must not draw from ``generators``: the later scales then get exactly
+    the draws they would have got without the edit.
+    """
     B = text.batch
     if stream == "per-image" and len(generators) != B:
         raise InvalidInputError(f"{B} images need {B} generators, got {len(generators)}")
@@ -204,6 +211,8 @@ def sample_token_maps(
         else:  # the official draw: one multinomial over every bit of the batch, softmax probabilities
             bits_Bld = torch.multinomial(probs_Bld2.view(-1, 2), 1, replacement=True,
                                          generator=generators[0]).view(B, l, d)
+        if edit_bits is not None:
+            bits_Bld = edit_bits(si, bits_Bld)
         bits.append(bits_Bld)
         nxt = acc.add(bits_Bld)
         if nxt is not None:
@@ -235,11 +244,18 @@ def sample_images(
     maps = sample_token_maps(transformer, vae, text, scales, params, generators, stream=stream,
                              on_scale=on_scale, engine=engine)
     # The key/value cache is gone by now (a lower peak for the decode).
+    feats = maps.summed_Bd1HW
+    del maps
+    return decode_images(vae, feats, engine=engine)
+
+
+@torch.no_grad()
+def decode_images(vae: BSQVAE, summed_Bd1HW: Tensor, *, engine: SamplingEngine | None = None) -> Tensor:
+    """Accumulated code features -> ``img_B3HW`` uint8 RGB."""
+    feats = summed_Bd1HW.to(vae.dtype)
+    decode = vae.decode if engine is None else partial(engine.decode, vae)
     # One image at a time: convolution kernels chosen for another batch size round differently,
     # and an image must not depend on its batch.
-    feats = maps.summed_Bd1HW.to(vae.dtype)
-    del maps
-    decode = vae.decode if engine is None else partial(engine.decode, vae)
     img = torch.cat([decode(feats[i : i + 1]) for i in range(feats.shape[0])])
     # Truncation (not rounding) to uint8, as the official pipeline writes its images.
     return ((img.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)

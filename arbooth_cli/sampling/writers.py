@@ -60,15 +60,45 @@ def write_png(path: Path, img_HW3: np.ndarray, meta: Mapping[str, Any]) -> None:
             info.add_text(key, str(meta[key]))
     info.add_text("parameters", a1111_parameters(meta))
     info.add_text("arbooth", json.dumps(dict(meta), sort_keys=True, default=str))
+    _write_atomic(path, lambda tmp: Image.fromarray(img_HW3, mode="RGB").save(tmp, format="PNG", pnginfo=info))
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp)`` a temp file beside ``path``, then rename it into place (never half-written)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        Image.fromarray(img_HW3, mode="RGB").save(tmp, format="PNG", pnginfo=info)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise_if_disk_full(exc)
         raise ResourceError(f"cannot write {path}: {exc.strerror or exc}",
                             hint="choose a writable --out directory") from None
+
+
+def prepare_report_dir(out_dir: str | Path, files: Mapping[str, str], overwrite: bool) -> dict[str, Path]:
+    """Create ``out_dir`` and return the paths of a report's ``files`` (key -> file name) in it;
+    refuses files of an earlier report unless ``overwrite``. Called before any work."""
+    from ..errors import InvalidInputError
+
+    out = Path(out_dir)
+    paths = {k: out / v for k, v in files.items()}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
+                            hint="choose another --out directory") from None
+    if not overwrite:
+        taken = [p for p in paths.values() if p.exists()]
+        if taken:
+            raise InvalidInputError(f"{taken[0]} already exists", hint="pass --overwrite, or another --out")
+    return paths
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON through a temp file renamed into place."""
+    text = json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
+    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_png_metadata(path: Path) -> dict[str, Any]:

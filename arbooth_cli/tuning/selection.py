@@ -34,11 +34,10 @@ def parse_blocks(text: str, depth: int) -> tuple[int, ...]:
     """``'0-7,12'`` -> (0, 1, ..., 7, 12); ``'all'`` -> every block."""
     if text.strip() == "all":
         return tuple(range(depth))
-    out: set[int] = set()
+    from ..config import parse_int_ranges
+
     try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
+        out = parse_int_ranges(text)
     except ValueError:
         raise ValueError(f"cannot read block range {text!r}; write e.g. 0-7,12 or all") from None
     bad = sorted(b for b in out if not 0 <= b < depth)

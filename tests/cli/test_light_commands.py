@@ -34,7 +34,9 @@ def _store_a_subject() -> None:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["models", "list"], ["models", "list", "--json"],
                                   ["plugins", "list"], ["models", "info", "infinity-2b"],
-                                  ["subjects", "list"], ["subjects", "list", "--json"]])
+                                  ["subjects", "list"], ["subjects", "list", "--json"],
+                                  ["inspect", "--help"], ["inspect", "noise", "--help"],
+                                  ["inspect", "weights", "--help"]])
 def test_light_commands_do_not_import_torch(args):
     if args[0] == "subjects":
         _store_a_subject()  # so the listing reads a header

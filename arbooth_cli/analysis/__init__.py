@@ -1,0 +1,1 @@
+"""Analyses of models and tuned subjects (`arbooth inspect`): per-scale noise injection, weight changes."""
