@@ -76,7 +76,7 @@ def test_weights_of_a_tuned_subject(cli, tmp_path):
     for i, colour in enumerate([(200, 40, 40), (40, 180, 60)]):
         Image.new("RGB", (64, 64), colour).save(photos / f"p{i}.png")
     r = cli("tune", str(photos), "--token", "sks", "--class", "dog", *TINY, "--steps", "2", "--validate-every", "0",
-            "--checkpoint-every", "0", "--lr", "1e-3")
+            "--checkpoint-every", "0", "--lr", "1e-3", "--save-rank", "2")
     assert r.exit_code == 0, r.output
 
     out = tmp_path / "rep"
@@ -96,6 +96,19 @@ def test_weights_of_a_tuned_subject(cli, tmp_path):
     assert r.exit_code == 4 and "already exists" in r.stderr
     r = cli("inspect", "weights", "sks", "--out", str(out), "--overwrite")
     assert r.exit_code == 0 and "cross-attention" in r.stdout
+
+    rank2 = Path(data["subject_file"]).parent / "subject-r2.safetensors"
+    r = cli("inspect", "weights", str(rank2), "--json", "--out", str(tmp_path / "rep2"))
+    assert r.exit_code == 0, r.output
+    low = json.loads(r.stdout)
+    assert {t["name"] for t in low["tensors"]} == names  # the rank-2 form sets the same tensors
+    assert all(g["relative"] > 0 for g in low["by_type"].values())
+
+    # the noise analysis picks the subject up by its token, and says so
+    r = cli("inspect", "noise", "a sks dog", "--seeds", "1", "--scales", "1", "--json", "--out", str(tmp_path / "n"))
+    assert r.exit_code == 0, r.output
+    noise = json.loads(r.stdout)
+    assert noise["subject"] == "sks" and noise["model"] == "tiny-infinity" and noise["subject_hash"]
 
 
 def test_weights_of_an_unknown_subject(cli, tmp_path):
