@@ -1,0 +1,185 @@
+"""Pixel-level detectors: read back from any image which shapes, colours, positions, sizes and
+background it shows, and check them against what a caption asked for.
+
+They work on generated images too: pixels are matched to the nearest palette colour within a
+tolerance, the background is what covers the image border, shapes are the connected regions of
+the other colours, and a shape's class is the template (same mask definitions as the renderer)
+with the highest overlap after both are scaled to their bounding boxes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from .render import SIZE_RADIUS, shape_mask
+from .scene import CLASSES, COLOURS, ParsedCaption
+
+#: RGB distance within which a pixel counts as a palette colour
+COLOUR_TOLERANCE = 60.0
+#: a colour covering at least this share of the border is background
+BORDER_SHARE = 0.2
+#: regions smaller than this share of the image are noise
+MIN_AREA = 0.008
+#: template overlap (IoU) a region needs to count as a class
+MIN_SCORE = 0.55
+TEMPLATE = 24
+
+_NAMES = list(COLOURS)
+_RGB = np.array([COLOURS[n] for n in _NAMES], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Found:
+    cls: str | None  # None: no template fits
+    colour: str
+    position: str
+    size: str
+    score: float  # template IoU
+    area: float  # share of the image
+    bbox: tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
+
+
+@dataclass
+class Detection:
+    background: tuple[str, ...]  # one colour (plain) or two (stripes), by border share
+    shapes: list[Found] = field(default_factory=list)
+
+
+def colour_labels(img_HW3: np.ndarray) -> np.ndarray:
+    """Index into the palette of each pixel's nearest colour, -1 where none is within tolerance."""
+    d = np.linalg.norm(img_HW3.astype(np.float64)[..., None, :] - _RGB, axis=-1)
+    lab = d.argmin(-1)
+    lab[d.min(-1) > COLOUR_TOLERANCE] = -1
+    return lab
+
+
+@lru_cache(maxsize=None)
+def _templates() -> dict[str, tuple[np.ndarray, float]]:
+    """Each class's mask cropped to its box at TEMPLATE px, and its box's larger side in radii."""
+    n = 256
+    g = (np.arange(n) + 0.5) / n * 2.4 - 1.2
+    X, Y = np.meshgrid(g, g)
+    out = {}
+    for cls in CLASSES:
+        m = shape_mask(cls, X, Y)
+        rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+        crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        extent = max(crop.shape) / n * 2.4
+        out[cls] = (_resize(crop), extent)
+    return out
+
+
+def _resize(mask: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    ri = (np.arange(TEMPLATE) + 0.5) * h / TEMPLATE
+    ci = (np.arange(TEMPLATE) + 0.5) * w / TEMPLATE
+    return mask[ri.astype(int).clip(0, h - 1)][:, ci.astype(int).clip(0, w - 1)]
+
+
+def _components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected regions of ``mask``, each as a boolean mask."""
+    seen = np.zeros_like(mask)
+    H, W = mask.shape
+    out = []
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        region = np.zeros_like(mask)
+        q = deque([(y0, x0)])
+        seen[y0, x0] = True
+        while q:
+            y, x = q.popleft()
+            region[y, x] = True
+            for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= yy < H and 0 <= xx < W and mask[yy, xx] and not seen[yy, xx]:
+                    seen[yy, xx] = True
+                    q.append((yy, xx))
+        out.append(region)
+    return out
+
+
+def position_of(cx: float, cy: float) -> str:
+    """Position word of a centre given as shares of the side."""
+    dx, dy = cx - 0.5, cy - 0.5
+    if max(abs(dx), abs(dy)) < 0.12:
+        return "center"
+    if abs(dx) >= abs(dy):
+        return "left" if dx < 0 else "right"
+    return "top" if dy < 0 else "bottom"
+
+
+def classify(region: np.ndarray) -> tuple[str | None, float, float]:
+    """(class, IoU with its template, the region's radius as a share of the side)."""
+    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+    crop = _resize(region[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    best, score = None, 0.0
+    for cls, (tpl, _) in _templates().items():
+        iou = float((crop & tpl).sum() / max((crop | tpl).sum(), 1))
+        if iou > score:
+            best, score = cls, iou
+    side = max(region.shape)
+    extent = _templates()[best][1] if best else 2.0
+    radius = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / side / extent
+    return (best if score >= MIN_SCORE else None), score, radius
+
+
+def detect(img_HW3: np.ndarray) -> Detection:
+    """The background and the shapes of an RGB image (uint8 or float 0-255), largest first."""
+    lab = colour_labels(img_HW3)
+    H, W = lab.shape
+    border = np.concatenate([lab[:2].ravel(), lab[-2:].ravel(), lab[:, :2].ravel(), lab[:, -2:].ravel()])
+    border = border[border >= 0]
+    counts = np.bincount(border, minlength=len(_NAMES)) if border.size else np.zeros(len(_NAMES), int)
+    share = counts / max(counts.sum(), 1)
+    bg = [i for i in np.argsort(-share) if share[i] >= BORDER_SHARE][:2]
+    if len(bg) == 2:  # stripes: say the colours in the order the top rows show them
+        top = np.bincount(lab[: max(1, H // 16)].ravel()[lab[: max(1, H // 16)].ravel() >= 0], minlength=len(_NAMES))
+        bg.sort(key=lambda i: -top[i])
+    det = Detection(tuple(_NAMES[i] for i in bg))
+    mid = (SIZE_RADIUS["small"] + SIZE_RADIUS["large"]) / 2
+    for i, name in enumerate(_NAMES):
+        if i in bg:
+            continue
+        for region in _components(lab == i):
+            area = region.sum() / (H * W)
+            if area < MIN_AREA:
+                continue
+            cls, score, radius = classify(region)
+            rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+            cy, cx = (rows[0] + rows[-1] + 1) / 2 / H, (cols[0] + cols[-1] + 1) / 2 / W
+            det.shapes.append(Found(cls, name, position_of(cx, cy), "large" if radius > mid else "small", score,
+                                    float(area), (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)))
+    det.shapes.sort(key=lambda f: -f.area)
+    return det
+
+
+def check(parsed: ParsedCaption, det: Detection) -> dict[str, bool | None]:
+    """Which asked attributes the image shows: class, colour, position, size (of every asked
+    shape) and background; None for what the caption did not say. ``all``: every asked one holds."""
+    result: dict[str, bool | None] = {"class": None, "colour": None, "position": None, "size": None,
+                                      "background": None}
+
+    def merge(key: str, ok: bool) -> None:
+        result[key] = ok if result[key] is None else (result[key] and ok)
+
+    for want in parsed.shapes:
+        same_cls = [f for f in det.shapes if f.cls == want["cls"]]
+        merge("class", bool(same_cls))
+        pool = same_cls
+        if want["colour"] is not None:
+            pool = [f for f in same_cls if f.colour == want["colour"]]
+            merge("colour", bool(pool))
+        pick = pool[0] if pool else None
+        if want["position"] is not None:
+            merge("position", pick is not None and any(f.position == want["position"] for f in pool))
+        if want["size"] is not None:
+            merge("size", pick is not None and any(f.size == want["size"] for f in pool))
+    if parsed.background is not None:
+        merge("background", set(parsed.background) == set(det.background))
+    asked = [v for v in result.values() if v is not None]
+    result["all"] = bool(asked) and all(asked)
+    return result
