@@ -32,6 +32,7 @@ from tune_speed import RandomTextEncoder, make_photos  # noqa: E402
 from arbooth_cli.config import TuneConfig  # noqa: E402
 from arbooth_cli.loading import ResolvedModel, spec_hash  # noqa: E402
 from arbooth_cli.models.build import Components, build_components  # noqa: E402
+from arbooth_cli.models.schedules import model_scales  # noqa: E402
 from arbooth_cli.registry import get_spec  # noqa: E402
 from arbooth_cli.tuning import loop as L  # noqa: E402
 from arbooth_cli.tuning.optim import TuningAdamW  # noqa: E402
@@ -59,7 +60,7 @@ def main() -> None:
     os.environ["ARBOOTH_HOME"] = str(work / "home")
     (work / "photos").mkdir()
     size = L.resolve_size(spec, None)
-    make_photos(work / "photos", 3, 16 * L.schedule_for(spec, size)[-1][1])
+    make_photos(work / "photos", 3, 16 * model_scales(size, num_scales=spec.num_scales or None)[-1][1])
     comps = build_components(spec, device=dev, dtype=torch.bfloat16, roles=("transformer", "vae"),
                              allow_random_init=True)
     comps = Components(spec, dev, torch.bfloat16, comps.transformer, comps.vae,

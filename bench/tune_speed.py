@@ -91,12 +91,13 @@ def main() -> None:
     import os
 
     os.environ["ARBOOTH_HOME"] = str(work / "home")
-    from arbooth_cli.tuning.loop import resolve_size, schedule_for
+    from arbooth_cli.models.schedules import model_scales
+    from arbooth_cli.tuning.loop import resolve_size
 
     size = resolve_size(spec, None)
     from arbooth_cli.models.schedules import get_schedule
 
-    h, w = get_schedule(size, 1.0, num_scales=len(schedule_for(spec, size))).pixel_hw
+    h, w = get_schedule(size, 1.0, num_scales=len(model_scales(size, num_scales=spec.num_scales or None))).pixel_hw
     make_photos(photos, args.photos, h)
 
     t0 = time.perf_counter()

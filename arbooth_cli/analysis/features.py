@@ -78,9 +78,9 @@ def _local_weights(kind: str, weights: str | None) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def _preprocessing(folder: Path, kind: str, image_size: int) -> tuple[int, Tensor, Tensor]:
+def _normalisation(folder: Path, kind: str) -> tuple[Tensor, Tensor]:
+    """Mean and std of the weights' preprocessor_config.json, else the usual ones of ``kind``."""
     mean, std = _NORMALISATION[kind]
-    size = image_size
     cfg_file = folder / "preprocessor_config.json"
     if cfg_file.is_file():
         try:
@@ -88,7 +88,7 @@ def _preprocessing(folder: Path, kind: str, image_size: int) -> tuple[int, Tenso
             mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
         except (OSError, ValueError):
             pass
-    return size, torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
 
 def _resize_crop(img_B3HW: Tensor, size: int) -> Tensor:
@@ -123,7 +123,8 @@ def hub_features(kind: str, folder: Path, device: torch.device, source: str) -> 
         model = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         image_size = getattr(config, "image_size", 224)
     model = model.to(device).eval()
-    size, mean, std = _preprocessing(folder, kind, int(image_size))
+    size = int(image_size)
+    mean, std = _normalisation(folder, kind)
     mean, std = mean.to(device), std.to(device)
 
     @torch.no_grad()
@@ -141,11 +142,8 @@ def load_features(kind: str, *, weights: str | None, vae: BSQVAE | None, device:
     machine, else the tokenizer's features; ``dino``/``clip`` without weights is an error."""
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature kind {kind!r}; choose from {', '.join(FEATURE_KINDS)}")
-    if kind == "tokenizer" or (kind == "auto" and weights is None and not any(
-            _local_weights(k, None) for k in ("dino", "clip"))):
-        if vae is None:
-            raise ValueError("tokenizer features need the tokenizer")
-        return tokenizer_features(vae)
+    if kind == "tokenizer":
+        return tokenizer_features(_need(vae))
     if weights is not None:
         folder = _local_weights(kind, weights)
         assert folder is not None
@@ -154,7 +152,15 @@ def load_features(kind: str, *, weights: str | None, vae: BSQVAE | None, device:
         folder = _local_weights(k, None)
         if folder is not None:
             return hub_features(k, folder, device, HUB_MODELS[k][0])
+    if kind == "auto":
+        return tokenizer_features(_need(vae))
     raise _missing(kind)
+
+
+def _need(vae: BSQVAE | None) -> BSQVAE:
+    if vae is None:
+        raise ValueError("tokenizer features need the tokenizer")
+    return vae
 
 
 def _missing(kind: str) -> NotFoundError:

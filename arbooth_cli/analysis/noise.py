@@ -24,8 +24,7 @@ from .. import __version__
 from ..config import InspectNoiseConfig
 from ..errors import InvalidInputError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
-from ..models.schedules import get_schedule
-from ..registry import ModelSpec
+from ..models.schedules import model_scales
 from ..sampling.job import check_subject_base, subject_model, subjects_for
 from ..sampling.writers import prepare_report_dir
 from .perturb import parse_scales
@@ -89,11 +88,6 @@ class NoiseReport:
         return d
 
 
-def _schedule(spec: ModelSpec, size: str):
-    num = spec.num_scales if spec.num_scales else None
-    return get_schedule(size if num is None else "1M", 1.0, num_scales=num).scales
-
-
 def inspect_noise(config: InspectNoiseConfig, *, on_event: EventFn | None = None,
                   resolved: ResolvedModel | None = None, components: Any = None) -> NoiseReport:
     """Run the per-scale noise analysis; writes the JSON report, the grid and the plot.
@@ -115,7 +109,7 @@ def inspect_noise(config: InspectNoiseConfig, *, on_event: EventFn | None = None
     size = config.size or spec.sampling.size
     if size not in spec.sizes:
         raise InvalidInputError(f"model {spec.name} has no size {size!r}; its sizes: {', '.join(spec.sizes)}")
-    scales = _schedule(spec, size)
+    scales = model_scales(size, num_scales=spec.num_scales or None)
     try:
         chosen = parse_scales(config.scales, len(scales))
     except ValueError as exc:
@@ -227,10 +221,8 @@ class _Analysis:
             return max(2, min(self.c.batch_size, want))
         if self.device.type != "cuda":
             return min(want, 8)
-        cfg = self.comps.transformer.cfg
-        L = sum(int(np.prod(s)) for s in self.scales)
-        guided = 2  # the conditional and the unconditional row of classifier-free guidance
-        per_image = guided * cfg.depth * 2 * L * cfg.embed_dim * torch.finfo(self.comps.transformer.compute_dtype).bits // 8
+        # two sequences an image: the conditional and the unconditional row of guidance
+        per_image = 2 * self.comps.transformer.kv_cache_bytes(self.scales)
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(2, min(want, int(free * 0.6) // per_image))
 

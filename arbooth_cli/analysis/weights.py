@@ -19,7 +19,6 @@ import numpy as np
 
 from .. import __version__
 from ..config import InspectWeightsConfig
-from ..errors import CheckpointError
 
 GROUPS = ("self-attention", "cross-attention", "FFN", "other")
 REPORT_FILES = {"json": "weights.json", "chart": "weights-chart.png"}
@@ -157,10 +156,9 @@ def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = 
     paths = prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
 
     import torch
-    from safetensors.torch import load_file
 
     from ..checkpoint_io import sha256_file
-    from ..tuning.lowrank import tuned_values
+    from ..tuning.subject import read_subject_values
 
     t0 = time.perf_counter()
     device = pick_device(config.device)
@@ -173,16 +171,8 @@ def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = 
     for i, block in enumerate(tr.blocks):
         for local, p in block.named_parameters():
             block_of[by_id[id(p)]] = (i, local)
-    entries = load_file(str(info.path), device="cpu")
-    names = {k.rsplit(".", 1)[0] if k.endswith((".lora_up", ".lora_down", ".delta")) else k
-             for k in entries if k != "subject_embedding"}
-    unknown = sorted(n for n in names if n not in params)
-    if unknown:
-        raise CheckpointError(f"{info.path} sets tensors this model does not have, e.g. {unknown[0]}")
-    base = {n: params[n].to("cpu") for n in names}
-    tuned = tuned_values(entries, base)
-    changes = compare(base, tuned, block_of)
-    emb = entries.get("subject_embedding")
+    tuned, emb = read_subject_values(info.path, params)
+    changes = compare(params, tuned, block_of)
     both: dict[str, dict[str, GroupChange]] = {}
     for (blk, grp), g in aggregate([c for c in changes if c.block is not None], lambda c: (c.block, c.group)).items():
         both.setdefault(str(blk), {})[grp] = g

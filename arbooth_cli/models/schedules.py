@@ -96,6 +96,12 @@ def get_schedule(size: str = "1M", h_div_w: float = 1.0, *, num_scales: int | No
     return ScheduleInfo(ratio, size, tuple((1, h, w) for h, w in ladder[:num_scales]))
 
 
+def model_scales(size: str, h_div_w: float = 1.0, *, num_scales: int | None = None) -> Schedule:
+    """The scales a model samples and tunes at: ``size``'s ladder, or for a model with its own
+    ``num_scales`` (tiny specs) the first ``num_scales`` of the '1M' ladder whatever the size."""
+    return get_schedule(size if num_scales is None else "1M", h_div_w, num_scales=num_scales).scales
+
+
 def full_ladder_last(h_div_w: float) -> tuple[int, int]:
     """(h, w) of the last '1M' scale of a template: the RoPE coordinate frame of every size."""
     return TEMPLATES[nearest_template(h_div_w)][-1]

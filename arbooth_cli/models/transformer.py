@@ -634,6 +634,12 @@ class InfinityTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.pos_start.device
 
+    def kv_cache_bytes(self, scales: Sequence[Scale]) -> int:
+        """Bytes of the self-attention key/value cache of one sequence over ``scales`` (a guided
+        image holds two sequences: conditional and unconditional)."""
+        L = sum(t * h * w for t, h, w in scales)
+        return self.cfg.depth * 2 * L * self.cfg.embed_dim * torch.finfo(self.compute_dtype).bits // 8
+
     def null_text(self, text: TextCond) -> TextCond:
         """The unconditional text of the same lengths: prompt i becomes ``cfg_uncond[:len_i]``."""
         T = text.feats_BTC.shape[1]

@@ -17,7 +17,7 @@ from .. import __version__
 from ..config import GenConfig, PromptJob
 from ..errors import ConfigError, InvalidInputError, NotFoundError, ResourceError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
-from ..models.schedules import TEMPLATES, get_schedule, nearest_template, parse_aspect
+from ..models.schedules import TEMPLATES, model_scales, nearest_template, parse_aspect
 from ..registry import ModelSpec
 from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
 from .writers import contact_sheet, image_filename, write_png
@@ -173,8 +173,7 @@ def plan_images(spec: ModelSpec, config: GenConfig,
 
 
 def _schedule(spec: ModelSpec, item: ImageItem):
-    num = spec.num_scales if spec.num_scales else None
-    return get_schedule(item.size if num is None else "1M", item.h_div_w, num_scales=num).scales
+    return model_scales(item.size, item.h_div_w, num_scales=spec.num_scales or None)
 
 
 def _prepare_out_dir(config: GenConfig, items: list[ImageItem]) -> Path:

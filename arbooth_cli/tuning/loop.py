@@ -41,7 +41,7 @@ from ..config import SCALE_SCHEDULES, TuneConfig
 from ..errors import ArboothError, CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
 from ..models.bsq_vae import BSQVAE, teacher_forcing
-from ..models.schedules import SIZE_SCALES, get_schedule
+from ..models.schedules import SIZE_SCALES, get_schedule, model_scales
 from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, InfinityTransformer, Scale, compiled_block_ops
 from ..models.build import Components
@@ -115,11 +115,6 @@ def resolve_size(spec: ModelSpec, resolution: str | None) -> str:
                             " (1M = 1024x1024)")
 
 
-def schedule_for(spec: ModelSpec, size: str) -> tuple[Scale, ...]:
-    num = spec.num_scales or None
-    return get_schedule(size if num is None else "1M", 1.0, num_scales=num).scales
-
-
 def _scale_weights(config: TuneConfig, scales: tuple[Scale, ...]) -> Tensor:
     sched = config.scale_weights
     if sched in SCALE_SCHEDULES:
@@ -172,10 +167,7 @@ def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> i
     """Samples drawn together for the prior pool: as many as the KV budget holds, at most 32."""
     if transformer.device.type != "cuda":
         return 4
-    cfg = transformer.cfg
-    L = sum(math.prod(s) for s in scales)
-    per_sample = cfg.depth * L * cfg.embed_dim * 2 * torch.finfo(transformer.compute_dtype).bits // 8
-    return max(1, min(32, POOL_KV_BUDGET // per_sample))
+    return max(1, min(32, POOL_KV_BUDGET // transformer.kv_cache_bytes(scales)))
 
 
 def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextCond, scales: tuple[Scale, ...],
@@ -357,7 +349,7 @@ class _Run:
         self.name = config.subject_name
         self.run_dir = Path(config.run_dir) if config.run_dir else paths.home() / "runs" / self.name
         self.size = resolve_size(self.spec, config.resolution)
-        self.scales = schedule_for(self.spec, self.size)
+        self.scales = model_scales(self.size, num_scales=self.spec.num_scales or None)
         self.h, self.w = get_schedule(self.size, 1.0, num_scales=len(self.scales)).pixel_hw
         self.validation_images: list[str] = []
         self.compiled = False  # set once the device is known

@@ -11,7 +11,7 @@ encoder's vocabulary, and works with any tokenizer that reports offsets (and wit
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +85,8 @@ class LoadedSubject:
 def load_subject(path: str | Path, transformer: InfinityTransformer, *, model_name: str,
                  model_hash: str) -> LoadedSubject:
     """Read a subject file for ``transformer``; refuses one tuned on another base model."""
-    from safetensors.torch import load_file
-
     from ..checkpoint_io import sha256_file
-    from ..errors import CheckpointError
     from ..subjects import read_subject_header
-    from .lowrank import tuned_values
 
     path = Path(path)
     meta, _ = read_subject_header(path)
@@ -101,22 +97,34 @@ def load_subject(path: str | Path, transformer: InfinityTransformer, *, model_na
             + (" with other weight files" if same else "") + f", not on this {model_name}",
             hint=f"use --model {meta['base_model']}" if not same else "import the model files it was tuned on",
         )
-    dev = transformer.device
-    entries = load_file(str(path), device=str(dev))
-    params = dict(transformer.named_parameters())
+    params = {n: p.detach() for n, p in transformer.named_parameters()}
+    values, emb = read_subject_values(path, params)
+    values = {n: v.to(params[n].dtype) for n, v in values.items()}
+    return LoadedSubject(meta["name"], meta["token"], meta["base_model"], meta["base_model_hash"], path,
+                         sha256_file(path), values, emb.float() if emb is not None else None)
+
+
+def read_subject_values(path: str | Path, params: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+    """The tensors a subject file sets, as full values in the file's dtype (low-rank forms applied
+    to ``params``, the base model's tensors by name), and its embedding; read onto the params'
+    device. Refuses names or shapes the model does not have."""
+    from safetensors.torch import load_file
+
+    from ..errors import CheckpointError
+    from .lowrank import tuned_values
+
+    device = next(iter(params.values())).device
+    entries = load_file(str(path), device=str(device))
     names = {k.rsplit(".", 1)[0] if k.endswith((".lora_up", ".lora_down", ".delta")) else k
              for k in entries if k != "subject_embedding"}
     unknown = sorted(n for n in names if n not in params)
     if unknown:
         raise CheckpointError(f"{path} sets tensors this model does not have, e.g. {unknown[0]}")
-    values = tuned_values(entries, {n: params[n].detach() for n in names})
+    values = tuned_values(entries, {n: params[n] for n in names})
     for n, v in values.items():
         if v.shape != params[n].shape:
             raise CheckpointError(f"{path}: {n} is {tuple(v.shape)}, the model's is {tuple(params[n].shape)}")
-        values[n] = v.to(params[n].dtype)
-    emb = entries.get("subject_embedding")
-    return LoadedSubject(meta["name"], meta["token"], meta["base_model"], meta["base_model_hash"], path,
-                         sha256_file(path), values, emb.float() if emb is not None else None)
+    return values, entries.get("subject_embedding")
 
 
 class SubjectSwitch:
