@@ -127,20 +127,39 @@ def classify(region: np.ndarray) -> tuple[str | None, float, float]:
     return (best if score >= MIN_SCORE else None), score, radius
 
 
-def detect(img_HW3: np.ndarray) -> Detection:
-    """The background and the shapes of an RGB image (uint8 or float 0-255), largest first."""
-    lab = colour_labels(img_HW3)
-    H, W = lab.shape
+def border_background(lab: np.ndarray) -> list[int]:
+    """Palette indices of the background: the colours covering at least BORDER_SHARE of the image
+    border, at most two (stripes, in the order the top rows show them). Shared with the subject
+    detector (subjects.py)."""
+    H = lab.shape[0]
     border = np.concatenate([lab[:2].ravel(), lab[-2:].ravel(), lab[:, :2].ravel(), lab[:, -2:].ravel()])
     border = border[border >= 0]
     counts = np.bincount(border, minlength=len(_NAMES)) if border.size else np.zeros(len(_NAMES), int)
     share = counts / max(counts.sum(), 1)
-    bg = [i for i in np.argsort(-share) if share[i] >= BORDER_SHARE][:2]
+    bg = [int(i) for i in np.argsort(-share) if share[i] >= BORDER_SHARE][:2]
     if len(bg) == 2:  # stripes: say the colours in the order the top rows show them
         top = np.bincount(lab[: max(1, H // 16)].ravel()[lab[: max(1, H // 16)].ravel() >= 0], minlength=len(_NAMES))
         bg.sort(key=lambda i: -top[i])
-    det = Detection(tuple(_NAMES[i] for i in bg))
+    return bg
+
+
+def place(region: np.ndarray, radius: float) -> tuple[str, str, tuple[int, int, int, int]]:
+    """Position word (from the box centre), size word (from ``classify``'s radius) and box (top,
+    left, bottom, right; exclusive) of a region."""
+    H, W = region.shape
+    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+    cy, cx = (rows[0] + rows[-1] + 1) / 2 / H, (cols[0] + cols[-1] + 1) / 2 / W
     mid = (SIZE_RADIUS["small"] + SIZE_RADIUS["large"]) / 2
+    box = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    return position_of(cx, cy), "large" if radius > mid else "small", box
+
+
+def detect(img_HW3: np.ndarray) -> Detection:
+    """The background and the shapes of an RGB image (uint8 or float 0-255), largest first."""
+    lab = colour_labels(img_HW3)
+    H, W = lab.shape
+    bg = border_background(lab)
+    det = Detection(tuple(_NAMES[i] for i in bg))
     for i, name in enumerate(_NAMES):
         if i in bg:
             continue
@@ -149,10 +168,8 @@ def detect(img_HW3: np.ndarray) -> Detection:
             if area < MIN_AREA:
                 continue
             cls, score, radius = classify(region)
-            rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-            cy, cx = (rows[0] + rows[-1] + 1) / 2 / H, (cols[0] + cols[-1] + 1) / 2 / W
-            det.shapes.append(Found(cls, name, position_of(cx, cy), "large" if radius > mid else "small", score,
-                                    float(area), (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)))
+            position, size, box = place(region, radius)
+            det.shapes.append(Found(cls, name, position, size, score, float(area), box))
     det.shapes.sort(key=lambda f: -f.area)
     return det
 
