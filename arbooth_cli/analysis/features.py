@@ -3,13 +3,14 @@
 DINO ViT-S/16 and CLIP ViT-B/32 are the usual subject-fidelity features; they are used when their
 weights are on this machine (a folder given by the user, or an already-filled Hugging Face cache;
 nothing is downloaded). Without them the tokenizer's own encoder features are the fallback, and
-every report names the extractor it used. Weights are read from safetensors files only.
+every report names the extractor it used. Weights are read from safetensors files only. CLIP's text
+tower (for CLIP-T) comes from the same CLIP folder, with the tokenizer files found there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -155,6 +156,72 @@ def load_features(kind: str, *, weights: str | None, vae: BSQVAE | None, device:
     if kind == "auto":
         return tokenizer_features(_need(vae))
     raise _missing(kind)
+
+
+@dataclass
+class TextFeatureExtractor:
+    """``extract(texts) -> feats_TD`` float32, one row per text, and what it is, for reports."""
+
+    name: str
+    extract: Callable[[Sequence[str]], Tensor]
+
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        return self.extract(texts)
+
+
+#: what a folder needs for CLIP's tokenizer: its fast-tokenizer file, or the BPE vocabulary and merges
+CLIP_TOKENIZER_FILES = ("tokenizer.json", "vocab.json + merges.txt")
+
+
+def clip_text_gap(folder: Path) -> str | None:
+    """What ``folder`` lacks for CLIP text embeddings (text tower or tokenizer files), or None.
+
+    A vision-only checkpoint (``clip_vision_model``) has no text tower; tokenizer files are read
+    from the folder only, so they must be there."""
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+    except (OSError, ValueError):
+        model_type = ""
+    if model_type != "clip":
+        return f"no text tower (config.json model_type is {model_type!r}, a full 'clip' checkpoint is needed)"
+    if not (folder / "tokenizer.json").is_file() and not all(
+            (folder / f).is_file() for f in ("vocab.json", "merges.txt")):
+        return f"no tokenizer files ({' or '.join(CLIP_TOKENIZER_FILES)})"
+    return None
+
+
+def clip_text_features(folder: Path, device: torch.device, source: str | None = None,
+                       batch_size: int = 64) -> TextFeatureExtractor:
+    """CLIP's projected text embedding (``text_embeds``) of each text, with the folder's own tokenizer."""
+    gap = clip_text_gap(folder)
+    if gap is not None:
+        raise NotFoundError(f"{HUB_MODELS['clip'][1]} at {folder} has {gap}",
+                            hint="use the full CLIP checkpoint folder (save_pretrained of CLIPModel and its "
+                                 f"tokenizer), or fill the Hugging Face cache for {HUB_MODELS['clip'][0]}")
+    from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    class _TextTower(CLIPTextModelWithProjection):  # the vision half of the checkpoint is expected, not news
+        _keys_to_ignore_on_load_unexpected = [r"^vision_model\.", r"^visual_projection\.", r"^logit_scale"]
+
+    full = CLIPConfig.from_pretrained(folder, local_files_only=True)
+    text_cfg = full.text_config
+    text_cfg.projection_dim = full.projection_dim  # the top-level value is the one the weights have
+    model = _TextTower.from_pretrained(folder, config=text_cfg, local_files_only=True, use_safetensors=True)
+    model = model.to(device).eval()
+    tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+    max_len = min(int(tok.model_max_length), int(text_cfg.max_position_embeddings))
+
+    @torch.no_grad()
+    def extract(texts: Sequence[str]) -> Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_len,
+                      return_tensors="pt")
+            out.append(model(input_ids=ids["input_ids"].to(device),
+                             attention_mask=ids["attention_mask"].to(device)).text_embeds.float())
+        return torch.cat(out) if out else torch.zeros(0, text_cfg.projection_dim, device=device)
+
+    return TextFeatureExtractor(f"{HUB_MODELS['clip'][1]} text ({source or folder})", extract)
 
 
 def _need(vae: BSQVAE | None) -> BSQVAE:
