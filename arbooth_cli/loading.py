@@ -1,10 +1,11 @@
 """Which model a command uses, and building it from the cache.
 
 A model is named explicitly (``--model``), by ``$ARBOOTH_MODEL``, is the one the last command used
-(``<home>/last-model``, while it is still available), or is the only one in the cache.
+(``<home>/last-model``, while it is still available), is the only one in the cache, or else is the
+embedded default (``toy``, whose weights ship inside the package).
 Built-in (tiny) specs need no files. Every loaded model carries an identity hash for provenance:
-the cache's ``model_hash`` over its files, or, for built-in weights, a hash of the spec that makes
-them.
+the cache's ``model_hash`` over its files, the sha256 of a packaged bundle, or, for built-in
+weights, a hash of the spec that makes them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import ModelCache
-from .errors import ConfigError, ModelNotCachedError, NotFoundError
+from .errors import ConfigError, ModelFilesError, ModelNotCachedError, NotFoundError
 from .registry import ModelSpec, default_registry
 
 if TYPE_CHECKING:
@@ -27,6 +28,11 @@ if TYPE_CHECKING:
     from .models.build import Components
 
 ENV_MODEL = "ARBOOTH_MODEL"
+#: the model used when nothing else selects one (its weights ship inside the package)
+DEFAULT_MODEL = "toy"
+#: where packaged weight bundles live
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+ROLES = ("transformer", "vae", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -49,23 +55,50 @@ def resolve_model(name: str | None, *, cache: ModelCache | None = None,
         name = env.get(ENV_MODEL) or None
     if not name:
         last = last_model(cache.root)
-        if last in registry and (registry.get(last).builtin_weights or cache.has(last)):
+        if last in registry and (_available(registry.get(last)) or cache.has(last)):
             name = last
     if not name:
         ready = [m.name for m in cache.scan().models if m.name in registry]
-        if len(ready) != 1:
+        if len(ready) == 1:
+            name = ready[0]
+        elif DEFAULT_MODEL in registry and _available(registry.get(DEFAULT_MODEL)):
+            name = DEFAULT_MODEL
+        else:
             choices = ", ".join(ready) if ready else "none is cached"
             raise ConfigError([f"no --model given and {len(ready)} models are cached ({choices}); "
-                               f"pass --model NAME or set {ENV_MODEL} (built in: "
-                               f"{', '.join(s.name for s in registry if s.builtin_weights)})"])
-        name = ready[0]
+                               f"pass --model NAME or set {ENV_MODEL} (ready without files: "
+                               f"{', '.join(s.name for s in registry if _available(s)) or 'none'})"])
     spec = registry.get(name)
     if spec.builtin_weights:
         return ResolvedModel(spec, {}, "builtin-" + spec_hash(spec))
+    if spec.packaged:
+        path = packaged_path(spec)
+        if not path.is_file():
+            raise ModelFilesError(f"the weights of the built-in model {spec.name!r} are missing from this "
+                                  f"installation ({path})", hint="reinstall arbooth, or pass --model NAME")
+        return ResolvedModel(spec, {role: path for role in ROLES}, "packaged-" + _file_sha256(path))
     if not cache.has(name):
         raise ModelNotCachedError(name)
     cached = cache.get(name)
     return ResolvedModel(spec, {role: cached.path(role) for role in cached.roles}, cached.model_hash)
+
+
+def packaged_path(spec: ModelSpec) -> Path:
+    assert spec.packaged is not None
+    return PACKAGED_DIR / spec.packaged
+
+
+def _available(spec: ModelSpec) -> bool:
+    """Usable without the cache: weights made in code, or a packaged bundle that is present."""
+    return spec.builtin_weights or (spec.packaged is not None and packaged_path(spec).is_file())
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 LAST_MODEL_FILE = "last-model"
@@ -114,7 +147,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def load_components(resolved: ResolvedModel, *, device: torch.device, dtype: torch.dtype,
                     roles: Iterable[str] = ("transformer", "vae", "text_encoder")) -> Components:
-    from .models.build import build_components
+    from .models.build import build_components, read_bundle
 
-    weights = {r: p for r, p in resolved.weights.items() if r in tuple(roles)}
+    roles = tuple(roles)
+    weights: dict = {r: p for r, p in resolved.weights.items() if r in roles}
+    if resolved.spec.packaged and weights:
+        parts = read_bundle(next(iter(weights.values())))
+        weights = {r: parts[r] for r in weights if r in parts}
     return build_components(resolved.spec, device=device, dtype=dtype, weights=weights, roles=tuple(roles))

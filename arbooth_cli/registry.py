@@ -157,11 +157,22 @@ class ModelSpec:
     source: str = ""
     #: set on specs whose weights are made in code (deterministic random init), needing no files
     builtin_weights: bool = False
+    #: a weights bundle shipped inside the package (``arbooth_cli/weights/<file>``): one
+    #: safetensors file holding every role's tensors under ``<role>.`` prefixes
+    packaged: str | None = None
+    #: the procedural world a model draws, when it has one ("toy": ``arbooth_cli.toyworld``);
+    #: ``arbooth eval`` then measures with that world's exact detectors
+    world: str | None = None
     plugin: str | None = None  # distribution that registered it, for `models info`
 
     @property
     def requires_files(self) -> bool:
-        return bool(self.files) and not self.builtin_weights
+        return bool(self.files) and not (self.builtin_weights or self.packaged)
+
+    @property
+    def needs_no_download(self) -> bool:
+        """Ready on any installation: weights made in code or shipped in the package."""
+        return self.builtin_weights or self.packaged is not None
 
     def file(self, role: str) -> FileSpec:
         for f in self.files:

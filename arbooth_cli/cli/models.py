@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _status(spec: ModelSpec, cached: dict[str, CachedModel]) -> str:
-    if spec.builtin_weights:
+    if spec.needs_no_download:
         return "built in"
     return "ready" if spec.name in cached else "not cached"
 

@@ -256,12 +256,26 @@ def features_to_tokens(x_Bd1hw: Tensor, patchify: bool) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+def resize_codes(x_Bd1hw: Tensor, size: Scale) -> Tensor:
+    """Trilinear resize of (B, d, t, h, w) features to ``size`` (t, h, w), as Infinity does it.
+
+    For images (t = 1 on both sides) the time axis is an identity, so this runs the 2D bilinear
+    kernel: the same numbers, without CUDA's slow 3D upsampling of a one-frame volume.
+    """
+    if x_Bd1hw.shape[2] == 1 and size[0] == 1:
+        return F.interpolate(x_Bd1hw[:, :, 0], size=tuple(size[1:]), mode="bilinear").unsqueeze(2)
+    return F.interpolate(x_Bd1hw, size=tuple(size), mode="trilinear")
+
+
 @dataclass
 class TeacherForcing:
     """Transformer training inputs and labels for a batch of images."""
 
     inputs_BLd: Tensor  # (B, L - 1, d_t) float32: inputs of scales 1..K-1 (scale 0 is the SOS)
     bits_per_scale: list[Tensor]  # K tensors (B, l_s, d_t) int64: ground-truth bit labels
+    #: (B, d, 1, H, W) the accumulated codes of every scale: what the decoder reconstructs from;
+    #: carries the straight-through gradient to the features (tokenizer training)
+    summed_Bd1HW: Tensor
 
     @property
     def bits_BLd(self) -> Tensor:
@@ -311,18 +325,19 @@ def teacher_forcing(
         if si < noise_layers and noise_strength > 0:
             assert generator is not None
             top = int(round(100 * noise_strength))
-            p = int(torch.randint(0, top + 1, (1,), generator=generator, device=generator.device)) * 0.01
-            flip = torch.rand(bits.shape, generator=generator, device=generator.device).to(bits.device) < p
+            # p stays a tensor: reading it on the host would stall a GPU stream at every scale
+            p = torch.randint(0, top + 1, (1,), generator=generator, device=generator.device) * 0.01
+            flip = (torch.rand(bits.shape, generator=generator, device=generator.device) < p).to(bits.device)
             noisy = torch.where(flip, 1 - bits, bits)
             if requant:
                 codes = bits_to_codes(noisy)
-        accum = accum + F.interpolate(codes, size=full, mode="trilinear")
+        accum = accum + resize_codes(codes, full)
         if si != last:
-            nxt = F.interpolate(accum, size=scales_vae[si + 1], mode="trilinear")
+            nxt = resize_codes(accum, scales_vae[si + 1])
             inputs.append(features_to_tokens(nxt, patchify))
     d_t = labels[0].shape[-1]
     empty = raw.new_zeros(raw.shape[0], 0, d_t)
-    return TeacherForcing(torch.cat(inputs, dim=1) if inputs else empty, labels)
+    return TeacherForcing(torch.cat(inputs, dim=1) if inputs else empty, labels, accum)
 
 
 class CodeAccumulator:
@@ -357,8 +372,8 @@ class CodeAccumulator:
             self.summed_Bd1HW = self.summed_Bd1HW + codes
             return None
         full = self.scales_vae[-1]
-        self.summed_Bd1HW = self.summed_Bd1HW + F.interpolate(codes, size=full, mode="trilinear")
-        nxt = F.interpolate(self.summed_Bd1HW, size=self.scales_vae[si + 1], mode="trilinear")
+        self.summed_Bd1HW = self.summed_Bd1HW + resize_codes(codes, full)
+        nxt = resize_codes(self.summed_Bd1HW, self.scales_vae[si + 1])
         return features_to_tokens(nxt, self.patchify)
 
 

@@ -611,7 +611,7 @@ def build_components(
     spec: ModelSpec,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    weights: Mapping[str, str | Path] | None = None,
+    weights: Mapping[str, str | Path | Mapping[str, Tensor]] | None = None,
     *,
     seed: int = 0,
     roles: Iterable[str] = ROLES,
@@ -621,7 +621,8 @@ def build_components(
 ) -> Components:
     """Build ``roles`` of ``spec`` on ``device``, eval mode, parameters frozen.
 
-    ``weights`` maps a role to its file (transformer, vae) or folder (text_encoder). Roles
+    ``weights`` maps a role to its file (transformer, vae) or folder (text_encoder), or to its
+    tensors (a packaged bundle, see :func:`read_bundle`; the text encoder must be a tiny one). Roles
     without a file get the deterministic seeded init (``seed``; role k uses a CPU generator seeded
     with ``seed + k`` in the order transformer, vae, text_encoder) when the spec has built-in
     weights or ``allow_random_init`` is set; otherwise :class:`ModelFilesError`. ``dtype`` is the
@@ -665,7 +666,13 @@ def build_components(
     if "text_encoder" in roles:
         tdt = text_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
         te = spec.text_encoder
-        if "text_encoder" in weights:
+        if isinstance(weights.get("text_encoder"), Mapping):
+            if te.tiny_config is None:
+                raise ModelFilesError(f"model {spec.name!r} reads its text encoder from a folder, not from tensors")
+            state = weights["text_encoder"]
+            out.text_encoder = T5TextEncoder.tiny(te, device=device, dtype=tdt,
+                                                  init=lambda m: load_text_encoder_state_(m, state))
+        elif "text_encoder" in weights:
             out.text_encoder = T5TextEncoder.from_pretrained(
                 weights["text_encoder"], device=device, dtype=tdt, max_length=te.max_length
             )
@@ -675,4 +682,51 @@ def build_components(
         else:
             generator_for("text_encoder")  # raises: a hub text encoder needs its folder
             raise ModelFilesError(f"model {spec.name!r} needs its text encoder folder ({te.repo_id})")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# packaged bundles: every role of a small model in one safetensors file
+# ---------------------------------------------------------------------------------------------
+
+
+def load_text_encoder_state_(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy ``state`` into a (materialised) T5 encoder strictly: every tensor, right shapes."""
+    own = model.state_dict()
+    check_tensor_shapes("text encoder tensors", {k: tuple(v.shape) for k, v in state.items()},
+                        {k: tuple(v.shape) for k, v in own.items()})
+    with torch.no_grad():
+        for name, t in own.items():
+            t.copy_(state[name])
+
+
+def bundle_tensors(components: Components) -> dict[str, Tensor]:
+    """Every tensor of the built roles under ``<role>.`` prefixes, contiguous float32 CPU copies
+    (tied T5 embeddings are stored once per name, as separate tensors)."""
+    out: dict[str, Tensor] = {}
+    parts = {"transformer": components.transformer, "vae": components.vae,
+             "text_encoder": components.text_encoder.model if components.text_encoder is not None else None}
+    for role, module in parts.items():
+        if module is None:
+            continue
+        for name, t in module.state_dict().items():
+            if is_constant_buffer(name) and role != "text_encoder":
+                continue
+            v = t.detach().to("cpu")
+            out[f"{role}.{name}"] = (v.float() if v.is_floating_point() else v).contiguous().clone()
+    return out
+
+
+def read_bundle(path: str | Path) -> dict[str, dict[str, Tensor]]:
+    """A bundle file -> role -> state dict. Unknown prefixes are an error (a wrong file)."""
+    out: dict[str, dict[str, Tensor]] = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                role, _, name = key.partition(".")
+                if role not in ROLES or not name:
+                    raise CheckpointError(f"{path}: tensor {key!r} belongs to no role ({', '.join(ROLES)})")
+                out.setdefault(role, {})[name] = f.get_tensor(key)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read the weights bundle {path}: {exc}") from exc
     return out

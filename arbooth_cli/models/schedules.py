@@ -69,8 +69,14 @@ class ScheduleInfo:
 
     @property
     def pixel_hw(self) -> tuple[int, int]:
-        _, h, w = self.scales[-1]
-        return h * TOKEN_STRIDE, w * TOKEN_STRIDE
+        """Image size of the Infinity tokenizers' stride; see :func:`pixel_size` for others."""
+        return pixel_size(self.scales)
+
+
+def pixel_size(scales: Schedule, token_stride: int = TOKEN_STRIDE) -> tuple[int, int]:
+    """(H, W) in pixels of the images a schedule makes with a tokenizer of ``token_stride``."""
+    _, h, w = scales[-1]
+    return h * token_stride, w * token_stride
 
 
 def nearest_template(h_div_w: float) -> float:

@@ -41,7 +41,7 @@ from ..config import SCALE_SCHEDULES, TuneConfig
 from ..errors import ArboothError, CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
 from ..models.bsq_vae import BSQVAE, teacher_forcing
-from ..models.schedules import SIZE_SCALES, get_schedule, model_scales
+from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, InfinityTransformer, Scale, compiled_block_ops
 from ..models.build import Components
@@ -350,7 +350,7 @@ class _Run:
         self.run_dir = Path(config.run_dir) if config.run_dir else paths.home() / "runs" / self.name
         self.size = resolve_size(self.spec, config.resolution)
         self.scales = model_scales(self.size, num_scales=self.spec.num_scales or None)
-        self.h, self.w = get_schedule(self.size, 1.0, num_scales=len(self.scales)).pixel_hw
+        self.h, self.w = pixel_size(self.scales, self.spec.vae.token_stride)
         self.validation_images: list[str] = []
         self.compiled = False  # set once the device is known
         self._stop = False

@@ -75,7 +75,6 @@ def test_existing_files_are_never_overwritten_unless_asked(cli, tmp_path):
     (["x", *TINY, "--aspect", "10:1"], 4, "no aspect template near"),
     (["x", *TINY, "--cfg", "3,3"], 4, "has 2 values but the schedule has 4 scales"),
     (["x", *TINY, "--top-p", "0"], 4, "--top-p must be in (0, 1]"),
-    (["x"], 4, "no --model given and 0 models are cached"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, args, code, needle):
     out = tmp_path / "out"
@@ -83,6 +82,23 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, args, code, nee
     assert r.exit_code == code, r.output
     assert needle in r.stderr
     assert _files(out) == {}
+
+
+def test_without_a_model_gen_draws_with_the_embedded_default(cli, tmp_path):
+    from arbooth_cli.toyworld.detect import check, detect
+    from arbooth_cli.toyworld.scene import parse_caption
+
+    out = tmp_path / "out"
+    prompt = "a white circle in the center, blue background"
+    r = cli("gen", prompt, "--seed", "3", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.stdout)
+    assert row["model"] == "toy" and row["scales"] == 5
+    with Image.open(row["path"]) as im:
+        assert im.size == (64, 64)
+        assert json.loads(im.text["arbooth"])["model_hash"].startswith("packaged-")
+        img = np.asarray(im.convert("RGB"))
+    assert check(parse_caption(prompt), detect(img))["all"]
 
 
 def test_prompts_file_with_per_line_options_and_a_malformed_line(cli, tmp_path):

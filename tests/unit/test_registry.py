@@ -51,4 +51,4 @@ def test_specs_are_frozen_and_serialisable():
         spec.name = "x"  # type: ignore[misc]
     d = spec.to_dict()
     assert d["transformer"]["depth"] == 32 and d["files"][0]["role"] == "transformer"
-    assert default_registry().names() == ["infinity-2b", "infinity-8b", "tiny-infinity"]
+    assert default_registry().names() == ["infinity-2b", "infinity-8b", "tiny-infinity", "toy"]

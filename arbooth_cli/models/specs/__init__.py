@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ...registry import RegisterFn
-from . import infinity, tiny
+from . import infinity, tiny, toy
 
 
 def register_builtin_models(register: RegisterFn) -> None:
     infinity.register_models(register)
     tiny.register_models(register)
+    toy.register_models(register)

@@ -1,0 +1,76 @@
+"""The embedded default model: a small Infinity-family text-to-image model of the toy world.
+
+Same components as the real models (a bitwise multi-scale tokenizer, a next-scale transformer with
+self-attention, cross-attention and FFN, a T5 text encoder), small enough that its weights ship
+inside the package and every command runs on a laptop CPU in seconds. It draws 64x64 images of
+the toy world (``arbooth_cli.toyworld``) from five scales (1, 2, 4, 6, 8 tokens a side; the
+tokenizer's stride is 8). Its text encoder reads bytes, so any new identifier word (``sks``)
+has a spelling. Trained by ``tools/train_toy.py`` (docs/embedded-model.md).
+"""
+
+from __future__ import annotations
+
+from ...registry import (
+    ModelSpec,
+    RegisterFn,
+    SamplingDefaults,
+    TextEncoderConfig,
+    TransformerConfig,
+    VAEConfig,
+)
+
+#: the file under ``arbooth_cli/weights/`` holding the three components' tensors
+TOY_WEIGHTS = "toy.safetensors"
+
+TOY_TEXT = TextEncoderConfig(
+    repo_id=None,
+    width=128,
+    max_length=160,  # the longest toy captions (two objects, striped background) are ~130 bytes
+    tokenizer="byt5",
+    tiny_config=(
+        ("vocab_size", 384),
+        ("d_model", 128),
+        ("d_kv", 32),
+        ("d_ff", 256),
+        ("num_layers", 3),
+        ("num_heads", 4),
+        ("feed_forward_proj", "gated-gelu"),
+        ("dropout_rate", 0.0),
+    ),
+)
+
+TOY = ModelSpec(
+    name="toy",
+    family="infinity",
+    description="the embedded default: a small text-to-image model of the toy world (64x64, shipped in the package)",
+    transformer=TransformerConfig(
+        depth=6,
+        embed_dim=192,
+        num_heads=3,
+        block_chunks=3,
+        bits=16,
+        text_channels=128,
+        text_maxlen=160,
+        pool_head_width=32,
+    ),
+    vae=VAEConfig(
+        bits=16,
+        base_channels=32,
+        ch_mult=(1, 2, 2, 4),
+        encoder_blocks=1,
+        decoder_blocks=2,
+        norm_groups=8,
+    ),
+    text_encoder=TOY_TEXT,
+    sampling=SamplingDefaults(cfg=4.0, tau=0.5, top_p=0.97, size="toy"),  # best of the training script's sweep
+    sizes=("toy",),
+    num_scales=5,
+    license="MIT",
+    source="trained by tools/train_toy.py on the toy world",
+    packaged=TOY_WEIGHTS,
+    world="toy",
+)
+
+
+def register_models(register: RegisterFn) -> None:
+    register(TOY)
