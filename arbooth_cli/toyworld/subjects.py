@@ -337,3 +337,12 @@ def check_subject(parsed: ParsedCaption, match: SubjectMatch) -> dict[str, bool 
 
 __all__ = ["Pattern", "Subject", "SUBJECTS", "SubjectMatch", "render_subject", "subject_photos",
            "detect_subject", "region_shares", "subject_prompts", "class_prompts", "check_subject"]
+
+
+def photo_caption(subject: Subject, attrs: dict) -> str:
+    """The caption file of a photo: what it shows in the toy world's words, with ``{token}`` and
+    ``{cls}`` left for ``arbooth tune`` to fill. Saying the position and background keeps tuning
+    from tying them to the token (the text-fidelity half of the evaluation)."""
+    where = _POS_PHRASES[attrs["position"]][0]
+    shape = f"a {attrs['size']} {{token}} {{cls}} {where}"
+    return f"{shape}, {Background(tuple(attrs['background'])).phrase()}"

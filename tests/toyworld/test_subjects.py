@@ -168,4 +168,16 @@ def test_shipped_photos_match_the_generator():
     assert tool.problems() == []
     for name in SUBJECTS:
         files = sorted(p.name for p in (ROOT / "examples" / "subjects" / name).iterdir())
-        assert files == ["01.png", "02.png", "03.png", "04.png", "05.png", "README.md"]
+        assert files == sorted([f"0{i}.{ext}" for i in range(1, 6) for ext in ("png", "txt")] + ["README.md"])
+
+
+def test_caption_files_say_what_each_photo_shows():
+    from arbooth_cli.toyworld.scene import parse_caption
+    from arbooth_cli.toyworld.subjects import check_subject, photo_caption, subject_photos
+
+    for s in SUBJECTS.values():
+        for img, attrs in subject_photos(s):
+            text = photo_caption(s, attrs).format(token="sks", cls=s.cls)
+            parsed = parse_caption(text, names={"sks": s.cls})
+            assert parsed.unknown == [] and parsed.shapes[0]["name"] == "sks"
+            assert check_subject(parsed, detect_subject(img, s))["all"], text
