@@ -43,7 +43,12 @@ from arbooth_cli.models.schedules import model_scales  # noqa: E402
 from arbooth_cli.models.specs.toy import TOY  # noqa: E402
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
 from arbooth_cli.sampling.sample import SamplingParams, sample_images  # noqa: E402
-from arbooth_cli.toyworld.dataset import held_out_prompts, seen_prompts, training_example  # noqa: E402
+from arbooth_cli.toyworld.dataset import (  # noqa: E402
+    held_out_prompts,
+    seen_prompts,
+    tokenizer_example,
+    training_example,
+)
 from arbooth_cli.toyworld.detect import check, detect  # noqa: E402
 from arbooth_cli.toyworld.scene import parse_caption  # noqa: E402
 from arbooth_cli.models.bsq_vae import teacher_forcing  # noqa: E402
@@ -55,6 +60,21 @@ PX = 64
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
+
+
+def _tokenizer_chunk(args: tuple[int, int, int]) -> np.ndarray:
+    seed, start, stop = args
+    return np.stack([tokenizer_example(seed, i, PX) for i in range(start, stop)])
+
+
+def make_tokenizer_data(n: int, seed: int, workers: int) -> np.ndarray:
+    """Images for the tokenizer: training images and uncaptioned patterned shapes."""
+    step = max(1, min(2000, n // max(workers, 1)))
+    chunks = [(seed, s, min(s + step, n)) for s in range(0, n, step)]
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers) as pool:
+            return np.concatenate(pool.map(_tokenizer_chunk, chunks))
+    return np.concatenate([_tokenizer_chunk(c) for c in chunks])
 
 
 def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[list[int]]]:
@@ -155,10 +175,43 @@ def train_vae(vae, imgs_u8: torch.Tensor, scales, args, log: dict, device) -> No
             with torch.no_grad():
                 psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x)))
             curve.append({"step": step, "loss": float(loss.detach()), "psnr": psnr, "seconds": round(time.time() - t0, 1)})
-            print(f"vae {step:6d} loss {float(loss):.4f} psnr {psnr:.2f} dB  {time.time() - t0:.0f}s", flush=True)
+            print(f"vae {step:6d} loss {float(loss.detach()):.4f} psnr {psnr:.2f} dB  {time.time() - t0:.0f}s", flush=True)
     vae.eval().requires_grad_(False)
     log["vae"] = {"steps": args.vae_steps, "batch": args.vae_batch, "lr": args.vae_lr, "curve": curve,
                   "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def reconstruct(vae, imgs_BHW3: np.ndarray, scales, device) -> np.ndarray:
+    x = to_unit(torch.from_numpy(imgs_BHW3).to(device))
+    tf = teacher_forcing(vae.encode_features(x), vae.vae_scales(scales), patchify=vae.cfg.spatial_patchify)
+    return ((vae.decode(tf.summed_Bd1HW) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def reconstruction_report(vae, scales, device, per_class: int = 24) -> dict:
+    """What survives the tokenizer: the detectors on reconstructions of fresh renders of every
+    (class, size), and of every shipped subject's photos. A shape the tokenizer cannot carry, the
+    transformer cannot draw."""
+    from arbooth_cli.toyworld.render import render
+    from arbooth_cli.toyworld.scene import CLASSES, COLOURS, POSITIONS, SIZES, Background, Scene, Shape
+    from arbooth_cli.toyworld.subjects import SUBJECTS, detect_subject, subject_photos
+
+    rng = np.random.default_rng(12345)
+    out: dict = {"classes": {}, "subjects": {}}
+    for cls in CLASSES:
+        for size in SIZES:
+            scenes = []
+            for _ in range(per_class):
+                col, bg = rng.choice(list(COLOURS), 2, replace=False)
+                scenes.append(Scene((Shape(cls, str(col), str(rng.choice(POSITIONS)), size),), Background((str(bg),))))
+            rec = reconstruct(vae, np.stack([render(s, PX, rng=rng) for s in scenes]), scales, device)
+            ok = sum(any(f.cls == cls and f.colour == s.shapes[0].colour for f in detect(im).shapes)
+                     for s, im in zip(scenes, rec))
+            out["classes"][f"{cls}-{size}"] = round(ok / per_class, 3)
+    for name, sub in SUBJECTS.items():
+        rec = reconstruct(vae, np.stack([im for im, _ in subject_photos(sub)]), scales, device)
+        out["subjects"][name] = sum(bool(detect_subject(im, sub).found) for im in rec) / len(rec)
+    return out
 
 
 @torch.no_grad()
@@ -396,7 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         comps.vae.load_state_dict(parts["vae"], strict=False)
         log["vae"] = {"reused": str(args.vae)}
     else:
-        train_vae(comps.vae, imgs_t, scales, args, log, device)
+        t0 = time.time()
+        vae_imgs = torch.from_numpy(make_tokenizer_data(args.images, args.seed, args.workers))
+        print(f"tokenizer data: {args.images} images, {time.time() - t0:.0f}s", flush=True)
+        train_vae(comps.vae, vae_imgs.pin_memory() if device.type == "cuda" else vae_imgs, scales, args, log, device)
+        del vae_imgs
+        log["vae"]["reconstruction"] = reconstruction_report(comps.vae, scales, device)
+        print(f"reconstruction: {log['vae']['reconstruction']}", flush=True)
         write_safetensors(args.out / "vae.safetensors", {f"vae.{k}": v.float().contiguous() for k, v in
                                                          comps.vae.state_dict().items()})
     save_log(args.out, log)

@@ -13,8 +13,9 @@ import itertools
 
 import numpy as np
 
-from .render import render
+from .render import POSITION_CENTRE, background, draw_shape, render
 from .scene import CLASSES, COLOURS, POSITIONS, SIZES, Background, Scene, Shape, caption, sample_scene
+from .subjects import SUBJECTS, Pattern
 
 Triple = tuple[str, str, str]  # (class, colour, position)
 
@@ -71,3 +72,40 @@ def seen_prompts(n: int, seed: int = 0) -> list[tuple[str, Scene]]:
             scene = sample_scene(rng)
         out.append((caption(scene, rng), scene))
     return out
+
+
+PATTERN_SHARE = 0.5  #: share of tokenizer-training images showing a multi-colour patterned shape
+_KINDS = {"rows": 2, "columns": 2, "rings": 2, "checker": 4}
+
+
+def tokenizer_example(seed: int, index: int, size: int = 64) -> np.ndarray:
+    """Item ``index`` of the tokenizer's training set: a training image, or (``PATTERN_SHARE`` of
+    the time) a shape painted with a random multi-colour pattern.
+
+    A tokenizer is an image codec: like the real ones, trained on more than the text-to-image data,
+    so that photos of new subjects can be encoded at all. The patterned shapes are never captioned
+    and never reach the transformer; the four shipped subjects' exact (class, pattern) pairs are
+    left out, so even the codec has not seen them.
+    """
+    rng = np.random.default_rng([seed, index, 3])
+    if rng.random() >= PATTERN_SHARE:
+        return training_example(seed, index, size)[0]
+    taken = {(s.cls, s.pattern) for s in SUBJECTS.values()}
+    names = list(COLOURS)
+    while True:
+        kind = str(rng.choice(list(_KINDS)))
+        colours = tuple(str(c) for c in rng.choice(names, size=_KINDS[kind], replace=kind == "checker"))
+        if len(set(colours)) < 2:
+            continue
+        cut = 0.55 if kind == "rings" else float(rng.uniform(-0.2, 0.2))
+        pattern, cls = Pattern(kind, colours, cut), str(rng.choice(CLASSES))
+        if (cls, pattern) not in taken:
+            break
+    free = [c for c in names if c not in colours]
+    bg = tuple(str(c) for c in rng.choice(free, size=2 if rng.random() < 0.3 else 1, replace=False))
+    img = background(bg, size)
+    position, sz = str(rng.choice(POSITIONS)), str(rng.choice(SIZES))
+    cx, cy = POSITION_CENTRE[position]
+    draw_shape(img, Shape(cls, colours[0], position, sz), centre=(cx + rng.uniform(-0.04, 0.04),
+                                                              cy + rng.uniform(-0.04, 0.04)), paint=pattern.paint)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)

@@ -1,0 +1,67 @@
+"""The embedded model's training split and the training script's pipeline."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from arbooth_cli.toyworld.dataset import (HELD_OUT, held_out_prompts, is_held_out, seen_prompts, tokenizer_example,
+                                          training_example)
+from arbooth_cli.toyworld.scene import CLASSES, COLOURS, POSITIONS, parse_caption
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_held_out_triples_never_reach_training_but_their_parts_do():
+    assert len(HELD_OUT) == 28
+    seen_parts: set[tuple[str, str]] = set()
+    for i in range(400):
+        _, cap, scene = training_example(0, i)
+        assert not is_held_out(scene)
+        for s in scene.shapes:
+            seen_parts |= {("cls", s.cls), ("colour", s.colour), ("position", s.position)}
+    assert seen_parts == {("cls", c) for c in CLASSES} | {("colour", c) for c in COLOURS} | {
+        ("position", p) for p in POSITIONS}
+
+
+def test_test_prompts_ask_for_held_out_shapes_in_known_words():
+    for text, scene in held_out_prompts(60, seed=3):
+        assert is_held_out(scene)
+        parsed = parse_caption(text)
+        assert parsed.unknown == []
+        s = parsed.shapes[0]
+        assert (s["cls"], s["colour"], s["position"]) in HELD_OUT
+    assert all(not is_held_out(sc) for _, sc in seen_prompts(40))
+    assert held_out_prompts(5, seed=1) == held_out_prompts(5, seed=1)
+
+
+def test_tokenizer_images_mix_training_images_and_patterned_shapes():
+    imgs = [tokenizer_example(0, i) for i in range(60)]
+    assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in imgs)
+    same = [np.array_equal(im, training_example(0, i)[0]) for i, im in enumerate(imgs)]
+    assert 15 < sum(same) < 45  # about half are the captioned training images
+    assert np.array_equal(tokenizer_example(0, 7), imgs[7])
+
+
+def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, monkeypatch):
+    import torch
+
+    from arbooth_cli.models.build import build_components, read_bundle
+    from arbooth_cli.models.specs.toy import TOY
+
+    monkeypatch.setattr(sys, "argv", ["train_toy.py", "--out", str(tmp_path), "--smoke"])
+    script = runpy.run_path(str(ROOT / "tools" / "train_toy.py"), run_name="train_toy")
+    assert script["main"]() == 0
+    parts = read_bundle(tmp_path / "toy.safetensors")
+    assert {t.dtype for p in parts.values() for t in p.values() if t.is_floating_point()} == {torch.float16}
+    comps = build_components(TOY, weights=parts)
+    assert comps.transformer is not None and comps.text_encoder is not None
+    log = json.loads((tmp_path / "train-log.json").read_text())
+    assert log["transformer"]["steps"] == 3 and len(log["vae"]["curve"]) == 3
+    assert set(log["vae"]["reconstruction"]["subjects"]) == {"twotone-star", "bullseye-circle", "split-heart",
+                                                           "checker-square"}
+    assert 0 <= log["eval"]["held_out"]["all"] <= 1
