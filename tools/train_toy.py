@@ -67,14 +67,19 @@ def _tokenizer_chunk(args: tuple[int, int, int]) -> np.ndarray:
     return np.stack([tokenizer_example(seed, i, PX) for i in range(start, stop)])
 
 
-def make_tokenizer_data(n: int, seed: int, workers: int) -> np.ndarray:
-    """Images for the tokenizer: training images and uncaptioned patterned shapes."""
+def _map_chunks(fn, n: int, seed: int, workers: int) -> list:
+    """``fn((seed, start, stop))`` over ``range(n)`` in chunks, in worker processes when asked."""
     step = max(1, min(2000, n // max(workers, 1)))
     chunks = [(seed, s, min(s + step, n)) for s in range(0, n, step)]
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
-            return np.concatenate(pool.map(_tokenizer_chunk, chunks))
-    return np.concatenate([_tokenizer_chunk(c) for c in chunks])
+            return pool.map(fn, chunks)
+    return [fn(c) for c in chunks]
+
+
+def make_tokenizer_data(n: int, seed: int, workers: int) -> np.ndarray:
+    """Images for the tokenizer: training images and uncaptioned patterned shapes."""
+    return np.concatenate(_map_chunks(_tokenizer_chunk, n, seed, workers))
 
 
 def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[list[int]]]:
@@ -93,13 +98,7 @@ def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[list[int
 
 def make_data(n: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images N,64,64,3 uint8; token ids N,T int64 zero-padded; lengths N)."""
-    step = max(1, min(2000, n // max(workers, 1)))
-    chunks = [(seed, s, min(s + step, n)) for s in range(0, n, step)]
-    if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_render_chunk, chunks)
-    else:
-        parts = [_render_chunk(c) for c in chunks]
+    parts = _map_chunks(_render_chunk, n, seed, workers)
     imgs = np.concatenate([p[0] for p in parts])
     ids = [x for p in parts for x in p[1]]
     T = min(max(len(x) for x in ids), TOY.text_encoder.max_length)
@@ -137,6 +136,13 @@ def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def init_transformer_for_training_(tr: torch.nn.Module) -> None:
     """Start near identity: small AdaLN projections, residual gates of 0.5, a small head."""
     with torch.no_grad():
@@ -167,10 +173,7 @@ def train_vae(vae, imgs_u8: torch.Tensor, scales, args, log: dict, device) -> No
         tf = teacher_forcing(raw, scales_vae, patchify=vae.cfg.spatial_patchify)
         rec = vae.decoder(tf.summed_Bd1HW[:, :, 0])
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         if step % args.log_every == 0 or step == args.vae_steps - 1:
             with torch.no_grad():
                 psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x)))
@@ -307,10 +310,7 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
         logits = tr(text, tf.inputs_BLd, scales)  # no stochastic depth: short run, plentiful data
         ce_BL = bitwise_ce(logits, tf.bits_BLd)
         loss = ce_BL.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         if step % args.log_every == 0 or step == args.steps - 1:
             with torch.no_grad():
                 counts = [t * h * w for t, h, w in scales]
