@@ -63,7 +63,7 @@ class GenConfig(_Checked):
     """Everything `arbooth gen` needs; the CLI flags map one to one (see `arbooth gen --help`)."""
 
     prompts: tuple[PromptJob, ...]
-    #: --model; None: the base of the prompts' subject, else $ARBOOTH_MODEL, the last used or the only cached model
+    #: --model; None: the base of the prompts' subject, else $ARBOOTH_MODEL, the last used, the only cached model, else toy
     model: str | None = None
     #: --subject NAME from the store ("none": no subject); None: the subject whose token a prompt contains
     subject: str | None = None
@@ -215,7 +215,7 @@ class TuneConfig(_Checked):
     photos: str  #: PHOTOS_DIR
     token: str  #: --token: the identifier word, e.g. sks
     cls: str  #: --class: the subject's class noun, e.g. dog
-    model: str | None = None  #: --model (default: $ARBOOTH_MODEL, else the only cached model)
+    model: str | None = None  #: --model (default: $ARBOOTH_MODEL, the last used, the only cached model, else toy)
     name: str | None = None  #: --name of the saved subject (default: the token)
     steps: int = 500  #: --steps: iterations (one optimizer step each)
     batch_size: int = 2  #: --batch-size: subject photos per step (and prior samples per step)
@@ -449,3 +449,41 @@ class InspectWeightsConfig(_Checked):
 
 
 __all__ = ["GenConfig", "InspectNoiseConfig", "InspectWeightsConfig", "PromptJob", "TuneConfig", "read_prompts_file", "read_tune_file", "parse_number_list"]
+
+
+# ---------------------------------------------------------------------------------------------
+# arbooth eval
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Checked):
+    """`arbooth eval`: how well a tuned subject is personalized (fidelity, text, drift, diversity)."""
+
+    subject: str  #: SUBJECT: a stored subject's name or token, or a subject file (.safetensors)
+    model: str | None = None  #: --model (default: the subject's base model)
+    photos: str | None = None  #: --photos DIR (default: the folder the subject was tuned on)
+    prompts_file: str | None = None  #: --prompts FILE: one prompt a line, naming the token (default: built in)
+    seeds: int = 8  #: --seeds N: images per prompt, seeds 0 .. N-1
+    dino: str | None = None  #: --dino PATH: DINO ViT-S/16 weights (real models)
+    clip: str | None = None  #: --clip PATH: CLIP ViT-B/32 weights (real models)
+    out_dir: str | None = None  #: --out DIR for the grids and report.json (None: write nothing)
+    overwrite: bool = False  #: --overwrite the report files of an earlier run in --out
+    batch_size: int = 0  #: --batch-size: images sampled together (0: automatic)
+    device: str = "auto"  #: --device
+    dtype: str = "auto"  #: --dtype
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.subject.strip():
+            out.append("name a subject, or a subject file")
+        if self.seeds < 1:
+            out.append("--seeds must be >= 1")
+        if self.batch_size < 0:
+            out.append("--batch-size must be >= 0 (0: automatic)")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            out.append("--dtype must be auto, fp32, bf16 or fp16")
+        return out
+
+
+__all__ += ["EvalConfig"]

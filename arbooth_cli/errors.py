@@ -128,6 +128,20 @@ class ModelExistsError(InvalidInputError):
         )
 
 
+class NoToySubjectError(InvalidInputError):
+    """`arbooth eval` on a toy-world model: the subject's photos show none of the toy subjects."""
+
+    def __init__(self, folder: str, hits: dict[str, int], photos: int, needed: int) -> None:
+        self.folder, self.hits = folder, dict(hits)
+        best = max(self.hits, key=lambda n: self.hits[n]) if any(self.hits.values()) else None
+        super().__init__(
+            f"the photos in {folder} show none of the toy world's subjects; eval measures toy subjects only "
+            "on the toy model",
+            hint=(f"the closest, {best}, shows on {self.hits[best]} of {photos} photos ({needed} needed); " if best
+                  else "") + "pass --photos DIR if the subject's photos are elsewhere",
+        )
+
+
 class PluginError(ArboothError):
     """A plugin broke the contract (e.g. registered a model name that already exists)."""
 

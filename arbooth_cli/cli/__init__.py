@@ -60,6 +60,7 @@ BUILTIN_COMMANDS = {
     "tune": "arbooth_cli.cli.tune:register",
     "subjects": "arbooth_cli.cli.subjects:register",
     "inspect": "arbooth_cli.cli.inspect:register",
+    "eval": "arbooth_cli.cli.eval:register",
     "models": "arbooth_cli.cli.models:register",
     "plugins": "arbooth_cli.cli.plugins_cmd:register",
 }

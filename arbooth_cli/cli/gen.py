@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def gen_cmd(
     ctx: typer.Context,
     prompt: Annotated[Optional[list[str]], typer.Argument(help="Prompts; each gets -n images.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the base model of the prompt's subject, else $ARBOOTH_MODEL, the last used or the only cached model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the base model of the prompt's subject, else $ARBOOTH_MODEL, the last used model, the only cached model, else the embedded toy).")] = None,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="A tuned subject by name ('none': no subject). Default: the subject whose token the prompt contains.")] = None,
     delta: Annotated[Optional[Path], typer.Option("--delta", help="A subject file (from 'arbooth subjects export') to use instead of the store.")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt (seeds seed, seed+1, ...).")] = 1,

@@ -25,7 +25,7 @@ def tune_cmd(
     photos: Annotated[Optional[Path], typer.Argument(help="Folder of subject photos (jpg, png, webp, ...); a .txt file beside a photo is its caption.", show_default=False)] = None,
     token: Annotated[Optional[str], _opt("--token", help="The identifier word the subject is called by, e.g. sks.")] = None,
     cls: Annotated[Optional[str], _opt("--class", help="The subject's class noun, e.g. dog (used in captions and the prior).")] = None,
-    model: Annotated[Optional[str], _opt("--model", "-m", help="Base model (default: $ARBOOTH_MODEL, else the only cached model).")] = None,
+    model: Annotated[Optional[str], _opt("--model", "-m", help="Base model (default: $ARBOOTH_MODEL, the last used model, the only cached model, else the embedded toy).")] = None,
     name: Annotated[Optional[str], _opt("--name", help="Name of the saved subject (default: the token).")] = None,
     steps: Annotated[Optional[int], _opt("--steps", help="Iterations (default: 500).")] = None,
     batch_size: Annotated[Optional[int], _opt("--batch-size", "-b", help="Photos (and prior samples) per iteration (default: 2).")] = None,
