@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tune_speed import RandomTextEncoder, make_photos  # noqa: E402
 
 from arbooth_cli.config import TuneConfig  # noqa: E402
-from arbooth_cli.loading import ResolvedModel, spec_hash  # noqa: E402
+from arbooth_cli.loading import ResolvedModel  # noqa: E402
 from arbooth_cli.models.build import Components, build_components  # noqa: E402
 from arbooth_cli.models.schedules import model_scales  # noqa: E402
 from arbooth_cli.registry import get_spec  # noqa: E402

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config import GenConfig, PromptJob
@@ -21,6 +21,9 @@ from ..models.schedules import TEMPLATES, model_scales, nearest_template, parse_
 from ..registry import ModelSpec
 from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
 from .writers import contact_sheet, image_filename, write_png
+
+if TYPE_CHECKING:
+    from ..tuning.subject import LoadedSubject
 
 #: ``on_event(kind, data)``: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
 EventFn = Callable[[str, dict[str, Any]], None]
