@@ -20,7 +20,6 @@ the output folder.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -203,14 +202,10 @@ def photos_folder(info: SubjectInfo, override: str | None) -> Path:
 def load_photos(folder: Path, token: str, cls: str, height: int, width: int,
                 emit: EventFn) -> list[np.ndarray]:
     """The folder's readable photos at the model's image size (as tuning crops them), uint8 HW3."""
-    from .tuning.data import SkippedImageWarning, load_subject_images
+    from .tuning.data import load_subject_images
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SkippedImageWarning)
-        images = load_subject_images(folder, token=token, cls=cls, height=height, width=width)
-    for w in caught:
-        if issubclass(w.category, SkippedImageWarning):
-            emit("skipped", {"message": str(w.message)})
+    images = load_subject_images(folder, token=token, cls=cls, height=height, width=width,
+                                 on_skip=lambda m: emit("skipped", {"message": m}))
     return [im.pixels_HW3 for im in images]
 
 
@@ -513,15 +508,13 @@ class _Evaluation:
         return out
 
     def _batch_size(self, comps: Any, total: int) -> int:
-        import torch
+        from .sampling.sample import guided_images_that_fit
 
         if self.c.batch_size:
             return self.c.batch_size
         if self.device.type != "cuda":
             return min(total, 16)
-        per_image = 2 * comps.transformer.kv_cache_bytes(self.scales)  # guided: two rows an image
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, min(total, 64, int(free * 0.5) // per_image))
+        return max(1, min(total, 64, guided_images_that_fit(comps.transformer, self.scales, self.device, 0.5)))
 
     # -- real models -------------------------------------------------------------------------
 

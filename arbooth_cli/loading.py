@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .cache import ModelCache
+from .checkpoint_io import sha256_file
 from .errors import ConfigError, ModelFilesError, ModelNotCachedError, NotFoundError
-from .registry import ModelSpec, default_registry
+from .registry import ROLES, ModelSpec, default_registry
 
 if TYPE_CHECKING:
     import torch
@@ -32,7 +33,6 @@ ENV_MODEL = "ARBOOTH_MODEL"
 DEFAULT_MODEL = "toy"
 #: where packaged weight bundles live
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
-ROLES = ("transformer", "vae", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def resolve_model(name: str | None, *, cache: ModelCache | None = None,
         if not path.is_file():
             raise ModelFilesError(f"the weights of the built-in model {spec.name!r} are missing from this "
                                   f"installation ({path})", hint="reinstall arbooth, or pass --model NAME")
-        return ResolvedModel(spec, {role: path for role in ROLES}, "packaged-" + _file_sha256(path))
+        return ResolvedModel(spec, {role: path for role in ROLES}, "packaged-" + sha256_file(path))
     if not cache.has(name):
         raise ModelNotCachedError(name)
     cached = cache.get(name)
@@ -91,14 +91,6 @@ def packaged_path(spec: ModelSpec) -> Path:
 def _available(spec: ModelSpec) -> bool:
     """Usable without the cache: weights made in code, or a packaged bundle that is present."""
     return spec.builtin_weights or (spec.packaged is not None and packaged_path(spec).is_file())
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 LAST_MODEL_FILE = "last-model"

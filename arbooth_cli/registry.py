@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .plugins import PluginRecord
 
 FileKind = Literal["pth", "safetensors", "safetensors-index", "hf-dir"]
+#: the components of a model, in the order their seeded inits are numbered
+ROLES = ("transformer", "vae", "text_encoder")
 
 
 @dataclass(frozen=True)

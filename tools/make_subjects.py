@@ -168,37 +168,27 @@ def rates(n: int = 500, seed: int = 0) -> None:
                         calls += 1
         row.append(f"{subject.name} {fp}/{total}")
     print("  " + ", ".join(row))
+    def look_alikes(stream: int, others, per: int) -> str:
+        """Each subject's detector on ``per`` renders of each of ``others(subject)``."""
+        nonlocal calls
+        row = []
+        for subject in SUBJECTS.values():
+            rng = np.random.default_rng([seed, stream, len(row)])
+            fp = total = 0
+            for other in others(subject):
+                for _ in range(per):
+                    img, _ = rendered(other, rng)
+                    fp += detect_subject(img, subject).found
+                    total += 1
+            calls += total
+            row.append(f"{subject.name} {fp}/{total}")
+        return "  " + ", ".join(row)
+
     print(f"false positives (the subject's pattern on every other class, {n // 10} renders per class):")
-    row = []
-    for subject in SUBJECTS.values():
-        rng = np.random.default_rng([seed, 3, len(row)])
-        fp = total = 0
-        for cls in CLASSES:
-            if cls == subject.cls:
-                continue
-            other = Subject("x", cls, "", subject.pattern, subject.photo_backgrounds)
-            for _ in range(n // 10):
-                img, _ = rendered(other, rng)
-                fp += detect_subject(img, subject).found
-                total += 1
-                calls += 1
-        row.append(f"{subject.name} {fp}/{total}")
-    print("  " + ", ".join(row))
+    print(look_alikes(3, lambda s: [Subject("x", cls, "", s.pattern, s.photo_backgrounds)
+                                    for cls in CLASSES if cls != s.cls], n // 10))
     print(f"confusions (renders of each other subject, {n // 5} each):")
-    row = []
-    for subject in SUBJECTS.values():
-        rng = np.random.default_rng([seed, 4, len(row)])
-        fp = total = 0
-        for other in SUBJECTS.values():
-            if other is subject:
-                continue
-            for _ in range(n // 5):
-                img, _ = rendered(other, rng)
-                fp += detect_subject(img, subject).found
-                total += 1
-                calls += 1
-        row.append(f"{subject.name} {fp}/{total}")
-    print("  " + ", ".join(row))
+    print(look_alikes(4, lambda s: [o for o in SUBJECTS.values() if o is not s], n // 5))
     print(f"{(time.perf_counter() - t0) / calls * 1000:.1f} ms per detection ({calls} detections)")
 
 

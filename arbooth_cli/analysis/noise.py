@@ -214,17 +214,14 @@ class _Analysis:
     # -- sampling ----------------------------------------------------------------------------
 
     def _batch_size(self) -> int:
-        import torch
+        from ..sampling.sample import guided_images_that_fit
 
         want = 1 + len(self.chosen)
         if self.c.batch_size:
             return max(2, min(self.c.batch_size, want))
         if self.device.type != "cuda":
             return min(want, 8)
-        # two sequences an image: the conditional and the unconditional row of guidance
-        per_image = 2 * self.comps.transformer.kv_cache_bytes(self.scales)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(2, min(want, int(free * 0.6) // per_image))
+        return max(2, min(want, guided_images_that_fit(self.comps.transformer, self.scales, self.device, 0.6)))
 
     def _generators(self, seed: int, n: int) -> list[Any]:
         import torch

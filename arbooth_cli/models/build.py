@@ -28,12 +28,11 @@ from torch import Tensor, nn
 
 from ..checkpoint_io import find_state_dict, load_pth_weights_only
 from ..errors import CheckpointError, InvalidInputError, ModelFilesError
-from ..registry import ModelSpec, TransformerConfig, VAEConfig
+from ..registry import ROLES, ModelSpec, TransformerConfig, VAEConfig
 from .bsq_vae import BSQVAE
 from .text_encoder import T5TextEncoder
 from .transformer import InfinityTransformer
 
-ROLES = ("transformer", "vae", "text_encoder")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 Shape = tuple[int, ...]

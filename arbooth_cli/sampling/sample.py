@@ -249,6 +249,15 @@ def sample_images(
     return decode_images(vae, feats, engine=engine)
 
 
+def guided_images_that_fit(transformer: InfinityTransformer, scales: Sequence[Scale], device: torch.device,
+                           share: float) -> int:
+    """How many guided images' key/value caches fit in ``share`` of the GPU's free memory (two
+    sequences an image: the conditional and the unconditional row)."""
+    per_image = 2 * transformer.kv_cache_bytes(scales)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free * share) // per_image
+
+
 @torch.no_grad()
 def decode_images(vae: BSQVAE, summed_Bd1HW: Tensor, *, engine: SamplingEngine | None = None) -> Tensor:
     """Accumulated code features -> ``img_B3HW`` uint8 RGB."""

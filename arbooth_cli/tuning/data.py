@@ -10,6 +10,7 @@ is an error. A caption file beside a photo (same stem, ``.txt``) overrides the d
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,13 @@ def _load_rgb(path: Path, height: int, width: int) -> np.ndarray:
 
 
 def load_subject_images(folder: str | Path, *, token: str, cls: str, height: int, width: int,
-                        caption: str = DEFAULT_CAPTION) -> list[SubjectImage]:
-    """Every readable photo of ``folder`` (sorted by name), cropped to ``height`` x ``width``."""
+                        caption: str = DEFAULT_CAPTION,
+                        on_skip: Callable[[str], None] | None = None) -> list[SubjectImage]:
+    """Every readable photo of ``folder`` (sorted by name), cropped to ``height`` x ``width``.
+
+    An unreadable photo is skipped with a message: given to ``on_skip`` (e.g. a progress
+    event), else warned as :class:`SkippedImageWarning`.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidInputError(f"{folder} is not a folder of photos")
@@ -68,7 +74,11 @@ def load_subject_images(folder: str | Path, *, token: str, cls: str, height: int
         try:
             pixels = _load_rgb(p, height, width)
         except Exception as exc:  # Pillow raises many types for broken files
-            warnings.warn(f"skipping {p.name}: {type(exc).__name__}: {exc}", SkippedImageWarning, stacklevel=2)
+            message = f"skipping {p.name}: {type(exc).__name__}: {exc}"
+            if on_skip is not None:
+                on_skip(message)
+            else:
+                warnings.warn(message, SkippedImageWarning, stacklevel=2)
             continue
         side = p.with_suffix(".txt")
         text = side.read_text(encoding="utf-8").strip() if side.is_file() else caption

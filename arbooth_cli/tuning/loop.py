@@ -47,7 +47,7 @@ from ..models.transformer import EAGER_OPS, InfinityTransformer, Scale, compiled
 from ..models.build import Components
 from ..registry import ModelSpec
 from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
-from .data import SkippedImageWarning, load_subject_images, to_tensor
+from .data import load_subject_images, to_tensor
 from .losses import prior_distill, scale_weighted_ce, scale_weights, token_weights
 from .lowrank import LowRankReport, compress
 from .optim import TuningAdamW
@@ -389,15 +389,8 @@ class _Run:
 
     def load(self) -> None:
         c = self.config
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SkippedImageWarning)
-            self.images = load_subject_images(c.photos, token=c.token, cls=c.cls, height=self.h, width=self.w,
-                                              caption=c.caption)
-        for w in caught:
-            if issubclass(w.category, SkippedImageWarning):
-                self.emit("skipped", {"message": str(w.message)})
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.images = load_subject_images(c.photos, token=c.token, cls=c.cls, height=self.h, width=self.w,
+                                          caption=c.caption, on_skip=lambda m: self.emit("skipped", {"message": m}))
         for im in self.images:
             word_char_span(im.caption, c.token)  # every caption must name the subject
         self.device = pick_device(c.device)
