@@ -11,6 +11,7 @@ was compiled with, the pixels do not.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -192,12 +193,16 @@ def rates(n: int = 500, seed: int = 0) -> None:
     print(f"{(time.perf_counter() - t0) / calls * 1000:.1f} ms per detection ({calls} detections)")
 
 
-def main() -> int:
-    if "--rates" in sys.argv:
-        i = sys.argv.index("--rates")
-        rates(int(sys.argv[i + 1]) if len(sys.argv) > i + 1 else 500)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 when examples/subjects/ is stale")
+    ap.add_argument("--rates", type=int, nargs="?", const=500, default=None, metavar="N",
+                    help="measure the subject detector on N renders per subject (default 500)")
+    args = ap.parse_args(argv)
+    if args.rates is not None:
+        rates(args.rates)
         return 0
-    if "--check" in sys.argv:
+    if args.check:
         found = problems()
         for line in found:
             print(line, file=sys.stderr)

@@ -2,7 +2,7 @@
 background it shows, and check them against what a caption asked for.
 
 They work on generated images too: pixels are matched to the nearest palette colour within a
-tolerance, the background is what covers the image border, shapes are the connected regions of
+tolerance (blends to the nearest colour the image shows), the background is what covers the image border, shapes are the connected regions of
 the other colours, and a shape's class is the template (same mask definitions as the renderer)
 with the highest overlap after both are scaled to their bounding boxes.
 """
@@ -55,6 +55,31 @@ def colour_labels(img_HW3: np.ndarray) -> np.ndarray:
     lab = d.argmin(-1)
     lab[d.min(-1) > COLOUR_TOLERANCE] = -1
     return lab
+
+
+def snap_to_shown(img_HW3: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    """``lab`` with blended pixels given the nearest colour the image does show.
+
+    Blended: no palette colour near, or a colour that only forms thin rims (purple between red
+    and blue, orange between red and yellow). A colour is shown when enough of its pixels have
+    all eight neighbours of the same colour, which a rim one or two pixels wide never has. A
+    blurred edge then splits at its midpoint instead of eating into the shape, so thin parts (a
+    small star's points) survive the softness of generated images."""
+    H, W = lab.shape
+    pad = np.pad(lab, 1, mode="edge")
+    inner = lab >= 0
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= pad[dy : dy + H, dx : dx + W] == lab
+    counts = np.bincount(lab[inner], minlength=len(_NAMES))
+    shown = np.nonzero(counts >= MIN_AREA * H * W / 4)[0]
+    blended = ~np.isin(lab, shown)
+    if not shown.size or not blended.any():
+        return lab
+    d = np.linalg.norm(np.asarray(img_HW3, dtype=np.float64)[blended][:, None, :] - _RGB[shown], axis=-1)
+    out = lab.copy()
+    out[blended] = shown[d.argmin(-1)]
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -156,7 +181,7 @@ def place(region: np.ndarray, radius: float) -> tuple[str, str, tuple[int, int, 
 
 def detect(img_HW3: np.ndarray) -> Detection:
     """The background and the shapes of an RGB image (uint8 or float 0-255), largest first."""
-    lab = colour_labels(img_HW3)
+    lab = snap_to_shown(img_HW3, colour_labels(img_HW3))
     H, W = lab.shape
     bg = border_background(lab)
     det = Detection(tuple(_NAMES[i] for i in bg))

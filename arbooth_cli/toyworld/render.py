@@ -37,7 +37,7 @@ def _polygon(x: np.ndarray, y: np.ndarray, pts: list[tuple[float, float]]) -> np
 def _star_points() -> list[tuple[float, float]]:
     pts = []
     for k in range(10):
-        r = 1.0 if k % 2 == 0 else 0.42
+        r = 1.0 if k % 2 == 0 else 0.55  # chubby: thin points blur away at 64 px and stride 8
         a = -math.pi / 2 + k * math.pi / 5
         pts.append((r * math.cos(a), r * math.sin(a) + 0.08))
     return pts

@@ -95,6 +95,37 @@ def test_detectors_tolerate_mild_noise():
     assert np.mean(hits) >= 0.95
 
 
+@pytest.mark.parametrize("cls", CLASSES)
+def test_every_class_survives_the_softness_of_generated_images(cls):
+    """A Gaussian blur like a tokenizer's reconstruction: thin parts (a small star's points) must
+    not be eaten by the blended rim around them."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(14)
+    for size in ("small", "large"):
+        hits = 0
+        for _ in range(10):
+            col, bg = rng.choice(list(COLOURS), 2, replace=False)
+            sc = Scene((Shape(cls, str(col), str(rng.choice(POSITIONS)), size),), Background((str(bg),)))
+            img = np.asarray(Image.fromarray(render(sc, 64, rng=rng)).filter(ImageFilter.GaussianBlur(0.8)))
+            found = [f for f in detect(img).shapes if f.colour == col]
+            hits += bool(found) and (found[0].cls, found[0].size) == (cls, size)
+        assert hits >= 9, (cls, size, hits)
+
+
+def test_blended_rims_go_to_the_nearest_colour_the_image_shows():
+    from arbooth_cli.toyworld.detect import _NAMES, colour_labels, snap_to_shown
+
+    img = np.zeros((32, 32, 3))
+    img[:, :16] = COLOURS["red"]
+    img[:, 16:] = COLOURS["blue"]
+    img[:, 15] = 0.7 * np.asarray(COLOURS["red"], float) + 0.3 * np.asarray(COLOURS["blue"], float)
+    img[:, 16] = 0.4 * np.asarray(COLOURS["red"], float) + 0.6 * np.asarray(COLOURS["blue"], float)
+    lab = snap_to_shown(img, colour_labels(img))
+    assert set(np.unique(lab)) == {_NAMES.index("red"), _NAMES.index("blue")}
+    assert (lab[:, 15] == _NAMES.index("red")).all() and (lab[:, 16] == _NAMES.index("blue")).all()
+
+
 @pytest.mark.parametrize("change", ["cls", "colour", "position", "background"])
 def test_detectors_reject_what_the_image_does_not_show(change):
     rng = np.random.default_rng(13)
