@@ -15,12 +15,15 @@ Stages, each logged to ``<out>/train-log.json`` (the curves and metrics of docs/
    by the pixel detectors; the best setting is written as the model's sampling defaults.
 
 The bundle (``<out>/toy.safetensors``, float32, all three components) is what ships as
-``arbooth_cli/weights/toy.safetensors``. ``--vae FILE`` reuses a trained tokenizer (skips stage 2).
+``arbooth_cli/weights/toy.safetensors``. ``--vae FILE`` reuses a trained tokenizer (skips stage 2). ``--bits``/``--vae-channels`` train a
+variant of the spec (to ship it, set the same numbers in ``arbooth_cli/models/specs/toy.py``: the
+package loads the bundle strictly against that spec); ``--tokenizer-only`` stops after stage 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -55,6 +58,17 @@ from arbooth_cli.models.bsq_vae import teacher_forcing  # noqa: E402
 from arbooth_cli.tuning.losses import bitwise_ce  # noqa: E402
 
 PX = 64
+#: --minutes times the steps in [PROBE_FROM, PROBE_TO) (after compilation and warm-up)
+PROBE_FROM, PROBE_TO = 20, 70
+
+
+def toy_spec(bits: int | None = None, vae_channels: int | None = None):
+    """The ``toy`` spec, or a variant with another code width / tokenizer width."""
+    vae = TOY.vae if vae_channels is None else dataclasses.replace(TOY.vae, base_channels=vae_channels)
+    tr = TOY.transformer
+    if bits is not None:
+        vae, tr = dataclasses.replace(vae, bits=bits), dataclasses.replace(tr, bits=bits)
+    return dataclasses.replace(TOY, vae=vae, transformer=tr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,27 +305,41 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
     t_call = time.time()
     budget = 60 * args.max_minutes
     finished = True
+    # --minutes: the step count is fixed once the speed is known (after PROBE steps); the log
+    # records it, and --steps with that count repeats the run exactly
+    total = args.steps if not args.minutes else 10**9
+    warmup = 200 if args.minutes else max(1, args.steps // 25)
+    t_probe = None
+    fwd_tr = torch.compile(tr) if args.compile else tr
+    fwd_te = torch.compile(te.model) if args.compile else te.model
     step = step0
-    for step in range(step0, args.steps):
+    while step < total:
         if budget and time.time() - t_call > budget:
             finished = False
             break
+        if args.minutes and step == PROBE_FROM:
+            t_probe = time.time()
+        if args.minutes and step == PROBE_TO:
+            dt = (time.time() - t_probe) / (PROBE_TO - PROBE_FROM)
+            total = max(PROBE_TO + 1, int((60 * args.minutes - (time.time() - t0)) / dt) + PROBE_TO)
+            args.steps = total
+            print(f"{dt * 1000:.0f} ms/step: {total} steps fit in --minutes {args.minutes}", flush=True)
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, args.steps, args.lr, max(1, args.steps // 25))
+            grp["lr"] = lr_at(step, total, args.lr, warmup)
         idx = torch.randint(0, raw_N.shape[0], (args.batch,), generator=g_dev, device=device)
         tf = teacher_forcing(raw_N[idx], scales_vae, patchify=vae.cfg.spatial_patchify,
                              noise_layers=len(scales) - 1, noise_strength=args.bsc, generator=g_dev)
         ids, lens = ids_NT[idx], lens_N[idx]  # padded to the longest caption of the set: one shape throughout
         mask = torch.arange(ids.shape[1], device=device)[None] < lens[:, None]
-        feats = te.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
+        feats = fwd_te(input_ids=ids, attention_mask=mask.long()).last_hidden_state.float()
         text = TextCond(feats * mask[..., None], lens)
         drop = torch.rand(args.batch, generator=g_dev, device=device) < args.text_dropout
         text = tr.drop_text(text, drop)
-        logits = tr(text, tf.inputs_BLd, scales)  # no stochastic depth: short run, plentiful data
+        logits = fwd_tr(text, tf.inputs_BLd, scales)  # no stochastic depth: short run, plentiful data
         ce_BL = bitwise_ce(logits, tf.bits_BLd)
         loss = ce_BL.mean()
         optimizer_step(opt, loss, params)
-        if step % args.log_every == 0 or step == args.steps - 1:
+        if step % args.log_every == 0 or step == total - 1:
             with torch.no_grad():
                 counts = [t * h * w for t, h, w in scales]
                 per_scale = [float(c.mean()) for c in ce_BL.detach().split(counts, dim=1)]
@@ -319,14 +347,13 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
                           "seconds": round(time.time() - t0, 1)})
             print(f"tr {step:6d} loss {float(loss.detach()):.4f} {[round(v, 3) for v in per_scale]}  "
                   f"{time.time() - t0:.0f}s", flush=True)
-    else:
-        step = args.steps
+        step += 1
     if not finished:
         _save_checkpoint(ckpt, comps, opt, step, g_dev, time.time() - t0, curve)
         print(f"stopped at step {step} after --max-minutes {args.max_minutes}; continue with --resume", flush=True)
     tr.eval().requires_grad_(False)
     te.model.eval().requires_grad_(False)
-    log["transformer"] = {"steps": step, "planned_steps": args.steps, "batch": args.batch, "lr": args.lr,
+    log["transformer"] = {"steps": step, "planned_steps": total, "warmup": warmup, "compile": args.compile, "batch": args.batch, "lr": args.lr,
                           "bsc": args.bsc, "text_dropout": args.text_dropout, "curve": curve,
                           "seconds": round(time.time() - t0, 1)}
     return finished
@@ -385,10 +412,10 @@ def evaluate(comps, scales, args, log: dict, device) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def save_log(out: Path, log: dict) -> None:
-    tmp = out / ".train-log.json.tmp"
+def save_log(out: Path, log: dict, name: str = "train-log.json") -> None:
+    tmp = out / f".{name}.tmp"
     tmp.write_text(json.dumps(log, indent=1))
-    os.replace(tmp, out / "train-log.json")
+    os.replace(tmp, out / name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -398,10 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=200_000)
     ap.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     ap.add_argument("--vae", type=Path, default=None, help="a bundle or tokenizer file to reuse (skips stage 2)")
+    ap.add_argument("--bits", type=int, default=None, help="bits per token (default: the spec's)")
+    ap.add_argument("--vae-channels", type=int, default=None, help="tokenizer base width (default: the spec's)")
+    ap.add_argument("--tokenizer-only", action="store_true", help="stop after the tokenizer stage")
     ap.add_argument("--vae-steps", type=int, default=3000)
     ap.add_argument("--vae-batch", type=int, default=128)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
     ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="instead of --steps: as many steps as fit in this many minutes of the transformer "
+                         "stage (timed over the first steps; logged)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer and text encoder")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--bsc", type=float, default=0.2, help="bitwise self-correction flip-rate bound")
@@ -417,8 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="stop the transformer stage after this long in this call, saving a checkpoint (0: never)")
+    ap.add_argument("--eval-only", type=Path, default=None, metavar="BUNDLE",
+                    help="only stage 4, on this bundle (e.g. the shipped arbooth_cli/weights/toy.safetensors)")
     ap.add_argument("--smoke", action="store_true", help="tiny counts on the CPU: checks every stage runs")
     args = ap.parse_args(argv)
+    if args.minutes and (args.resume or args.max_minutes):
+        ap.error("--minutes fixes the step count in one uninterrupted call: use --steps with --resume/--max-minutes")
     if args.smoke:
         args.images, args.vae_steps, args.steps, args.batch, args.vae_batch = 64, 3, 3, 4, 4
         args.eval_prompts, args.eval_cfg, args.eval_tau, args.workers, args.log_every = 4, [3.0], [1.0], 1, 1
@@ -432,18 +470,18 @@ def main(argv: list[str] | None = None) -> int:
                                                            for k, v in vars(args).items()},
                  "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
     t_all = time.time()
-    scales = model_scales(TOY.sampling.size, num_scales=TOY.num_scales)
+    spec = toy_spec(args.bits, args.vae_channels)
+    scales = model_scales(spec.sampling.size, num_scales=spec.num_scales)
+    if args.eval_only is not None:
+        comps = build_components(spec, device=device, dtype=torch.float32, text_dtype=torch.float32,
+                                 weights=read_bundle(args.eval_only))
+        evaluate(comps, scales, args, log, device)
+        log["seconds_total"] = round(time.time() - t_all, 1)
+        save_log(args.out, log, name="eval-log.json")
+        return 0
 
-    t0 = time.time()
-    imgs, ids, lens = make_data(args.images, args.seed, args.workers)
-    log["data"] = {"images": args.images, "max_tokens": int(ids.shape[1]), "seconds": round(time.time() - t0, 1)}
-    print(f"data: {args.images} images, {ids.shape[1]} max tokens, {time.time() - t0:.0f}s", flush=True)
-
-    comps = build_components(TOY, device=device, dtype=torch.float32, allow_random_init=True, seed=args.seed,
+    comps = build_components(spec, device=device, dtype=torch.float32, allow_random_init=True, seed=args.seed,
                              text_dtype=torch.float32)
-    imgs_t = torch.from_numpy(imgs)
-    if device.type == "cuda":
-        imgs_t = imgs_t.pin_memory()
     if args.vae is not None:
         parts = read_bundle(args.vae)
         comps.vae.load_state_dict(parts["vae"], strict=False)
@@ -459,6 +497,16 @@ def main(argv: list[str] | None = None) -> int:
         write_safetensors(args.out / "vae.safetensors", {f"vae.{k}": v.float().contiguous() for k, v in
                                                          comps.vae.state_dict().items()})
     save_log(args.out, log)
+    if args.tokenizer_only:
+        return 0
+
+    t0 = time.time()
+    imgs, ids, lens = make_data(args.images, args.seed, args.workers)
+    log["data"] = {"images": args.images, "max_tokens": int(ids.shape[1]), "seconds": round(time.time() - t0, 1)}
+    print(f"data: {args.images} images, {ids.shape[1]} max tokens, {time.time() - t0:.0f}s", flush=True)
+    imgs_t = torch.from_numpy(imgs)
+    if device.type == "cuda":
+        imgs_t = imgs_t.pin_memory()
     raw = encode_all(comps.vae, imgs_t, device)
     del imgs_t
     finished = train_transformer(comps, raw, torch.from_numpy(ids), torch.from_numpy(lens), scales, args, log, device)
@@ -471,11 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     save = torch.float16 if args.save_dtype == "fp16" else torch.float32
     tensors = {k: v.to(save) if v.is_floating_point() else v for k, v in bundle_tensors(comps).items()}
     write_safetensors(tmp, tensors, {"model": "toy", "arbooth_version": __version__,
-                                     "trained_by": "tools/train_toy.py", "seed": str(args.seed)})
+                                     "trained_by": "tools/train_toy.py", "seed": str(args.seed),
+                                     "bits": str(spec.vae.bits), "vae_channels": str(spec.vae.base_channels)})
     os.replace(tmp, args.out / "toy.safetensors")
     del comps
     # evaluate what ships: the saved file, read back as the package reads it
-    shipped = build_components(TOY, device=device, dtype=torch.float32, text_dtype=torch.float32,
+    shipped = build_components(spec, device=device, dtype=torch.float32, text_dtype=torch.float32,
                                weights=read_bundle(args.out / "toy.safetensors"))
     evaluate(shipped, scales, args, log, device)
     log["seconds_total"] = round(time.time() - t_all, 1)
