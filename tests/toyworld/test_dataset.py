@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from arbooth_cli.toyworld.dataset import (HELD_OUT, held_out_prompts, is_held_out, seen_prompts, tokenizer_example,
                                           training_example)
@@ -65,3 +66,25 @@ def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, m
     assert set(log["vae"]["reconstruction"]["subjects"]) == {"twotone-star", "bullseye-circle", "split-heart",
                                                            "checker-square"}
     assert 0 <= log["eval"]["held_out"]["all"] <= 1
+
+
+def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path):
+    script = runpy.run_path(str(ROOT / "tools" / "train_toy.py"), run_name="train_toy")
+    main, probe_to = script["main"], script["PROBE_TO"]
+    tok, tr, ev = tmp_path / "tok", tmp_path / "tr", tmp_path / "ev"
+    assert main(["--out", str(tok), "--smoke", "--tokenizer-only"]) == 0
+    assert (tok / "vae.safetensors").exists() and not (tok / "toy.safetensors").exists()
+    assert "transformer" not in json.loads((tok / "train-log.json").read_text())
+
+    # a budget too small for more than the timed steps: the count is fixed after them and logged
+    assert main(["--out", str(tr), "--smoke", "--vae", str(tok / "vae.safetensors"), "--minutes", "0.001"]) == 0
+    t = json.loads((tr / "train-log.json").read_text())["transformer"]
+    assert t["steps"] == t["planned_steps"] == probe_to + 1 and t["warmup"] == 200
+
+    assert main(["--out", str(ev), "--smoke", "--eval-only", str(tr / "toy.safetensors")]) == 0
+    log = json.loads((ev / "eval-log.json").read_text())
+    assert set(log["eval"]) >= {"grid", "chosen", "held_out", "seen"} and "transformer" not in log
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tr), "--smoke", "--minutes", "1", "--resume"])
+    assert e.value.code == 2
