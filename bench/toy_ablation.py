@@ -25,6 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from arbooth_cli.toyworld.subjects import SUBJECTS  # noqa: E402
+from arbooth_cli.tuning.selection import parse_layers  # noqa: E402
+
+#: every block module type (`--layers all`)
+ALL_LAYERS = parse_layers("all")
+
 #: variant -> TuneConfig fields it changes from the defaults (the official recipe)
 VARIANTS: dict[str, dict] = {
     "selective": {},  # CA+FFN, official step scale weights, prior distillation
@@ -33,12 +39,9 @@ VARIANTS: dict[str, dict] = {
     # default equals uniform there; this is its shape rescaled (3 of 5 at 1, as 8 of 13)
     "selective-step3": {"scale_weights": "1,1,1,0.5,0.5"},
     "selective-no-prior": {"prior": False},
-    "all-layers": {"layers": ("sa", "ca", "ca_norm", "ffn", "ada")},
-    "naive": {"layers": ("sa", "ca", "ca_norm", "ffn", "ada"), "scale_weights": "uniform", "prior": False},
+    "all-layers": {"layers": ALL_LAYERS},
+    "naive": {"layers": ALL_LAYERS, "scale_weights": "uniform", "prior": False},
 }
-#: subject folder under examples/subjects -> its class word
-SUBJECT_CLASS = {"split-heart": "heart", "bullseye-circle": "circle", "checker-square": "square",
-                 "twotone-star": "star"}
 METRICS = ("subject_fidelity", "text_fidelity", "drift", "base_fidelity", "diversity")
 
 
@@ -48,7 +51,7 @@ def run_one(subject: str, variant: str, seed: int, eval_seeds: int, device: str,
     from arbooth_cli.tuning.loop import tune
 
     name = f"{subject}-{variant}-s{seed}"
-    cfg = TuneConfig(photos=str(ROOT / "examples" / "subjects" / subject), token="sks", cls=SUBJECT_CLASS[subject],
+    cfg = TuneConfig(photos=str(ROOT / "examples" / "subjects" / subject), token="sks", cls=SUBJECTS[subject].cls,
                      model="toy", name=name, seed=seed, overwrite=True, validate_every=0, checkpoint_every=0,
                      device=device, dtype=dtype, compile="off", **VARIANTS[variant])
     t0 = time.perf_counter()
@@ -83,7 +86,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("ablation.jsonl"))
-    ap.add_argument("--subjects", nargs="+", default=["split-heart", "bullseye-circle"], choices=list(SUBJECT_CLASS))
+    ap.add_argument("--subjects", nargs="+", default=["split-heart", "bullseye-circle"], choices=list(SUBJECTS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--eval-seeds", type=int, default=8)

@@ -15,9 +15,10 @@ Stages, each logged to ``<out>/train-log.json`` (the curves and metrics of docs/
    by the pixel detectors; the best setting is written as the model's sampling defaults.
 
 The bundle (``<out>/toy.safetensors``, float32, all three components) is what ships as
-``arbooth_cli/weights/toy.safetensors``. ``--vae FILE`` reuses a trained tokenizer (skips stage 2). ``--bits``/``--vae-channels`` train a
-variant of the spec (to ship it, set the same numbers in ``arbooth_cli/models/specs/toy.py``: the
-package loads the bundle strictly against that spec); ``--tokenizer-only`` stops after stage 2.
+``arbooth_cli/weights/toy.safetensors``. ``--vae FILE`` reuses a trained tokenizer (skips stage 2).
+``--bits``/``--vae-channels`` train a variant of the spec (to ship it, set the same numbers in
+``arbooth_cli/models/specs/toy.py``: the package loads the bundle strictly against that spec);
+``--tokenizer-only`` stops after stage 2.
 """
 
 from __future__ import annotations
@@ -322,7 +323,6 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
         if args.minutes and step == PROBE_TO:
             dt = (time.time() - t_probe) / (PROBE_TO - PROBE_FROM)
             total = max(PROBE_TO + 1, int((60 * args.minutes - (time.time() - t0)) / dt) + PROBE_TO)
-            args.steps = total
             print(f"{dt * 1000:.0f} ms/step: {total} steps fit in --minutes {args.minutes}", flush=True)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, total, args.lr, warmup)
@@ -353,8 +353,8 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
         print(f"stopped at step {step} after --max-minutes {args.max_minutes}; continue with --resume", flush=True)
     tr.eval().requires_grad_(False)
     te.model.eval().requires_grad_(False)
-    log["transformer"] = {"steps": step, "planned_steps": total, "warmup": warmup, "compile": args.compile, "batch": args.batch, "lr": args.lr,
-                          "bsc": args.bsc, "text_dropout": args.text_dropout, "curve": curve,
+    log["transformer"] = {"steps": step, "planned_steps": total, "warmup": warmup, "compile": args.compile,
+                          "batch": args.batch, "lr": args.lr, "bsc": args.bsc, "text_dropout": args.text_dropout, "curve": curve,
                           "seconds": round(time.time() - t0, 1)}
     return finished
 
@@ -410,6 +410,13 @@ def evaluate(comps, scales, args, log: dict, device) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def evaluate_bundle(spec, bundle: Path, scales, args, log: dict, device) -> dict:
+    """Stage 4 on a saved file, read back as the package reads it."""
+    comps = build_components(spec, device=device, dtype=torch.float32, text_dtype=torch.float32,
+                             weights=read_bundle(bundle))
+    return evaluate(comps, scales, args, log, device)
 
 
 def save_log(out: Path, log: dict, name: str = "train-log.json") -> None:
@@ -473,9 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = toy_spec(args.bits, args.vae_channels)
     scales = model_scales(spec.sampling.size, num_scales=spec.num_scales)
     if args.eval_only is not None:
-        comps = build_components(spec, device=device, dtype=torch.float32, text_dtype=torch.float32,
-                                 weights=read_bundle(args.eval_only))
-        evaluate(comps, scales, args, log, device)
+        evaluate_bundle(spec, args.eval_only, scales, args, log, device)
         log["seconds_total"] = round(time.time() - t_all, 1)
         save_log(args.out, log, name="eval-log.json")
         return 0
@@ -523,10 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                                      "bits": str(spec.vae.bits), "vae_channels": str(spec.vae.base_channels)})
     os.replace(tmp, args.out / "toy.safetensors")
     del comps
-    # evaluate what ships: the saved file, read back as the package reads it
-    shipped = build_components(spec, device=device, dtype=torch.float32, text_dtype=torch.float32,
-                               weights=read_bundle(args.out / "toy.safetensors"))
-    evaluate(shipped, scales, args, log, device)
+    evaluate_bundle(spec, args.out / "toy.safetensors", scales, args, log, device)  # what ships
     log["seconds_total"] = round(time.time() - t_all, 1)
     save_log(args.out, log)
     print(f"done in {time.time() - t_all:.0f}s -> {args.out / 'toy.safetensors'}", flush=True)

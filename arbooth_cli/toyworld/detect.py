@@ -2,8 +2,8 @@
 background it shows, and check them against what a caption asked for.
 
 They work on generated images too: pixels are matched to the nearest palette colour within a
-tolerance (blends to the nearest colour the image shows), the background is what covers the image border, shapes are the connected regions of
-the other colours, and a shape's class is the template (same mask definitions as the renderer)
+tolerance (blends to the nearest colour the image shows), the background is what covers the
+image border, shapes are the connected regions of the other colours, and a shape's class is the template (same mask definitions as the renderer)
 with the highest overlap after both are scaled to their bounding boxes.
 """
 
