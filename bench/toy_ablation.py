@@ -3,6 +3,7 @@ tuning, with and without scale-wise weights, with and without prior distillation
 
     python bench/toy_ablation.py --out ablation.jsonl                      # every variant, 2 subjects, 2 seeds
     python bench/toy_ablation.py --subjects split-heart --seeds 0 --variants selective naive
+    python bench/toy_ablation.py --subjects checker-square --seeds 0 --custom 'b3-5={"lr": 1e-4, "blocks": "3-5"}'
 
 Each (subject, variant, seed) runs `arbooth tune` with the default settings but the variant's
 changes and the seed, then `arbooth eval` (10 prompts x 8 seeds, exact toy-world detectors).
@@ -68,7 +69,8 @@ def table(rows: list[dict]) -> str:
 
     out = ["| subject | variant | seeds | subject fid. | text fid. | drift | base | diversity | tune s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    keys = sorted({(r["subject"], r["variant"]) for r in rows}, key=lambda k: (k[0], list(VARIANTS).index(k[1])))
+    order = {v: i for i, v in enumerate(VARIANTS)}  # the built-in variants first, then the rest by name
+    keys = sorted({(r["subject"], r["variant"]) for r in rows}, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
     for subject, variant in keys:
         rs = [r for r in rows if (r["subject"], r["variant"]) == (subject, variant)]
 
@@ -87,13 +89,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("ablation.jsonl"))
     ap.add_argument("--subjects", nargs="+", default=["split-heart", "bullseye-circle"], choices=list(SUBJECTS))
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=None, help=f"of {', '.join(VARIANTS)} (default: all, or "
+                    "only the --custom ones when some are given)")
+    ap.add_argument("--custom", action="append", default=[], metavar="NAME=JSON",
+                    help="a variant of your own: TuneConfig fields as JSON, e.g. 'b3-5={\"blocks\": \"3-5\"}'")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--eval-seeds", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="fp32", help="of tuning and sampling (the toy model was trained in fp32)")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
     args = ap.parse_args(argv)
+    for item in args.custom:
+        name, _, js = item.partition("=")
+        try:
+            fields = json.loads(js)
+        except json.JSONDecodeError as exc:
+            ap.error(f"--custom {item!r}: not NAME=JSON ({exc})")
+        if not isinstance(fields, dict):
+            ap.error(f"--custom {item!r}: the JSON must be an object of TuneConfig fields")
+        if "layers" in fields:
+            fields["layers"] = tuple(fields["layers"])
+        VARIANTS[name] = fields
+    if args.variants is None:
+        args.variants = [item.partition("=")[0] for item in args.custom] or [v for v in VARIANTS]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     os.environ.setdefault("ARBOOTH_HOME", tempfile.mkdtemp(prefix="arbooth-ablation-"))
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     if not args.table_only:

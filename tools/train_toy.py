@@ -1,6 +1,6 @@
 """Train the embedded default model (``toy``) on the toy world, from scratch, with a fixed seed.
 
-    python tools/train_toy.py --out runs/toy            # on a GPU: about 10 minutes
+    python tools/train_toy.py --out runs/toy            # on a GPU: about 16 minutes (H100)
     python tools/train_toy.py --out /tmp/t --smoke      # a seconds-long run of every stage (CPU)
 
 Stages, each logged to ``<out>/train-log.json`` (the curves and metrics of docs/embedded-model.md):
@@ -52,9 +52,10 @@ from arbooth_cli.toyworld.dataset import (  # noqa: E402
     seen_prompts,
     tokenizer_example,
     training_example,
+    weighted_classes,
 )
 from arbooth_cli.toyworld.detect import check, detect  # noqa: E402
-from arbooth_cli.toyworld.scene import parse_caption  # noqa: E402
+from arbooth_cli.toyworld.scene import CLASSES, parse_caption  # noqa: E402
 from arbooth_cli.models.bsq_vae import teacher_forcing  # noqa: E402
 from arbooth_cli.tuning.losses import bitwise_ce  # noqa: E402
 
@@ -82,10 +83,10 @@ def _tokenizer_chunk(args: tuple[int, int, int]) -> np.ndarray:
     return np.stack([tokenizer_example(seed, i, PX) for i in range(start, stop)])
 
 
-def _map_chunks(fn, n: int, seed: int, workers: int) -> list:
-    """``fn((seed, start, stop))`` over ``range(n)`` in chunks, in worker processes when asked."""
+def _map_chunks(fn, n: int, seed: int, workers: int, *extra) -> list:
+    """``fn((seed, start, stop, *extra))`` over ``range(n)`` in chunks, in worker processes when asked."""
     step = max(1, min(2000, n // max(workers, 1)))
-    chunks = [(seed, s, min(s + step, n)) for s in range(0, n, step)]
+    chunks = [(seed, s, min(s + step, n), *extra) for s in range(0, n, step)]
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
             return pool.map(fn, chunks)
@@ -97,23 +98,35 @@ def make_tokenizer_data(n: int, seed: int, workers: int) -> np.ndarray:
     return np.concatenate(_map_chunks(_tokenizer_chunk, n, seed, workers))
 
 
-def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[list[int]]]:
-    seed, start, stop = args
+def _render_chunk(args: tuple[int, int, int, tuple[str, ...]]) -> tuple[np.ndarray, list[list[int]]]:
+    seed, start, stop, classes = args
     from transformers import ByT5Tokenizer
 
     tok = ByT5Tokenizer()
     imgs = np.empty((stop - start, PX, PX, 3), dtype=np.uint8)
     ids = []
     for k, i in enumerate(range(start, stop)):
-        img, cap, _ = training_example(seed, i, PX)
+        img, cap, _ = training_example(seed, i, PX, classes=classes)
         imgs[k] = img
         ids.append(tok(cap)["input_ids"])
     return imgs, ids
 
 
-def make_data(n: int, seed: int, workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def class_weights(items: list[str] | None) -> dict[str, int]:
+    """``--class-weight`` values (``CLASS=N``) as a dict."""
+    out = {}
+    for item in items or ():
+        cls, _, n = item.partition("=")
+        if not n.isdigit():
+            raise SystemExit(f"--class-weight takes CLASS=N (a whole number), got {item!r}")
+        out[cls] = int(n)
+    return out
+
+
+def make_data(n: int, seed: int, workers: int, classes: tuple[str, ...] = CLASSES
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images N,64,64,3 uint8; token ids N,T int64 zero-padded; lengths N)."""
-    parts = _map_chunks(_render_chunk, n, seed, workers)
+    parts = _map_chunks(_render_chunk, n, seed, workers, classes)
     imgs = np.concatenate([p[0] for p in parts])
     ids = [x for p in parts for x in p[1]]
     T = min(max(len(x) for x in ids), TOY.text_encoder.max_length)
@@ -372,18 +385,25 @@ def accuracy(comps, prompts: list[str], scales, params: SamplingParams, seed: in
     keys = ("class", "colour", "position", "size", "background", "all")
     hits = {k: 0 for k in keys}
     asked = {k: 0 for k in keys}
+    by_class: dict[str, list[int]] = {}  # one-shape prompts: class -> [all-attribute hits, prompts]
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
         text = te.encode(chunk)
         gens = [torch.Generator(device=device).manual_seed(seed + s + i) for i in range(len(chunk))]
         imgs = sample_images(tr, vae, text, scales, params, gens)
         for p, img in zip(chunk, imgs.permute(0, 2, 3, 1).cpu().numpy()):
-            res = check(parse_caption(p), detect(img))
+            parsed = parse_caption(p)
+            res = check(parsed, detect(img))
             for k in keys:
                 if res.get(k) is not None:
                     asked[k] += 1
                     hits[k] += bool(res[k])
-    return {k: round(hits[k] / asked[k], 4) if asked[k] else None for k in keys} | {"images": len(prompts)}
+            if len(parsed.shapes) == 1:
+                tally = by_class.setdefault(parsed.shapes[0]["cls"], [0, 0])
+                tally[0] += bool(res["all"])
+                tally[1] += 1
+    return ({k: round(hits[k] / asked[k], 4) if asked[k] else None for k in keys} | {"images": len(prompts)}
+            | {"per_class": {c: round(h / n, 4) for c, (h, n) in sorted(by_class.items())}})
 
 
 def evaluate(comps, scales, args, log: dict, device) -> dict:
@@ -442,11 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=0,
                     help="instead of --steps: as many steps as fit in this many minutes of the transformer "
                          "stage (timed over the first steps; logged)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer and text encoder")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the transformer and text encoder (default: on a GPU)")
+    ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--bsc", type=float, default=0.2, help="bitwise self-correction flip-rate bound")
     ap.add_argument("--text-dropout", type=float, default=0.1)
+    ap.add_argument("--class-weight", action="append", default=None, metavar="CLASS=N",
+                    help="draw CLASS N times as often as the others in training images (repeatable; "
+                         "default: all classes alike)")
     ap.add_argument("--resume", action="store_true", help="continue the transformer stage from its checkpoint")
     ap.add_argument("--checkpoint-dir", type=Path, default=None,
                     help="where a stopped transformer stage saves itself (default: <out>/checkpoint)")
@@ -469,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         args.eval_prompts, args.eval_cfg, args.eval_tau, args.workers, args.log_every = 4, [3.0], [1.0], 1, 1
     torch.manual_seed(args.seed)  # nothing should draw from it; belt and braces for library code
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if args.compile is None:
+        args.compile = device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -479,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.time()
     spec = toy_spec(args.bits, args.vae_channels)
     scales = model_scales(spec.sampling.size, num_scales=spec.num_scales)
+    try:
+        classes = weighted_classes(class_weights(args.class_weight))
+    except ValueError as exc:
+        raise SystemExit(f"--class-weight: {exc}") from None
     if args.eval_only is not None:
         evaluate_bundle(spec, args.eval_only, scales, args, log, device)
         log["seconds_total"] = round(time.time() - t_all, 1)
@@ -506,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     t0 = time.time()
-    imgs, ids, lens = make_data(args.images, args.seed, args.workers)
-    log["data"] = {"images": args.images, "max_tokens": int(ids.shape[1]), "seconds": round(time.time() - t0, 1)}
+    imgs, ids, lens = make_data(args.images, args.seed, args.workers, classes)
+    log["data"] = {"images": args.images, "class_weights": class_weights(args.class_weight), "max_tokens": int(ids.shape[1]), "seconds": round(time.time() - t0, 1)}
     print(f"data: {args.images} images, {ids.shape[1]} max tokens, {time.time() - t0:.0f}s", flush=True)
     imgs_t = torch.from_numpy(imgs)
     if device.type == "cuda":

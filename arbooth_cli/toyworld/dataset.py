@@ -35,13 +35,25 @@ def is_held_out(scene: Scene) -> bool:
     return any((s.cls, s.colour, s.position) in HELD_OUT for s in scene.shapes)
 
 
-def training_example(seed: int, index: int, size: int = 64) -> tuple[np.ndarray, str, Scene]:
+def weighted_classes(weights: dict[str, int] | None = None) -> tuple[str, ...]:
+    """:data:`CLASSES` with each class repeated ``weights[cls]`` times (default once): drawing
+    uniformly from the result draws the classes in those proportions."""
+    weights = weights or {}
+    unknown = sorted(set(weights) - set(CLASSES))
+    if unknown or any(w < 1 for w in weights.values()):
+        raise ValueError(f"class weights need known classes and whole numbers >= 1, got {weights}")
+    return tuple(c for c in CLASSES for _ in range(weights.get(c, 1)))
+
+
+def training_example(seed: int, index: int, size: int = 64, *,
+                     classes: tuple[str, ...] = CLASSES) -> tuple[np.ndarray, str, Scene]:
     """Item ``index`` of the training set of ``seed``: (image, caption, scene), never held out.
-    Each item has its own generator, so items can be drawn in any order by any process."""
+    Each item has its own generator, so items can be drawn in any order by any process. Shapes'
+    classes are drawn uniformly from ``classes`` (see :func:`weighted_classes`)."""
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng)
+    scene = sample_scene(rng, classes=classes)
     while is_held_out(scene):
-        scene = sample_scene(rng)
+        scene = sample_scene(rng, classes=classes)
     return render(scene, size, rng=rng), caption(scene, rng), scene
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from arbooth_cli.toyworld.dataset import (HELD_OUT, held_out_prompts, is_held_out, seen_prompts, tokenizer_example,
-                                          training_example)
+                                          training_example, weighted_classes)
 from arbooth_cli.toyworld.scene import CLASSES, COLOURS, POSITIONS, parse_caption
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +40,22 @@ def test_test_prompts_ask_for_held_out_shapes_in_known_words():
     assert held_out_prompts(5, seed=1) == held_out_prompts(5, seed=1)
 
 
+def test_class_weights_repeat_classes_and_steer_training_draws():
+    assert weighted_classes() == CLASSES
+    doubled = weighted_classes({"star": 2})
+    assert doubled.count("star") == 2 and set(doubled) == set(CLASSES) and len(doubled) == len(CLASSES) + 1
+    with pytest.raises(ValueError):
+        weighted_classes({"dragon": 2})
+    with pytest.raises(ValueError):
+        weighted_classes({"star": 0})
+    only = training_example(0, 3, classes=("heart",))[2]
+    assert {s.cls for s in only.shapes} == {"heart"}
+    stars = sum(s.cls == "star" for i in range(300) for s in training_example(0, i, classes=weighted_classes({"star": 4})
+                                                                                   )[2].shapes)
+    plain = sum(s.cls == "star" for i in range(300) for s in training_example(0, i)[2].shapes)
+    assert stars > 2 * plain  # 4/10 of the draws against 1/7
+
+
 def test_tokenizer_images_mix_training_images_and_patterned_shapes():
     imgs = [tokenizer_example(0, i) for i in range(60)]
     assert all(im.shape == (64, 64, 3) and im.dtype == np.uint8 for im in imgs)
@@ -66,6 +82,8 @@ def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, m
     assert set(log["vae"]["reconstruction"]["subjects"]) == {"twotone-star", "bullseye-circle", "split-heart",
                                                            "checker-square"}
     assert 0 <= log["eval"]["held_out"]["all"] <= 1
+    per_class = log["eval"]["held_out"]["per_class"]  # held-out prompts ask for one shape each
+    assert per_class and set(per_class) <= set(CLASSES) and all(0 <= v <= 1 for v in per_class.values())
 
 
 def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path):
@@ -77,14 +95,19 @@ def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path
     assert "transformer" not in json.loads((tok / "train-log.json").read_text())
 
     # a budget too small for more than the timed steps: the count is fixed after them and logged
-    assert main(["--out", str(tr), "--smoke", "--vae", str(tok / "vae.safetensors"), "--minutes", "0.001"]) == 0
-    t = json.loads((tr / "train-log.json").read_text())["transformer"]
+    assert main(["--out", str(tr), "--smoke", "--vae", str(tok / "vae.safetensors"), "--minutes", "0.001",
+                 "--class-weight", "star=3"]) == 0
+    trained = json.loads((tr / "train-log.json").read_text())
+    assert trained["data"]["class_weights"] == {"star": 3}
+    t = trained["transformer"]
     assert t["steps"] == t["planned_steps"] == probe_to + 1 and t["warmup"] == 200
 
     assert main(["--out", str(ev), "--smoke", "--eval-only", str(tr / "toy.safetensors")]) == 0
     log = json.loads((ev / "eval-log.json").read_text())
     assert set(log["eval"]) >= {"grid", "chosen", "held_out", "seen"} and "transformer" not in log
 
+    with pytest.raises(SystemExit, match="class-weight"):
+        main(["--out", str(tr), "--smoke", "--class-weight", "dragon=2"])
     with pytest.raises(SystemExit) as e:
         main(["--out", str(tr), "--smoke", "--minutes", "1", "--resume"])
     assert e.value.code == 2
