@@ -219,7 +219,8 @@ class TuneConfig(_Checked):
     name: str | None = None  #: --name of the saved subject (default: the token)
     steps: int = 500  #: --steps: iterations (one optimizer step each)
     batch_size: int = 2  #: --batch-size: subject photos per step (and prior samples per step)
-    lr: float = 2.34375e-5  #: --lr: constant learning rate
+    #: --lr: constant learning rate; None: the model's (the official 2.34375e-5 for Infinity, 1e-4 for toy)
+    lr: float | None = None
     weight_decay: float = 0.005  #: --weight-decay (AdamW, on every tuned tensor)
     betas: tuple[float, float] = (0.9, 0.999)  #: --betas
     eps: float = 1e-8  #: --eps of AdamW
@@ -235,7 +236,9 @@ class TuneConfig(_Checked):
     prior_tau: float = 0.5  #: temperature of the teacher's class samples
     prior_top_p: float = 0.97  #: top-p of the teacher's class samples
     caption: str = "a photo of {token} {cls}"  #: --caption (a photo's .txt file overrides it)
-    class_prompt: str = "a photo of {cls}"  #: --class-prompt of the prior samples
+    #: --class-prompt of the prior samples; None: each caption without the token (the default
+    #: caption gives the official "a photo of {cls}")
+    class_prompt: str | None = None
     resolution: str | None = None  #: --resolution: a size of the model (1M = 1024x1024); default: the model's
     flip: bool = False  #: --flip: also train on mirrored photos
     bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
@@ -277,7 +280,7 @@ class TuneConfig(_Checked):
         for flag, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
             if v < 1:
                 out.append(f"{flag} must be >= 1")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             out.append("--lr must be > 0")
         if self.weight_decay < 0:
             out.append("--weight-decay must be >= 0")
@@ -309,6 +312,8 @@ class TuneConfig(_Checked):
             out.append("prior_tau must be > 0 and prior_top_p in (0, 1]")
         if "{token}" not in self.caption:
             out.append("--caption must contain {token} (where the subject's word goes)")
+        if self.class_prompt is not None and not self.class_prompt.strip():
+            out.append("--class-prompt must not be empty (leave it out for each caption without the token)")
         if not 0 <= self.bsc_strength <= 1:
             out.append("--bsc-strength must be in [0, 1]")
         if not 0 <= self.text_dropout < 1:

@@ -258,7 +258,7 @@ class _Plan:
 
 
 def _toy_plan(info: SubjectInfo, folder: Path, photos: list[np.ndarray], user_prompts: list[str] | None) -> _Plan:
-    from .analysis.personalization import class_prompt_of
+    from .subjects import class_prompt_of
     from .toyworld.subjects import class_prompts, subject_prompts
 
     toy, hits = identify_toy_subject(photos, folder, prefer_cls=info.cls)
@@ -521,8 +521,9 @@ class _Evaluation:
     def _real_scores(self, pixels: dict[str, np.ndarray]) -> tuple[dict[str, Metric], list[PromptResult], dict]:
         import torch
 
-        from .analysis.personalization import (class_prompt_of, extract_batched, load_real_metric_models,
+        from .analysis.personalization import (extract_batched, load_real_metric_models,
                                                real_metrics, subject_fidelity, text_alignment)
+        from .subjects import class_prompt_of
 
         plan, info = self.plan, self.info
         self.comps.transformer = self.comps.vae = None  # room for the feature models

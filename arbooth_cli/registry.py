@@ -141,6 +141,14 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class TuningDefaults:
+    """What `arbooth tune` uses for this model when the user does not say."""
+
+    #: constant learning rate; the official ARBooth value, tuned for Infinity-2B
+    lr: float = 2.34375e-5
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything arbooth knows about one named model."""
 
@@ -152,6 +160,7 @@ class ModelSpec:
     text_encoder: TextEncoderConfig
     files: tuple[FileSpec, ...] = ()
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    tuning: TuningDefaults = field(default_factory=TuningDefaults)
     sizes: tuple[str, ...] = ("0.06M", "0.25M", "1M")
     #: a tiny ladder: use only this many scales of the 1:1 template (overrides ``sizes``)
     num_scales: int | None = None

@@ -110,6 +110,22 @@ def token_in_prompt(token: str, prompt: str) -> bool:
     return re.search(rf"(?<![\w]){re.escape(token)}(?![\w])", prompt) is not None
 
 
+def class_prompt_of(prompt: str, token: str, cls: str) -> str:
+    """``prompt`` with the subject's identifier replaced by its class word, for CLIP-T and
+    the prior samples of tuning.
+
+    ``"a sks dog on a wave"`` -> ``"a dog on a wave"`` (the identifier before the class word is
+    dropped); ``"a photo of sks"`` -> ``"a photo of dog"``. The identifier is matched as a whole
+    word, as ``subjects.token_in_prompt`` does; a prompt without it comes back unchanged.
+    """
+    if not token or not cls.strip():
+        raise ValueError("the subject's token and class word must not be empty")
+    word = rf"(?<![\w]){re.escape(token)}(?![\w])"
+    out = re.sub(rf"{word}\s+(?={re.escape(cls)}(?:e?s)?(?![\w]))", "", prompt)  # "sks dog(s)" -> "dog(s)"
+    out = re.sub(word, lambda _: cls, out)  # a lone identifier becomes the class word
+    return re.sub(r"[ \t]{2,}", " ", out).strip()
+
+
 class SubjectStore:
     """Subjects under ``root`` (default: ``paths.home()``)."""
 

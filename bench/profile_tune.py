@@ -80,7 +80,7 @@ def main() -> None:
         for name, engine in (("graphs", SamplingEngine(compile=False)), ("graphs+compile", SamplingEngine())):
             def draw():
                 gens = [torch.Generator(device=dev).manual_seed(i) for i in range(b)]
-                sample_token_maps(run.transformer, run.vae, run.class_text.repeat(b), run.scales, params, gens,
+                sample_token_maps(run.transformer, run.vae, run.class_texts[0].repeat(b), run.scales, params, gens,
                                   engine=engine, keep_logits=True)
             t = time.perf_counter()
             draw()
@@ -101,7 +101,7 @@ def main() -> None:
     raw = torch.cat([run.raw[i] for i in idx])
     tf = L.teacher_forcing(raw, run.vae.vae_scales(run.scales), patchify=run.vae.cfg.spatial_patchify)
     text = L.TextCond.cat([run.subject_text([run.caption_text[i] for i in idx], [run.caption_span[i] for i in idx]),
-                           run.class_text.repeat(2)])
+                           run.class_texts[0].repeat(2)])
     inputs = torch.cat([tf.inputs_BLd, tf.inputs_BLd])
 
     def fwd():

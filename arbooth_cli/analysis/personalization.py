@@ -16,7 +16,6 @@ kept as float64 on the CPU, where the metrics are taken. Nothing here holds glob
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import NotFoundError
+from ..subjects import class_prompt_of
 from .features import (HUB_MODELS, FeatureExtractor, TextFeatureExtractor, _kind_of, _local_weights,
                        clip_text_features, clip_text_gap, hub_features)
 from .metrics import cosine_distance, mean_and_spread
@@ -51,24 +51,6 @@ class Stat:
 def _stat(values_N: Tensor) -> Stat:
     mean, std = mean_and_spread([float(v) for v in values_N.flatten()])
     return Stat(mean, std, values_N.numel())
-
-
-# ---- prompts -------------------------------------------------------------------------------
-
-
-def class_prompt_of(prompt: str, token: str, cls: str) -> str:
-    """``prompt`` with the subject's identifier replaced by its class word, for CLIP-T.
-
-    ``"a sks dog on a wave"`` -> ``"a dog on a wave"`` (the identifier before the class word is
-    dropped); ``"a photo of sks"`` -> ``"a photo of dog"``. The identifier is matched as a whole
-    word, as ``subjects.token_in_prompt`` does; a prompt without it comes back unchanged.
-    """
-    if not token or not cls.strip():
-        raise ValueError("the subject's token and class word must not be empty")
-    word = rf"(?<![\w]){re.escape(token)}(?![\w])"
-    out = re.sub(rf"{word}\s+(?={re.escape(cls)}(?:e?s)?(?![\w]))", "", prompt)  # "sks dog(s)" -> "dog(s)"
-    out = re.sub(word, lambda _: cls, out)  # a lone identifier becomes the class word
-    return re.sub(r"[ \t]{2,}", " ", out).strip()
 
 
 # ---- features and their comparisons --------------------------------------------------------

@@ -29,7 +29,7 @@ def tune_cmd(
     name: Annotated[Optional[str], _opt("--name", help="Name of the saved subject (default: the token).")] = None,
     steps: Annotated[Optional[int], _opt("--steps", help="Iterations (default: 500).")] = None,
     batch_size: Annotated[Optional[int], _opt("--batch-size", "-b", help="Photos (and prior samples) per iteration (default: 2).")] = None,
-    lr: Annotated[Optional[float], _opt("--lr", help="Learning rate, constant (default: 2.34375e-5).")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", help="Learning rate, constant (default: the model's: 2.34375e-5 for Infinity, as the official code; 1e-4 for toy).")] = None,
     weight_decay: Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (default: 0.005).")] = None,
     layers: Annotated[Optional[str], _opt("--layers", help="Module types to tune: ca, ffn, sa, ca_norm, ada, or all (default: ca,ffn).")] = None,
     blocks: Annotated[Optional[str], _opt("--blocks", help="Blocks to tune, e.g. 0-15,20 (default: all).")] = None,
@@ -41,7 +41,8 @@ def tune_cmd(
     prior_kl: Annotated[Optional[str], _opt("--prior-kl", help="bit: KL per bit; token: one softmax over a token's 2d logits, as the official code (default: bit).")] = None,
     prior_pool: Annotated[Optional[int], _opt("--prior-pool", help="Class samples drawn before tuning (default: steps x batch size).")] = None,
     caption: Annotated[Optional[str], _opt("--caption", help="Caption of every photo without a .txt file (default: 'a photo of {token} {cls}').")] = None,
-    class_prompt: Annotated[Optional[str], _opt("--class-prompt", help="Prompt of the prior samples (default: 'a photo of {cls}').")] = None,
+    class_prompt: Annotated[Optional[str], _opt("--class-prompt", help="Prompt of the prior samples (default: each caption with the token taken out; "
+                                         "for the default caption 'a photo of {cls}').")] = None,
     resolution: Annotated[Optional[str], _opt("--resolution", help="Training size: a size of the model (1M) or pixels (1024) (default: the model's).")] = None,
     flip: Annotated[Optional[bool], _opt("--flip/--no-flip", help="Also train on mirrored photos (default: off).")] = None,
     bsc_strength: Annotated[Optional[float], _opt("--bsc-strength", help="Bitwise self-correction: bits flipped at a random rate up to this; 0 turns it off (default: 0.3).")] = None,

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, InfinityTransformer, Scale, compiled_block_ops
 from ..models.build import Components
 from ..registry import ModelSpec
-from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
+from ..subjects import (FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, class_prompt_of,
+                        lowrank_file)
 from .data import load_subject_images, to_tensor
 from .losses import prior_distill, scale_weighted_ce, scale_weights, token_weights
 from .lowrank import LowRankReport, compress
@@ -140,20 +141,33 @@ def _now() -> str:
 
 @dataclass
 class PriorPool:
-    """Class-prompt token maps of the frozen model: bits (N, L, d) uint8 and the teacher's raw
-    logits (N, L, V) bf16, on the host."""
+    """Class-prompt token maps of the frozen model: bits (N, L, d) uint8, the teacher's raw
+    logits (N, L, V) bf16 and which class prompt each sample drew (N,) int64, on the host."""
 
     bits_NLd: Tensor
     logits_NLV: Tensor
+    prompt_N: Tensor
 
     def __len__(self) -> int:
         return self.bits_NLd.shape[0]
 
 
-def _pool_key(config: TuneConfig, resolved: ResolvedModel, scales: tuple[Scale, ...], n: int) -> str:
+def _pool_key(config: TuneConfig, resolved: ResolvedModel, scales: tuple[Scale, ...], n: int,
+              class_prompts: Sequence[str]) -> str:
     return _config_digest({"model_hash": resolved.model_hash, "seed": config.seed, "n": n, "scales": scales,
-                           "class_prompt": config.class_prompt.format(cls=config.cls, token=config.token),
-                           "tau": config.prior_tau, "top_p": config.prior_top_p})
+                           "class_prompts": list(class_prompts), "tau": config.prior_tau,
+                           "top_p": config.prior_top_p})
+
+
+def prior_class_prompts(config: TuneConfig, captions: Sequence[str]) -> list[str]:
+    """The prompts of the prior samples: ``--class-prompt`` if given, else each caption with the
+    subject's token taken out, in caption order without repeats. For the default caption that is
+    the official code's one prompt, "a photo of {cls}"; for per-photo captions ("a large sks star
+    on the left, green background") it is the class-prompt counterpart of each, as DreamBooth
+    pairs instance and class prompts, so the prior holds the class under the same wording."""
+    if config.class_prompt is not None:
+        return [config.class_prompt.format(cls=config.cls, token=config.token)]
+    return list(dict.fromkeys(class_prompt_of(cap, config.token, config.cls) for cap in captions))
 
 
 #: key/value cache memory the prior pool's sampling may use at once (the optimizer state does not
@@ -170,11 +184,12 @@ def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> i
     return max(1, min(32, POOL_KV_BUDGET // transformer.kv_cache_bytes(scales)))
 
 
-def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextCond, scales: tuple[Scale, ...],
-                      n: int, *, seed: int, tau: float, top_p: float, batch: int, compile: bool = False,
-                      on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
-    """``n`` samples of the one prompt of ``text``, sample i drawn from its own generator
-    (seed + i), so the pool does not depend on the batch size it was drawn with."""
+def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequence[TextCond],
+                      scales: tuple[Scale, ...], n: int, *, seed: int, tau: float, top_p: float, batch: int,
+                      compile: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
+    """``n`` samples of the one-prompt ``texts`` in turn (sample i: prompt i mod P), each drawn
+    from its own generator (seed + i), so the pool does not depend on the batch size it was
+    drawn with."""
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
     dev = transformer.device
@@ -184,13 +199,15 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextC
     d, V = transformer.cfg.bits, transformer.cfg.vocab
     bits = torch.empty((n, L, d), dtype=torch.uint8, pin_memory=dev.type == "cuda")
     logits = torch.empty((n, L, V), dtype=torch.bfloat16, pin_memory=dev.type == "cuda")
+    prompt_N = torch.arange(n) % len(texts)
     was_training = transformer.training
     transformer.eval()
     try:
         for start in range(0, n, batch):
             b = min(batch, n - start)
             gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(b)]
-            maps = sample_token_maps(transformer, vae, text.repeat(b), scales, params, gens, engine=engine,
+            text = TextCond.cat([texts[int(k)] for k in prompt_N[start:start + b]])
+            maps = sample_token_maps(transformer, vae, text, scales, params, gens, engine=engine,
                                      keep_logits=True)
             bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
             assert maps.logits_BLV is not None
@@ -203,7 +220,7 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, text: TextC
             engine.release()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return PriorPool(bits, logits)
+    return PriorPool(bits, logits, prompt_N)
 
 
 def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -> Tensor:
@@ -342,9 +359,11 @@ class _Run:
 
     def __init__(self, config: TuneConfig, resolved: ResolvedModel, emit: EventFn,
                  components: Components | None = None) -> None:
+        self.spec = resolved.spec
+        if config.lr is None:  # the model's default, recorded in checkpoints and the subject's metadata
+            config = config.with_(lr=self.spec.tuning.lr)
         self.config, self.resolved, self.emit = config, resolved, emit
         self.components = components
-        self.spec = resolved.spec
         self.store = SubjectStore()
         self.name = config.subject_name
         self.run_dir = Path(config.run_dir) if config.run_dir else paths.home() / "runs" / self.name
@@ -412,9 +431,9 @@ class _Run:
         captions = [im.caption for im in self.images]
         if c.flip:
             captions = captions + captions
-        class_prompt = c.class_prompt.format(cls=c.cls, token=c.token)
+        self.class_prompts = prior_class_prompts(c, captions)
         vprompts = [p.format(token=c.token, cls=c.cls) for p in c.validation_prompts] if c.validate_every else []
-        uniq = sorted(set(captions) | {class_prompt} | set(vprompts))
+        uniq = sorted(set(captions) | set(self.class_prompts) | set(vprompts))
         feats = {}
         for i in range(0, len(uniq), 16):
             enc = te.encode(uniq[i:i + 16])
@@ -422,7 +441,7 @@ class _Run:
                 feats[p] = enc.select([j]).to(self.device)
         self.caption_text = [feats[p] for p in captions]
         self.caption_span = [word_token_span(te.tokenizer, p, c.token) for p in captions]
-        self.class_text = feats[class_prompt]
+        self.class_texts = [feats[p] for p in self.class_prompts]
         self.val_prompts = [(p, feats[p], word_token_span(te.tokenizer, p, c.token)) for p in vprompts]
         comps.text_encoder = None
         del te
@@ -438,7 +457,7 @@ class _Run:
         if not c.prior:
             return None
         n = c.prior_pool or c.steps * c.batch_size
-        key = _pool_key(c, self.resolved, self.scales, n)
+        key = _pool_key(c, self.resolved, self.scales, n, self.class_prompts)
         path = self.run_dir / POOL_FILE
         if path.is_file():
             from safetensors import safe_open
@@ -446,11 +465,11 @@ class _Run:
             with safe_open(str(path), "pt") as f:
                 if (f.metadata() or {}).get("key") == key:
                     self.emit("pool", {"done": n, "total": n, "cached": True})
-                    return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"))
+                    return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt"))
         batch = pool_batch(self.transformer, self.scales)
         t0 = time.perf_counter()
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
-        pool = sample_prior_pool(self.transformer, self.vae, self.class_text, self.scales, n, seed=c.seed + 10_000_019,
+        pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
                                  tau=c.prior_tau, top_p=c.prior_top_p, batch=batch,
                                  compile=self.compiled and n >= POOL_COMPILE_MIN,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
@@ -458,7 +477,8 @@ class _Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
         try:
-            write_safetensors(tmp, {"bits": pool.bits_NLd, "logits": pool.logits_NLV}, {"key": key})
+            write_safetensors(tmp, {"bits": pool.bits_NLd, "logits": pool.logits_NLV, "prompt": pool.prompt_N},
+                              {"key": key})
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -635,7 +655,7 @@ class _Run:
             rows = [(self.step * c.batch_size + k) % len(pool) for k in range(c.batch_size)]
             bits = pool.bits_NLd[rows].to(dev, non_blocking=True)
             teacher_BLV = pool.logits_NLV[rows].to(dev, non_blocking=True)
-            text = TextCond.cat([text, self.class_text.repeat(len(rows))])
+            text = TextCond.cat([text] + [self.class_texts[int(pool.prompt_N[r])] for r in rows])
             inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
         logits = tr(text, inputs, self.scales, checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
                     prefix_attention=dev.type == "cuda", ops=self.train_ops)
@@ -794,7 +814,8 @@ class _Run:
                 return ce, 0.0
             rows = list(range(min(c.batch_size, len(pool))))
             bits = pool.bits_NLd[rows].to(dev)
-            plog = tr(self.class_text.repeat(len(rows)), inputs_from_bits(self.vae, bits, self.scales), self.scales)
+            ptext = TextCond.cat([self.class_texts[int(pool.prompt_N[r])] for r in rows])
+            plog = tr(ptext, inputs_from_bits(self.vae, bits, self.scales), self.scales)
             return ce, float(prior_distill(plog, pool.logits_NLV[rows].to(dev), kind=c.prior_mode,
                                            per_bit=c.prior_kl == "bit"))
 

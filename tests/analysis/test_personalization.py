@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from arbooth_cli.analysis.features import clip_text_features, hub_features
-from arbooth_cli.analysis.personalization import (RealMetrics, Stat, check_real_metric_weights, class_prompt_of,
+from arbooth_cli.subjects import class_prompt_of
+from arbooth_cli.analysis.personalization import (RealMetrics, Stat, check_real_metric_weights,
                                                   cosine_matrix, diversity, drift_similarity, extract_batched,
                                                   load_real_metric_models, real_metrics, subject_fidelity,
                                                   text_alignment)

@@ -88,7 +88,8 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     assert meta["base_model"] == "tiny-infinity"
     assert meta["base_model_hash"] == resolve_model("tiny-infinity").model_hash == result.model_hash
     assert meta["steps"] == "3" and meta["arbooth_version"] == __version__ and meta["kind"] == "full"
-    assert json.loads(meta["config"]) == json.loads(json.dumps(cfg.to_dict()))
+    recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr)  # the unset lr is resolved to the model's
+    assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
 
@@ -451,3 +452,54 @@ def test_a_finished_run_leaves_no_checkpoint_or_prior_pool(photos):
     for leftover in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", POOL_FILE):
         assert not (run_dir / leftover).exists(), leftover
     assert Path(result.subject).is_file()
+
+
+def test_prior_prompts_are_the_captions_without_the_token(photos):
+    from arbooth_cli.tuning.loop import prior_class_prompts
+
+    cfg = config(photos)
+    assert prior_class_prompts(cfg, ["a photo of sks dog"] * 3) == ["a photo of dog"]  # the official prompt
+    caps = ["a large sks dog on the left, green background", "a sks dog at the top",
+            "a large sks dog on the left, green background"]
+    assert prior_class_prompts(cfg, caps) == ["a large dog on the left, green background", "a dog at the top"]
+    assert prior_class_prompts(cfg.with_(class_prompt="a {cls} outside"), caps) == ["a dog outside"]
+    with pytest.raises(ConfigError, match="--class-prompt must not be empty"):
+        cfg.with_(class_prompt=" ").validate()
+
+
+def test_a_pool_of_several_prompts_draws_each_sample_as_a_pool_of_its_prompt_alone(photos):
+    """Sample i of the pool uses prompt i mod P and seed + i: the same sample a one-prompt pool
+    draws at i, whatever prompts share its batch."""
+    (photos / "photo0.txt").write_text("a sks dog on the left\n")
+    (photos / "photo1.txt").write_text("a large sks dog, green background\n")
+    cfg = config(photos, steps=3).validate()
+    run = _Run(cfg, resolve_model("tiny-infinity"), lambda kind, data: None)
+    run.load()
+    assert run.class_prompts == ["a dog on the left", "a large dog, green background", "a photo of dog"]
+    pool = run.build_pool()
+    assert pool is not None and pool.prompt_N.tolist() == [0, 1, 2, 0, 1, 2]
+    from arbooth_cli.tuning.loop import sample_prior_pool
+
+    for k in range(3):
+        alone = sample_prior_pool(run.transformer, run.vae, [run.class_texts[k]], run.scales, 6,
+                                  seed=cfg.seed + 10_000_019, tau=cfg.prior_tau, top_p=cfg.prior_top_p, batch=1)
+        rows = [i for i in range(6) if i % 3 == k]
+        assert torch.equal(pool.bits_NLd[rows], alone.bits_NLd[rows])
+        torch.testing.assert_close(pool.logits_NLV[rows].float(), alone.logits_NLV[rows].float(), atol=2e-2, rtol=0)
+    # the pool file keeps the prompt of each sample; a second load reads it back
+    again = run.build_pool()
+    assert again is not None and torch.equal(again.prompt_N, pool.prompt_N)
+
+
+def test_the_learning_rate_defaults_to_the_models_and_is_recorded(photos):
+    """No --lr: the model's rate (the official one for Infinity-family specs, toy's own), written
+    into the run's config so checkpoints and the subject's metadata say what was used."""
+    quiet = lambda kind, data: None  # noqa: E731
+    assert _Run(config(photos), resolve_model("tiny-infinity"), quiet).config.lr == 2.34375e-5
+    assert _Run(config(photos, model="toy"), resolve_model("toy"), quiet).config.lr == 1e-4
+    assert _Run(config(photos, lr=3e-4), resolve_model("toy"), quiet).config.lr == 3e-4
+    res = tune(config(photos, steps=1))
+    meta, _ = read_subject_header(Path(res.subject))
+    assert json.loads(meta["config"])["lr"] == 2.34375e-5
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        config(photos, lr=0.0).validate()
