@@ -96,8 +96,8 @@ def tokenizer_example(seed: int, index: int, size: int = 64) -> np.ndarray:
 
     A tokenizer is an image codec: like the real ones, trained on more than the text-to-image data,
     so that photos of new subjects can be encoded at all. The patterned shapes are never captioned
-    and never reach the transformer; the four shipped subjects' exact (class, pattern) pairs are
-    left out, so even the codec has not seen them.
+    and never reach the transformer; the shipped subjects' exact (class, pattern) pairs are left
+    out, so even the codec has not seen them.
     """
     rng = np.random.default_rng([seed, index, 3])
     if rng.random() >= PATTERN_SHARE:

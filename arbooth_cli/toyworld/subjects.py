@@ -121,6 +121,12 @@ SUBJECTS: dict[str, Subject] = {s.name: s for s in (
             "bottom-right, white top-right and bottom-left",
             Pattern("checker", ("black", "white", "white", "black"), 0.0), ("red", "green", "blue", "purple",
                                                                             "orange")),
+    Subject("split-circle", "circle", "a circle whose left half is yellow and right half blue",
+            Pattern("columns", ("yellow", "blue"), 0.0), ("red", "white", "purple", "black", "orange")),
+    Subject("twotone-square", "square", "a square whose upper half is red and lower half white",
+            Pattern("rows", ("red", "white"), 0.0), ("blue", "green", "black", "yellow", "purple")),
+    Subject("split-diamond", "diamond", "a diamond whose left half is green and right half white",
+            Pattern("columns", ("green", "white"), 0.0), ("red", "blue", "black", "purple", "orange")),
 )}
 
 #: the five photos of every subject: (position, size); mostly large, one small

@@ -13,6 +13,7 @@ import pytest
 from arbooth_cli.toyworld.dataset import (HELD_OUT, held_out_prompts, is_held_out, seen_prompts, tokenizer_example,
                                           training_example, weighted_classes)
 from arbooth_cli.toyworld.scene import CLASSES, COLOURS, POSITIONS, parse_caption
+from arbooth_cli.toyworld.subjects import SUBJECTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,8 +80,7 @@ def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, m
     assert comps.transformer is not None and comps.text_encoder is not None
     log = json.loads((tmp_path / "train-log.json").read_text())
     assert log["transformer"]["steps"] == 3 and len(log["vae"]["curve"]) == 3
-    assert set(log["vae"]["reconstruction"]["subjects"]) == {"twotone-star", "bullseye-circle", "split-heart",
-                                                           "checker-square"}
+    assert set(log["vae"]["reconstruction"]["subjects"]) == set(SUBJECTS)
     assert 0 <= log["eval"]["held_out"]["all"] <= 1
     per_class = log["eval"]["held_out"]["per_class"]  # held-out prompts ask for one shape each
     assert per_class and set(per_class) <= set(CLASSES) and all(0 <= v <= 1 for v in per_class.values())
