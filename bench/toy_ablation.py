@@ -4,9 +4,10 @@ tuning, with and without scale-wise weights, with and without prior distillation
     python bench/toy_ablation.py --out ablation.jsonl                      # every variant, 2 subjects, 2 seeds
     python bench/toy_ablation.py --subjects split-heart --seeds 0 --variants selective naive
     python bench/toy_ablation.py --subjects checker-square --seeds 0 --custom 'b3-5={"lr": 1e-4, "blocks": "3-5"}'
+    python bench/toy_ablation.py --jobs 14 --threads 1 ...                  # 14 runs at once, one thread each
 
-Each (subject, variant, seed) runs `arbooth tune` with the default settings but the variant's
-changes and the seed, then `arbooth eval` (10 prompts x 8 seeds, exact toy-world detectors).
+Each (subject, variant, seed) runs `arbooth tune` with the model's default settings but the
+variant's changes and the seed, then `arbooth eval` (10 prompts x 8 seeds, exact toy-world detectors).
 Every finished run is appended to ``--out`` as one JSON line (a stopped sweep keeps what it
 finished; rerunning skips what is already there), and a table of means over seeds is printed.
 Subjects and runs live in a temporary ``$ARBOOTH_HOME`` unless one is set. Tuning and sampling run
@@ -21,6 +22,9 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
+from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +36,7 @@ from arbooth_cli.tuning.selection import parse_layers  # noqa: E402
 #: every block module type (`--layers all`)
 ALL_LAYERS = parse_layers("all")
 
-#: variant -> TuneConfig fields it changes from the defaults (the official recipe)
+#: variant -> TuneConfig fields it changes from the defaults (the official recipe at the model's lr)
 VARIANTS: dict[str, dict] = {
     "selective": {},  # CA+FFN, official step scale weights, prior distillation
     "selective-uniform": {"scale_weights": "uniform"},
@@ -46,15 +50,20 @@ VARIANTS: dict[str, dict] = {
 METRICS = ("subject_fidelity", "text_fidelity", "drift", "base_fidelity", "diversity")
 
 
-def run_one(subject: str, variant: str, seed: int, eval_seeds: int, device: str, dtype: str) -> dict:
+def run_one(subject: str, variant: str, fields: dict, seed: int, eval_seeds: int, device: str, dtype: str,
+            threads: int | None = None) -> dict:
+    import torch
+
     from arbooth_cli.config import EvalConfig, TuneConfig
     from arbooth_cli.evaluation import evaluate
     from arbooth_cli.tuning.loop import tune
 
+    if threads:
+        torch.set_num_threads(threads)
     name = f"{subject}-{variant}-s{seed}"
     cfg = TuneConfig(photos=str(ROOT / "examples" / "subjects" / subject), token="sks", cls=SUBJECTS[subject].cls,
                      model="toy", name=name, seed=seed, overwrite=True, validate_every=0, checkpoint_every=0,
-                     device=device, dtype=dtype, compile="off", **VARIANTS[variant])
+                     device=device, dtype=dtype, compile="off", **fields)
     t0 = time.perf_counter()
     res = tune(cfg)
     tune_s = time.perf_counter() - t0
@@ -88,7 +97,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("ablation.jsonl"))
-    ap.add_argument("--subjects", nargs="+", default=["split-heart", "bullseye-circle"], choices=list(SUBJECTS))
+    ap.add_argument("--subjects", nargs="+", default=["split-heart", "twotone-star"], choices=list(SUBJECTS))
     ap.add_argument("--variants", nargs="+", default=None, help=f"of {', '.join(VARIANTS)} (default: all, or "
                     "only the --custom ones when some are given)")
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=JSON",
@@ -98,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="fp32", help="of tuning and sampling (the toy model was trained in fp32)")
     ap.add_argument("--table-only", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (CPU sweeps)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     args = ap.parse_args(argv)
     for item in args.custom:
         name, _, js = item.partition("=")
@@ -119,16 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     if not args.table_only:
         have = {(r["subject"], r["variant"], r["seed"]) for r in done}
-        for seed in args.seeds:
-            for subject in args.subjects:
-                for variant in args.variants:
-                    if (subject, variant, seed) in have:
-                        continue
-                    row = run_one(subject, variant, seed, args.eval_seeds, args.device, args.dtype)
-                    print(json.dumps(row), flush=True)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    done.append(row)
+        todo = [(subject, variant, VARIANTS[variant], seed, args.eval_seeds, args.device, args.dtype, args.threads)
+                for seed in args.seeds for subject in args.subjects for variant in args.variants
+                if (subject, variant, seed) not in have]
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
+            rows = (f.result() for f in as_completed([pool.submit(run_one, *job) for job in todo])) if pool \
+                else (run_one(*job) for job in todo)
+            for row in rows:  # appended as each finishes, so a stopped sweep keeps them
+                print(json.dumps(row), flush=True)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done.append(row)
     print(table(done))
     return 0
 
