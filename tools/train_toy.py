@@ -253,9 +253,17 @@ def encode_all(vae, imgs_u8: torch.Tensor, device, batch: int = 1024) -> torch.T
     return torch.cat(out)
 
 
-def _save_checkpoint(ckpt: Path, comps, opt, step: int, g_dev: torch.Generator, seconds: float, curve: list) -> None:
-    """Everything the transformer stage needs to continue exactly: weights, AdamW state, step,
-    the device generator and the curve so far (safetensors + JSON; written aside, then renamed)."""
+def ema_decay(step: int, decay: float) -> float:
+    """The averaging rate at ``step``: short memory early, so the average does not hold the
+    random init, then ``decay``."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def _save_checkpoint(ckpt: Path, comps, opt, step: int, g_dev: torch.Generator, seconds: float, curve: list,
+                     ema: list[torch.Tensor] | None = None) -> None:
+    """Everything the transformer stage needs to continue exactly: weights, AdamW state, the
+    weight average, step, the device generator and the curve so far (safetensors + JSON; written
+    aside, then renamed)."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     tensors = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in comps.transformer.state_dict().items()}
@@ -265,6 +273,8 @@ def _save_checkpoint(ckpt: Path, comps, opt, step: int, g_dev: torch.Generator, 
     for i, st in sd["state"].items():
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = v.detach().float().cpu().contiguous().reshape(v.shape)
+    for i, v in enumerate(ema or []):
+        tensors[f"ema.{i}"] = v.detach().float().cpu().contiguous()
     write_safetensors(tmp / "state.safetensors", tensors)
     meta = {"step": step, "seconds": seconds, "curve": curve, "param_groups": sd["param_groups"],
             "generator": g_dev.get_state().tolist()}
@@ -276,7 +286,8 @@ def _save_checkpoint(ckpt: Path, comps, opt, step: int, g_dev: torch.Generator, 
     os.replace(tmp, ckpt)
 
 
-def _load_checkpoint(ckpt: Path, comps, opt, g_dev: torch.Generator, device) -> tuple[int, float, list]:
+def _load_checkpoint(ckpt: Path, comps, opt, g_dev: torch.Generator, device,
+                     ema: list[torch.Tensor] | None = None) -> tuple[int, float, list]:
     from safetensors.torch import load_file
 
     t = load_file(str(ckpt / "state.safetensors"))
@@ -292,13 +303,19 @@ def _load_checkpoint(ckpt: Path, comps, opt, g_dev: torch.Generator, device) -> 
             _, i, name = k.split(".", 2)
             state.setdefault(int(i), {})[name] = v.to(device)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for i, v in enumerate(ema or []):
+        if f"ema.{i}" not in t:
+            raise SystemExit(f"{ckpt} holds no weight average: resume it without --ema, or start again")
+        v.copy_(t[f"ema.{i}"])
     g_dev.set_state(torch.tensor(meta["generator"], dtype=torch.uint8))
     return int(meta["step"]), float(meta["seconds"]), list(meta["curve"])
 
 
 def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: torch.Tensor, scales, args,
-                      log: dict, device) -> bool:
-    """Returns True when every step ran, False when the time budget stopped it (checkpoint saved)."""
+                      log: dict, device) -> tuple[bool, list[torch.Tensor] | None]:
+    """Returns whether every step ran (else the time budget stopped it and a checkpoint was
+    saved), and the weight average of ``--ema`` (the transformer's, then the text encoder's
+    parameters, in ``parameters()`` order), None without it."""
     tr, vae, te = comps.transformer, comps.vae, comps.text_encoder
     init_transformer_for_training_(tr)
     params = trainable(tr) + trainable(te.model)
@@ -312,8 +329,9 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
     ids_NT, lens_N = ids_NT.to(device), lens_N.to(device)
     ckpt = args.checkpoint_dir or args.out / "checkpoint"
     step0, seconds0, curve = 0, 0.0, []
+    ema = [p.detach().clone() for p in params] if args.ema else None
     if args.resume:
-        step0, seconds0, curve = _load_checkpoint(ckpt, comps, opt, g_dev, device)
+        step0, seconds0, curve = _load_checkpoint(ckpt, comps, opt, g_dev, device, ema)
         print(f"resumed at step {step0}", flush=True)
     t0 = time.time() - seconds0
     t_call = time.time()
@@ -328,7 +346,7 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
     fwd_te = torch.compile(te.model) if args.compile else te.model
     step = step0
     while step < total:
-        if budget and time.time() - t_call > budget:
+        if (budget and time.time() - t_call > budget) or step == args.stop_at:
             finished = False
             break
         if args.minutes and step == PROBE_FROM:
@@ -352,6 +370,9 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
         ce_BL = bitwise_ce(logits, tf.bits_BLd)
         loss = ce_BL.mean()
         optimizer_step(opt, loss, params)
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay(step, args.ema))
         if step % args.log_every == 0 or step == total - 1:
             with torch.no_grad():
                 counts = [t * h * w for t, h, w in scales]
@@ -362,14 +383,15 @@ def train_transformer(comps, raw_N: torch.Tensor, ids_NT: torch.Tensor, lens_N: 
                   f"{time.time() - t0:.0f}s", flush=True)
         step += 1
     if not finished:
-        _save_checkpoint(ckpt, comps, opt, step, g_dev, time.time() - t0, curve)
-        print(f"stopped at step {step} after --max-minutes {args.max_minutes}; continue with --resume", flush=True)
+        _save_checkpoint(ckpt, comps, opt, step, g_dev, time.time() - t0, curve, ema)
+        print(f"stopped at step {step} (--max-minutes/--stop-at); continue with --resume", flush=True)
     tr.eval().requires_grad_(False)
     te.model.eval().requires_grad_(False)
     log["transformer"] = {"steps": step, "planned_steps": total, "warmup": warmup, "compile": args.compile,
+                          "ema": args.ema,
                           "batch": args.batch, "lr": args.lr, "bsc": args.bsc, "text_dropout": args.text_dropout, "curve": curve,
                           "seconds": round(time.time() - t0, 1)}
-    return finished
+    return finished, ema
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--bsc", type=float, default=0.2, help="bitwise self-correction flip-rate bound")
     ap.add_argument("--text-dropout", type=float, default=0.1)
+    ap.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                    help="ship an exponential average of the weights with this decay (e.g. 0.9995; 0: the last weights)")
     ap.add_argument("--class-weight", action="append", default=None, metavar="CLASS=N",
                     help="draw CLASS N times as often as the others in training images (repeatable; "
                          "default: all classes alike)")
@@ -482,12 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="stop the transformer stage after this long in this call, saving a checkpoint (0: never)")
+    ap.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                    help="save a checkpoint at this transformer step and stop (continue with --resume)")
     ap.add_argument("--eval-only", type=Path, default=None, metavar="BUNDLE",
                     help="only stage 4, on this bundle (e.g. the shipped arbooth_cli/weights/toy.safetensors)")
     ap.add_argument("--smoke", action="store_true", help="tiny counts on the CPU: checks every stage runs")
     args = ap.parse_args(argv)
-    if args.minutes and (args.resume or args.max_minutes):
-        ap.error("--minutes fixes the step count in one uninterrupted call: use --steps with --resume/--max-minutes")
+    if args.minutes and (args.resume or args.max_minutes or args.stop_at is not None):
+        ap.error("--minutes fixes the step count in one uninterrupted call: use --steps with --resume/--max-minutes/"
+                 "--stop-at")
     if args.smoke:
         args.images, args.vae_steps, args.steps, args.batch, args.vae_batch = 64, 3, 3, 4, 4
         args.eval_prompts, args.eval_cfg, args.eval_tau, args.workers, args.log_every = 4, [3.0], [1.0], 1, 1
@@ -544,19 +571,30 @@ def main(argv: list[str] | None = None) -> int:
         imgs_t = imgs_t.pin_memory()
     raw = encode_all(comps.vae, imgs_t, device)
     del imgs_t
-    finished = train_transformer(comps, raw, torch.from_numpy(ids), torch.from_numpy(lens), scales, args, log, device)
+    finished, ema = train_transformer(comps, raw, torch.from_numpy(ids), torch.from_numpy(lens), scales, args,
+                                      log, device)
     del raw
     save_log(args.out, log)
     if not finished:
         return 3
 
-    tmp = args.out / ".toy.safetensors.tmp"
     save = torch.float16 if args.save_dtype == "fp16" else torch.float32
-    tensors = {k: v.to(save) if v.is_floating_point() else v for k, v in bundle_tensors(comps).items()}
-    write_safetensors(tmp, tensors, {"model": "toy", "arbooth_version": __version__,
-                                     "trained_by": "tools/train_toy.py", "seed": str(args.seed),
-                                     "bits": str(spec.vae.bits), "vae_channels": str(spec.vae.base_channels)})
-    os.replace(tmp, args.out / "toy.safetensors")
+    meta = {"model": "toy", "arbooth_version": __version__, "trained_by": "tools/train_toy.py", "seed": str(args.seed),
+            "bits": str(spec.vae.bits), "vae_channels": str(spec.vae.base_channels)}
+
+    def save_bundle(name: str, parts) -> None:
+        tmp = args.out / f".{name}.tmp"
+        tensors = {k: v.to(save) if v.is_floating_point() else v for k, v in bundle_tensors(parts).items()}
+        write_safetensors(tmp, tensors, meta)
+        os.replace(tmp, args.out / name)
+
+    if ema is not None:  # the last weights beside, for comparison; the average ships
+        save_bundle("toy-last.safetensors", comps)
+        with torch.no_grad():
+            for p, e in zip([*comps.transformer.parameters(), *comps.text_encoder.model.parameters()], ema):
+                p.copy_(e)
+        meta["ema"] = str(args.ema)
+    save_bundle("toy.safetensors", comps)
     del comps
     evaluate_bundle(spec, args.out / "toy.safetensors", scales, args, log, device)  # what ships
     log["seconds_total"] = round(time.time() - t_all, 1)

@@ -111,3 +111,26 @@ def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path
     with pytest.raises(SystemExit) as e:
         main(["--out", str(tr), "--smoke", "--minutes", "1", "--resume"])
     assert e.value.code == 2
+
+
+def test_training_script_resumes_the_transformer_stage_exactly(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    main = runpy.run_path(str(ROOT / "tools" / "train_toy.py"), run_name="train_toy")["main"]
+    tok, whole, split = tmp_path / "tok", tmp_path / "whole", tmp_path / "split"
+    assert main(["--out", str(tok), "--smoke", "--tokenizer-only"]) == 0
+    common = ["--smoke", "--vae", str(tok / "vae.safetensors"), "--ema", "0.5", "--save-dtype", "fp32"]
+    assert main(["--out", str(whole), *common]) == 0
+    assert main(["--out", str(split), *common, "--stop-at", "2"]) == 3  # stopped: a checkpoint, no bundle
+    assert not (split / "toy.safetensors").exists()
+    assert json.loads((split / "checkpoint" / "state.json").read_text())["step"] == 2
+    assert main(["--out", str(split), *common, "--resume"]) == 0
+
+    for name in ("toy.safetensors", "toy-last.safetensors"):  # the average ships; the last weights beside
+        a, b = load_file(str(whole / name)), load_file(str(split / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    shipped, last = load_file(str(whole / "toy.safetensors")), load_file(str(whole / "toy-last.safetensors"))
+    assert any(not torch.equal(shipped[k], last[k]) for k in shipped if k.startswith("transformer."))
+    assert all(torch.equal(shipped[k], last[k]) for k in shipped if k.startswith("vae."))
+
