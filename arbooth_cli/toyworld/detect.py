@@ -3,8 +3,9 @@ background it shows, and check them against what a caption asked for.
 
 They work on generated images too: pixels are matched to the nearest palette colour within a
 tolerance (blends to the nearest colour the image shows), the background is what covers the
-image border, shapes are the connected regions of the other colours, and a shape's class is the template (same mask definitions as the renderer)
-with the highest overlap after both are scaled to their bounding boxes.
+image border, shapes are the connected regions of the other colours, and a shape's class is the
+template (the renderer's own mask definitions) with the highest overlap once it is drawn over the
+region with the same area and centroid.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ COLOUR_TOLERANCE = 60.0
 BORDER_SHARE = 0.2
 #: regions smaller than this share of the image are noise
 MIN_AREA = 0.008
-#: template overlap (IoU) a region needs to count as a class
-MIN_SCORE = 0.55
-TEMPLATE = 24
+#: template overlap (IoU, at the image's own resolution) a region needs to count as a class
+MIN_SCORE = 0.7
+#: sub-pixel samples per side when a template is drawn over a region
+TEMPLATE_SUPERSAMPLE = 4
 
 _NAMES = list(COLOURS)
 _RGB = np.array([COLOURS[n] for n in _NAMES], dtype=np.float64)
@@ -83,26 +85,16 @@ def snap_to_shown(img_HW3: np.ndarray, lab: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _templates() -> dict[str, tuple[np.ndarray, float]]:
-    """Each class's mask cropped to its box at TEMPLATE px, and its box's larger side in radii."""
-    n = 256
+def _template_moments() -> dict[str, tuple[float, float, float]]:
+    """Each class's mask area and centroid (x, y) in normalised box coordinates (half-width 1)."""
+    n = 1200
     g = (np.arange(n) + 0.5) / n * 2.4 - 1.2
     X, Y = np.meshgrid(g, g)
     out = {}
     for cls in CLASSES:
         m = shape_mask(cls, X, Y)
-        rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
-        crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        extent = max(crop.shape) / n * 2.4
-        out[cls] = (_resize(crop), extent)
+        out[cls] = (float(m.mean() * 2.4 * 2.4), float(X[m].mean()), float(Y[m].mean()))
     return out
-
-
-def _resize(mask: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    ri = (np.arange(TEMPLATE) + 0.5) * h / TEMPLATE
-    ci = (np.arange(TEMPLATE) + 0.5) * w / TEMPLATE
-    return mask[ri.astype(int).clip(0, h - 1)][:, ci.astype(int).clip(0, w - 1)]
 
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:
@@ -138,18 +130,36 @@ def position_of(cx: float, cy: float) -> str:
 
 
 def classify(region: np.ndarray) -> tuple[str | None, float, float]:
-    """(class, IoU with its template, the region's radius as a share of the side)."""
-    rows, cols = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
-    crop = _resize(region[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
-    best, score = None, 0.0
-    for cls, (tpl, _) in _templates().items():
-        iou = float((crop & tpl).sum() / max((crop | tpl).sum(), 1))
+    """(class, IoU with its template, the region's radius as a share of the side).
+
+    Each class's template is drawn over the region at the image's resolution (supersampled, half
+    covered counts) with the region's area and centroid, and compared pixel for pixel. Area and
+    centroid barely move when a soft image thins a shape's tips, where a bounding box shrinks and
+    turns a small star into a pentagon; at the image's own pixels a template also keeps the
+    aspect a bounding-box fit would stretch away (a bar is no square). The radius is the best
+    template's box half-width, from the area."""
+    rows, cols = np.nonzero(region)
+    H, W = region.shape
+    area = rows.size
+    cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
+    pad = 3
+    top, left = max(int(rows.min()) - pad, 0), max(int(cols.min()) - pad, 0)
+    bottom, right = min(int(rows.max()) + 1 + pad, H), min(int(cols.max()) + 1 + pad, W)
+    window = region[top:bottom, left:right]
+    h, w = window.shape
+    ss = TEMPLATE_SUPERSAMPLE
+    sub = (np.arange(ss) + 0.5) / ss
+    ys = (top + np.arange(h)[:, None] + sub).ravel()
+    xs = (left + np.arange(w)[:, None] + sub).ravel()
+    best, score, radius_px = None, 0.0, 0.0
+    for cls, (tpl_area, mx, my) in _template_moments().items():
+        r = float(np.sqrt(area / tpl_area))  # box half-width in pixels
+        X, Y = np.meshgrid((xs - cx) / r + mx, (ys - cy) / r + my)
+        drawn = shape_mask(cls, X, Y).reshape(h, ss, w, ss).mean((1, 3)) >= 0.5
+        iou = float((drawn & window).sum() / max((drawn | window).sum(), 1))
         if iou > score:
-            best, score = cls, iou
-    side = max(region.shape)
-    extent = _templates()[best][1] if best else 2.0
-    radius = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1) / side / extent
-    return (best if score >= MIN_SCORE else None), score, radius
+            best, score, radius_px = cls, iou, r
+    return (best if score >= MIN_SCORE else None), score, radius_px / max(H, W)
 
 
 def border_background(lab: np.ndarray) -> list[int]:
