@@ -69,7 +69,7 @@ def run_one(subject: str, variant: str, fields: dict, seed: int, eval_seeds: int
     tune_s = time.perf_counter() - t0
     rep = evaluate(EvalConfig(subject=name, seeds=eval_seeds, device=device, dtype=dtype))
     return {"subject": subject, "variant": variant, "seed": seed, "tune_seconds": round(tune_s, 1),
-            "trainable_params": res.trainable_params, "device": rep.device,
+            "trainable_params": res.trainable_params, "device": rep.device, "dtype": dtype,
             **{m: rep.metrics[m].value for m in METRICS if m in rep.metrics}}
 
 
