@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -20,6 +23,8 @@ from arbooth_cli.toyworld.scene import (
     scene_of,
     with_shape,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_items_are_seeded_and_independent_of_how_many_are_drawn():
@@ -100,19 +105,12 @@ def test_detectors_tolerate_mild_noise():
 def test_every_class_survives_the_softness_of_generated_images(cls, blur):
     """A Gaussian blur like a tokenizer's reconstruction: thin parts (a small star's points) must
     not be eaten by the blended rim around them, nor a shape with thinned tips lose its class (at
-    1.2 px a bounding-box template fit read 16 of 20 small stars as circles or diamonds)."""
-    from PIL import Image, ImageFilter
-
-    rng = np.random.default_rng(14)
-    for size in ("small", "large"):
-        hits = 0
-        for _ in range(10):
-            col, bg = rng.choice(list(COLOURS), 2, replace=False)
-            sc = Scene((Shape(cls, str(col), str(rng.choice(POSITIONS)), size),), Background((str(bg),)))
-            img = np.asarray(Image.fromarray(render(sc, 64, rng=rng)).filter(ImageFilter.GaussianBlur(blur)))
-            found = [f for f in detect(img).shapes if f.colour == col]
-            hits += bool(found) and (found[0].cls, found[0].size) == (cls, size)
-        assert hits >= 9, (cls, size, hits)
+    1.2 px a bounding-box template fit kept 3 of 20 small stars in tools/detector_rates.py)."""
+    spec = importlib.util.spec_from_file_location("detector_rates", ROOT / "tools" / "detector_rates.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    hits = tool.blur_rates(10, blur, seed=14, classes=(cls,))
+    assert all(n >= 9 for n in hits.values()), hits
 
 
 def test_templates_keep_their_aspect():
