@@ -136,6 +136,8 @@ def main() -> None:
             marks["loop_start"] = now
         if kind == "step":
             steps.append((data["step"], now))
+            if data["step"] % 50 == 0:  # a sign of life on stderr for long runs (stdout is the JSON)
+                print(f"step {data['step']} at {now - t1:.1f} s", file=sys.stderr, flush=True)
         if kind == "checkpoint":
             ckpt_s.append(now)
         if kind == "validation":
