@@ -5,7 +5,7 @@ a small prior pool, then times, after warm-up:
   step        a whole training step (forward, backward with the optimizer inside)
   fwd         the teacher-forced forward alone (no grad)
   fwd+bwd     forward and backward without the optimizer
-  opt         the optimizer on random gradients, per state kind
+  opt         the optimizer on random gradients, per state kind, eager and fused (compiled)
   pool        prior-pool sampling per sample, plain graphs and graphs + compiled stages
 and prints a profiler table of one step's CUDA kernels.
 
@@ -127,12 +127,24 @@ def main() -> None:
     if "opt" not in skip:
         params = list(run.tuned.values())
         for kind in ("fp32", "bf16", "fp8"):
-            opt = TuningAdamW(params, lr=1e-5, state=kind, generator=torch.Generator(device=dev).manual_seed(0))
-            for p in params:
-                p.grad = torch.randn_like(p) * 1e-3
-
-            out[f"opt_s[{kind}]"] = round(timed(opt.step, 2), 3)
-            del opt
+            for fused in (False, True):
+                opt = TuningAdamW(params, lr=1e-5, state=kind, seed=0, compile=fused)
+                for p in params:
+                    p.grad = torch.randn_like(p) * 1e-3
+                opt.step()  # compiles the fused update
+                out[f"opt_s[{kind}{', fused' if fused else ''}]"] = round(timed(opt.step, 3), 4)
+                del opt
+                torch.cuda.empty_cache()
+        # the fused update against the eager one: one step from the same state, bits that differ
+        some = params[:8]
+        copies = [[p.detach().clone() for p in some] for _ in range(2)]
+        for fused, ws in zip((False, True), copies):
+            opt = TuningAdamW(ws, lr=1e-5, state="fp8", seed=0, compile=fused)
+            for w, p in zip(ws, some):
+                w.grad = p.grad
+            opt.step()
+        differ = sum(int((a != b).sum()) for a, b in zip(*copies)) / sum(p.numel() for p in some)
+        out["opt_fused_vs_eager_fraction_of_weights_differing"] = differ
         for p in params:
             p.grad = None
         torch.cuda.empty_cache()

@@ -517,7 +517,8 @@ class _Run:
         self.noise_gen = torch.Generator(device=self.device).manual_seed(c.seed + 1)
         self.data_gen = torch.Generator().manual_seed(c.seed)
         self.opt = TuningAdamW(trainable, lr=c.lr, betas=tuple(c.betas), eps=c.eps,  # type: ignore[arg-type]
-                               weight_decay=c.weight_decay, state=kind, generator=self.noise_gen)
+                               weight_decay=c.weight_decay, state=kind, seed=c.seed,
+                               compile=self.compiled)
         self.opt_kind = kind
         self.remove_hooks = self.opt.step_in_backward()
         self.ckpt_blocks = c.grad_checkpointing == "on" or (c.grad_checkpointing == "auto" and self.device.type == "cuda")

@@ -127,10 +127,12 @@ def test_layers_and_blocks_choose_the_saved_tensors(photos, tiny_model):
     assert all(in_block0.get(n, "").startswith("ca.") for n in names)
 
 
-def test_resume_after_ctrl_c_is_exact(photos):
-    """6 steps in one go equal 3 steps, Ctrl-C, and --resume, bit for bit."""
-    cfg_a = config(photos, name="a", steps=6)
-    cfg_b = config(photos, name="b", steps=6)
+@pytest.mark.parametrize("precision", [{}, {"dtype": "bf16", "optimizer_state": "fp8"}], ids=["fp32", "bf16-fp8"])
+def test_resume_after_ctrl_c_is_exact(photos, precision):
+    """6 steps in one go equal 3 steps, Ctrl-C, and --resume, bit for bit; also with bf16 weights
+    and fp8 moments, whose stochastic rounding must draw the same numbers after the resume."""
+    cfg_a = config(photos, name="a", steps=6, **precision)
+    cfg_b = config(photos, name="b", steps=6, **precision)
     a = tune(cfg_a)
 
     def interrupt(kind, data):
@@ -156,6 +158,8 @@ def test_resume_after_ctrl_c_is_exact(photos):
     assert set(ta) == set(tb)
     for n in ta:
         assert torch.equal(ta[n], tb[n]), n
+    if precision:
+        assert {t.dtype for n, t in ta.items() if n != "subject_embedding"} == {torch.bfloat16}
 
 
 def _checkpoint_file(path: Path) -> bool:
