@@ -47,11 +47,41 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
+def forward_parts(run, tr, args, out: dict) -> None:
+    """The teacher-forced forward alone and forward + backward without the optimizer (eager stages)."""
+    idx = [0, 1]
+    raw = torch.cat([run.raw[i] for i in idx])
+    tf = L.teacher_forcing(raw, run.vae.vae_scales(run.scales), patchify=run.vae.cfg.spatial_patchify)
+    text = L.TextCond.cat([run.subject_text([run.caption_text[i] for i in idx], [run.caption_span[i] for i in idx]),
+                           run.class_texts[0].repeat(2)])
+    inputs = torch.cat([tf.inputs_BLd, tf.inputs_BLd])
+
+    def fwd():
+        with torch.no_grad():
+            tr(text, inputs, run.scales, prefix_attention=True)
+
+    out["fwd_s"] = round(timed(fwd, args.reps), 3)
+
+    def fwd_mask():
+        with torch.no_grad():
+            tr(text, inputs, run.scales, prefix_attention=False)
+
+    out["fwd_masked_attention_s"] = round(timed(fwd_mask, args.reps), 3)
+
+    def fwd_bwd(ckpt=True):
+        logits = tr(text, inputs, run.scales, checkpoint_blocks=ckpt, prefix_attention=True)
+        logits.float().square().mean().backward()
+        run.opt.zero_grad()
+
+    out["fwd_bwd_ckpt_s"] = round(timed(fwd_bwd, args.reps), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="infinity-2b")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: pool,opt,profile")
+    ap.add_argument("--opt-states", default="fp32,bf16,fp8", help="optimizer state kinds to time")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: pool,fwd,opt,profile")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     spec = get_spec(args.model)
@@ -96,37 +126,13 @@ def main() -> None:
         run.train_step(pool)
     out["step_s"] = round(timed(lambda: run.train_step(pool), args.reps), 3)
 
-    # forward alone, and forward + backward without the optimizer
-    idx = [0, 1]
-    raw = torch.cat([run.raw[i] for i in idx])
-    tf = L.teacher_forcing(raw, run.vae.vae_scales(run.scales), patchify=run.vae.cfg.spatial_patchify)
-    text = L.TextCond.cat([run.subject_text([run.caption_text[i] for i in idx], [run.caption_span[i] for i in idx]),
-                           run.class_texts[0].repeat(2)])
-    inputs = torch.cat([tf.inputs_BLd, tf.inputs_BLd])
-
-    def fwd():
-        with torch.no_grad():
-            tr(text, inputs, run.scales, prefix_attention=True)
-
-    out["fwd_s"] = round(timed(fwd, args.reps), 3)
-
-    def fwd_mask():
-        with torch.no_grad():
-            tr(text, inputs, run.scales, prefix_attention=False)
-
-    out["fwd_masked_attention_s"] = round(timed(fwd_mask, args.reps), 3)
-    run.remove_hooks()
-
-    def fwd_bwd(ckpt=True):
-        logits = tr(text, inputs, run.scales, checkpoint_blocks=ckpt, prefix_attention=True)
-        logits.float().square().mean().backward()
-        run.opt.zero_grad()
-
-    out["fwd_bwd_ckpt_s"] = round(timed(fwd_bwd, args.reps), 3)
+    run.remove_hooks()  # forward + backward below without the optimizer inside
+    if "fwd" not in skip:
+        forward_parts(run, tr, args, out)
     torch.cuda.reset_peak_memory_stats()
     if "opt" not in skip:
         params = list(run.tuned.values())
-        for kind in ("fp32", "bf16", "fp8"):
+        for kind in args.opt_states.split(","):
             for fused in (False, True):
                 opt = TuningAdamW(params, lr=1e-5, state=kind, seed=0, compile=fused)
                 for p in params:
