@@ -126,9 +126,15 @@ def _write_weight(p: Tensor, w: Tensor, key: Tensor | None) -> None:
     p.copy_(w if p.dtype == torch.float32 else stochastic_round(w, p.dtype, key))
 
 
-def _update_plain(p: Tensor, g: Tensor, m_s: Tensor, v_s: Tensor, step: Tensor, key: Tensor | None,
+def _step_key(key_base: Tensor | None, step: Tensor) -> Tensor | None:
+    # the step in the high half, the tensor (and seed) in the low one: no two draws share a key
+    return None if key_base is None else key_base + step * (1 << 32)
+
+
+def _update_plain(p: Tensor, g: Tensor, m_s: Tensor, v_s: Tensor, step: Tensor, key_base: Tensor | None,
                   h: _Hyper) -> None:
     """One AdamW step of ``p`` with moments stored as fp32 or bf16 tensors of its shape."""
+    key = _step_key(key_base, step)
     m, v, update = _adam_direction(g.float(), m_s.float(), v_s.float(), step, h)
     w = p.float() * (1 - h.lr * h.weight_decay) - h.lr * update
     _write_weight(p, w, None if key is None else key * _ROLES)
@@ -137,8 +143,9 @@ def _update_plain(p: Tensor, g: Tensor, m_s: Tensor, v_s: Tensor, step: Tensor, 
 
 
 def _update_fp8(p: Tensor, g: Tensor, mq: Tensor, ms: Tensor, vq: Tensor, vs: Tensor, step: Tensor,
-                key: Tensor | None, h: _Hyper) -> None:
+                key_base: Tensor | None, h: _Hyper) -> None:
     """One AdamW step of ``p`` with fp8 block moments (the second stored as its square root)."""
+    key = _step_key(key_base, step)
     m_old = mq.float() * ms
     v_old = (vq.float() * vs).square()
     m, v, update = _adam_direction(_to_blocks(g), m_old, v_old, step, h)
@@ -255,8 +262,7 @@ class TuningAdamW:
         p, ms, vs = self.params[i], self._m[i], self._v[i]
         assert p.grad is not None
         step = self._step_t[p.device]
-        # the step in the high half, the tensor (and seed) in the low one: no two draws share a key
-        key = None if self._keys is None else self._keys[i] + step * (1 << 32)
+        key = None if self._keys is None else self._keys[i]
         h = _Hyper(self.lr, *self.betas, self.eps, self.weight_decay)
         if isinstance(ms, _Fp8Blocks):
             assert isinstance(vs, _Fp8Blocks)
