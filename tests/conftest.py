@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pytest
 
 from arbooth_cli.registry import FileSpec, ModelRegistry
 from arbooth_cli.models.specs.tiny import TINY_INFINITY
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run only with ARBOOTH_RUN_SLOW=1 (the default run stays a few minutes)."""
+    if os.environ.get("ARBOOTH_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set ARBOOTH_RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
