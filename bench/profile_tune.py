@@ -47,8 +47,10 @@ def timed(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def forward_parts(run, tr, args, out: dict) -> None:
+def forward_parts(run, reps: int) -> dict[str, float]:
     """The teacher-forced forward alone and forward + backward without the optimizer (eager stages)."""
+    tr = run.transformer
+    out = {}
     idx = [0, 1]
     raw = torch.cat([run.raw[i] for i in idx])
     tf = L.teacher_forcing(raw, run.vae.vae_scales(run.scales), patchify=run.vae.cfg.spatial_patchify)
@@ -60,20 +62,21 @@ def forward_parts(run, tr, args, out: dict) -> None:
         with torch.no_grad():
             tr(text, inputs, run.scales, prefix_attention=True)
 
-    out["fwd_s"] = round(timed(fwd, args.reps), 3)
+    out["fwd_s"] = round(timed(fwd, reps), 3)
 
     def fwd_mask():
         with torch.no_grad():
             tr(text, inputs, run.scales, prefix_attention=False)
 
-    out["fwd_masked_attention_s"] = round(timed(fwd_mask, args.reps), 3)
+    out["fwd_masked_attention_s"] = round(timed(fwd_mask, reps), 3)
 
     def fwd_bwd(ckpt=True):
         logits = tr(text, inputs, run.scales, checkpoint_blocks=ckpt, prefix_attention=True)
         logits.float().square().mean().backward()
         run.opt.zero_grad()
 
-    out["fwd_bwd_ckpt_s"] = round(timed(fwd_bwd, args.reps), 3)
+    out["fwd_bwd_ckpt_s"] = round(timed(fwd_bwd, reps), 3)
+    return out
 
 
 def main() -> None:
@@ -121,14 +124,13 @@ def main() -> None:
         torch.cuda.empty_cache()
     pool = run.build_pool()
     run.setup_training()
-    tr = run.transformer
     for _ in range(2):
         run.train_step(pool)
     out["step_s"] = round(timed(lambda: run.train_step(pool), args.reps), 3)
 
     run.remove_hooks()  # forward + backward below without the optimizer inside
     if "fwd" not in skip:
-        forward_parts(run, tr, args, out)
+        out.update(forward_parts(run, args.reps))
     torch.cuda.reset_peak_memory_stats()
     if "opt" not in skip:
         params = list(run.tuned.values())

@@ -98,8 +98,9 @@ def _to_blocks(x: Tensor) -> Tensor:
 def _fp8_write(x_NB: Tensor, q_NB: Tensor, scale_N1: Tensor, key: Tensor | None) -> None:
     """Store float32 blocks ``x_NB`` as e4m3 values with one float32 scale per block."""
     amax = x_NB.abs().amax(dim=1, keepdim=True)
-    scale_N1.copy_(amax / FP8_MAX)
-    safe = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = amax / FP8_MAX
+    scale_N1.copy_(scale)
+    safe = torch.where(amax > 0, scale, torch.ones_like(scale))
     q_NB.copy_(stochastic_round(x_NB / safe, FP8, key))
 
 
@@ -126,40 +127,38 @@ def _write_weight(p: Tensor, w: Tensor, key: Tensor | None) -> None:
     p.copy_(w if p.dtype == torch.float32 else stochastic_round(w, p.dtype, key))
 
 
-def _step_key(key_base: Tensor | None, step: Tensor) -> Tensor | None:
-    # the step in the high half, the tensor (and seed) in the low one: no two draws share a key
-    return None if key_base is None else key_base + step * (1 << 32)
+def _draw_key(key_base: Tensor | None, step: Tensor, role: int) -> Tensor | None:
+    """The key of one draw: the step in the high half, tensor (and seed) and role (0 weights,
+    1 and 2 the moments) in the low one, so no two draws share a key; None rounds to nearest."""
+    return None if key_base is None else (key_base + step * (1 << 32)) * _ROLES + role
 
 
 def _update_plain(p: Tensor, g: Tensor, m_s: Tensor, v_s: Tensor, step: Tensor, key_base: Tensor | None,
                   h: _Hyper) -> None:
     """One AdamW step of ``p`` with moments stored as fp32 or bf16 tensors of its shape."""
-    key = _step_key(key_base, step)
     m, v, update = _adam_direction(g.float(), m_s.float(), v_s.float(), step, h)
     w = p.float() * (1 - h.lr * h.weight_decay) - h.lr * update
-    _write_weight(p, w, None if key is None else key * _ROLES)
-    for i, (s, x) in enumerate(((m_s, m), (v_s, v)), start=1):
-        s.copy_(x if s.dtype == torch.float32 else stochastic_round(x, s.dtype, None if key is None else key * _ROLES + i))
+    _write_weight(p, w, _draw_key(key_base, step, 0))
+    for role, (s, x) in enumerate(((m_s, m), (v_s, v)), start=1):
+        s.copy_(x if s.dtype == torch.float32 else stochastic_round(x, s.dtype, _draw_key(key_base, step, role)))
 
 
 def _update_fp8(p: Tensor, g: Tensor, mq: Tensor, ms: Tensor, vq: Tensor, vs: Tensor, step: Tensor,
                 key_base: Tensor | None, h: _Hyper) -> None:
     """One AdamW step of ``p`` with fp8 block moments (the second stored as its square root)."""
-    key = _step_key(key_base, step)
     m_old = mq.float() * ms
     v_old = (vq.float() * vs).square()
     m, v, update = _adam_direction(_to_blocks(g), m_old, v_old, step, h)
     w = _to_blocks(p) * (1 - h.lr * h.weight_decay) - h.lr * update.clamp(-FP8_UPDATE_CLIP, FP8_UPDATE_CLIP)
-    _write_weight(p, w, None if key is None else key * _ROLES)
-    _fp8_write(m, mq, ms, None if key is None else key * _ROLES + 1)
-    _fp8_write(v.sqrt(), vq, vs, None if key is None else key * _ROLES + 2)
+    _write_weight(p, w, _draw_key(key_base, step, 0))
+    _fp8_write(m, mq, ms, _draw_key(key_base, step, 1))
+    _fp8_write(v.sqrt(), vq, vs, _draw_key(key_base, step, 2))
 
 
 class _Fp8Blocks:
     """A float32 tensor stored as float8 values with one float32 scale per block."""
 
     def __init__(self, numel: int, device: torch.device) -> None:
-        self.numel = numel
         self.q = torch.zeros(_fp8_blocks(numel), FP8_BLOCK, dtype=FP8, device=device)
         self.scale = torch.zeros(_fp8_blocks(numel), 1, dtype=torch.float32, device=device)
 
@@ -266,11 +265,12 @@ class TuningAdamW:
         h = _Hyper(self.lr, *self.betas, self.eps, self.weight_decay)
         if isinstance(ms, _Fp8Blocks):
             assert isinstance(vs, _Fp8Blocks)
+            fn, eager = self._fp8, _update_fp8
             args: tuple = (p.detach(), p.grad, ms.q, ms.scale, vs.q, vs.scale, step, key, h)
         else:
             assert isinstance(vs, Tensor)
+            fn, eager = self._plain, _update_plain
             args = (p.detach(), p.grad, ms, vs, step, key, h)
-        fn = self._fp8 if isinstance(ms, _Fp8Blocks) else self._plain
         try:
             fn(*args)
         except torch._dynamo.exc.TorchDynamoException as e:
@@ -278,7 +278,7 @@ class TuningAdamW:
             warnings.warn(f"the fused optimizer update did not compile ({type(e).__name__}); "
                           "updating without it", RuntimeWarning, stacklevel=2)
             self._plain, self._fp8 = _update_plain, _update_fp8
-            (_update_fp8 if isinstance(ms, _Fp8Blocks) else _update_plain)(*args)
+            eager(*args)
 
     # ---- checkpoints ---------------------------------------------------------------------
 
