@@ -6,12 +6,24 @@ does not import torch; the heavy parts load on first use.
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
+from ._version import __version__
 
-__all__ = ["__version__", "build_components", "get_spec", "list_specs", "ModelCache", "ModelSpec"]
+#: the jobs, one per command (``arbooth_cli.jobs``), and their configs
+JOBS = ("generate", "tune", "inspect_noise", "inspect_weights", "evaluate")
+CONFIGS = ("GenConfig", "TuneConfig", "InspectNoiseConfig", "InspectWeightsConfig", "EvalConfig")
+
+__all__ = ["__version__", "build_components", "get_spec", "list_specs", "ModelCache", "ModelSpec", *JOBS, *CONFIGS]
 
 
 def __getattr__(name: str):  # lazy public API keeps `import arbooth_cli` light
+    if name in JOBS:
+        from . import jobs
+
+        return getattr(jobs, name)
+    if name in CONFIGS:
+        from . import config
+
+        return getattr(config, name)
     if name in ("get_spec", "list_specs", "ModelSpec"):
         from . import registry
 

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, paths
+from . import paths
+from ._version import __version__
+from .atomic import raise_if_disk_full
 from .checkpoint_io import (
     CHUNK,
     HashingWriter,
     find_state_dict,
     load_pth_weights_only,
-    raise_if_disk_full,
     read_safetensors_header,
     sha256_file,
     tensor_shapes,

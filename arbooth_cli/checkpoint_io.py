@@ -13,7 +13,6 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -23,7 +22,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import CheckpointError, DiskFullError, UnsafeCheckpointError
+from .atomic import raise_if_disk_full
+from .errors import CheckpointError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
     import torch
@@ -61,14 +61,6 @@ class HashingWriter:
             raise
         self.sha.update(data)
         self.size += len(data)
-
-
-def raise_if_disk_full(exc: OSError) -> None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DiskFullError(
-            f"no space left on the device while writing: {exc}",
-            hint="free some disk space, or point ARBOOTH_HOME at a larger disk",
-        ) from exc
 
 
 # ---- safetensors ----------------------------------------------------------------------------

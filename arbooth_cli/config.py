@@ -14,6 +14,18 @@ from .errors import ConfigError, InvalidInputError
 
 Number = float | tuple[float, ...]
 
+#: module types `arbooth tune --layers` can select, and the parameter-name parts inside a block
+#: that belong to each (tuning.selection picks the tensors)
+MODULE_TYPES: dict[str, tuple[str, ...]] = {
+    "sa": ("sa.",),  # self-attention (qkv, biases, QK-norm temperature, proj)
+    "ca": ("ca.",),  # cross-attention to the text (q, kv, v bias, proj)
+    "ca_norm": ("ca_norm.",),  # the LayerNorm before cross-attention
+    "ffn": ("ffn.",),  # fc1, fc2
+    "ada": ("ada_gss",),  # the per-block AdaLN offsets
+}
+#: perturbations of `arbooth inspect noise --mode` (analysis.perturb implements them)
+NOISE_MODES: tuple[str, ...] = ("random", "flip", "swap")
+
 
 @dataclass(frozen=True)
 class PromptJob:
@@ -203,6 +215,7 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
 
 #: names of subjects and runs: a file-system- and shell-friendly word
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+#: named per-scale CE weight schedules (tuning.losses.scale_weights); the first is the default
 SCALE_SCHEDULES = ("official-step", "uniform", "linear", "exp", "infinity")
 
 
@@ -227,7 +240,7 @@ class TuneConfig(_Checked):
     layers: tuple[str, ...] = ("ca", "ffn")  #: --layers: module types to tune
     blocks: str = "all"  #: --blocks: block range, e.g. 0-15,20
     subject_vectors: int = 4  #: --subject-vectors: learned vectors for the token (0: off)
-    scale_weights: str = "official-step"  #: --scale-weights: a schedule name or w1,w2,...
+    scale_weights: str = SCALE_SCHEDULES[0]  #: --scale-weights: a schedule name or w1,w2,...
     prior: bool = True  #: --prior/--no-prior: prior distillation on class-prompt token maps
     prior_weight: float = 0.5  #: --prior-weight (lambda)
     prior_mode: Literal["soft", "hard"] = "soft"  #: --prior-mode
@@ -286,8 +299,6 @@ class TuneConfig(_Checked):
             out.append("--weight-decay must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             out.append("--betas must be two numbers in [0, 1)")
-        from .tuning.selection import MODULE_TYPES
-
         bad = [layer for layer in self.layers if layer not in MODULE_TYPES]
         if bad or not self.layers:
             out.append(f"--layers: unknown {bad or 'empty'}; choose from {', '.join(MODULE_TYPES)} or all")
@@ -409,13 +420,11 @@ class InspectNoiseConfig(_Checked):
     compile: Literal["auto", "on", "off"] = "auto"  #: --compile (as `arbooth gen`)
 
     def problems(self) -> list[str]:
-        from .analysis.perturb import MODES
-
         out = []
         if not self.prompt.strip():
             out.append("empty prompt")
-        if self.mode not in MODES:
-            out.append(f"--mode must be one of {', '.join(MODES)}")
+        if self.mode not in NOISE_MODES:
+            out.append(f"--mode must be one of {', '.join(NOISE_MODES)}")
         if not 0.0 <= self.strength <= 1.0:
             out.append(f"--strength must be in [0, 1], got {self.strength:g}")
         if self.seeds < 1:

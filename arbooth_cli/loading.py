@@ -106,14 +106,14 @@ def last_model(root: Path) -> str | None:
 def remember_model(name: str, root: Path | None = None) -> None:
     """Record ``name`` as the last used model (best effort: a read-only home only loses this)."""
     from . import paths
+    from .atomic import write_text_atomic
+    from .errors import ResourceError
 
     root = Path(root) if root is not None else paths.home()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{LAST_MODEL_FILE}.{os.getpid()}"
-        tmp.write_text(name + "\n", encoding="utf-8")
-        os.replace(tmp, root / LAST_MODEL_FILE)
-    except OSError:
+        write_text_atomic(root / LAST_MODEL_FILE, name + "\n")
+    except (OSError, ResourceError):
         pass
 
 

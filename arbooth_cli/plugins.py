@@ -7,7 +7,7 @@ Two groups:
 * ``arbooth.models``: a callable ``register_models(register)`` that calls ``register(ModelSpec(...))``.
 
 The built-in commands and specs go through exactly the same hooks (see ``cli/__init__.py`` and
-``models/specs``). A plugin that fails to import or to register is recorded with its error and
+``specs``). A plugin that fails to import or to register is recorded with its error and
 skipped; it never breaks another command.
 
 ``ARBOOTH_LOAD_PLUGINS`` selects what loads: unset loads every installed plugin, an empty value

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from arbooth_cli.analysis.noise import inspect_noise  # noqa: E402
+from arbooth_cli.jobs.inspect_noise import inspect_noise  # noqa: E402
 from arbooth_cli.config import InspectNoiseConfig  # noqa: E402
 from arbooth_cli.loading import ResolvedModel, spec_hash  # noqa: E402
 from arbooth_cli.models.build import Components, build_components  # noqa: E402

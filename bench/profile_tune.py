@@ -34,8 +34,9 @@ from arbooth_cli.loading import ResolvedModel  # noqa: E402
 from arbooth_cli.models.build import Components, build_components  # noqa: E402
 from arbooth_cli.models.schedules import model_scales  # noqa: E402
 from arbooth_cli.registry import get_spec  # noqa: E402
-from arbooth_cli.tuning import loop as L  # noqa: E402
+from arbooth_cli.jobs import tune as L  # noqa: E402
 from arbooth_cli.tuning.optim import TuningAdamW  # noqa: E402
+from arbooth_cli.tuning.prior import pool_batch  # noqa: E402
 
 
 def timed(fn, n: int) -> float:
@@ -107,7 +108,7 @@ def main() -> None:
     if "pool" not in skip:
         from arbooth_cli.sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
-        b = L.pool_batch(run.transformer, run.scales)
+        b = pool_batch(run.transformer, run.scales)
         out["pool_batch"] = b
         params = SamplingParams(cfg=1.0, tau=0.5, top_p=0.97)
         for name, engine in (("graphs", SamplingEngine(compile=False)), ("graphs+compile", SamplingEngine())):

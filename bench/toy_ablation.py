@@ -55,8 +55,8 @@ def run_one(subject: str, variant: str, fields: dict, seed: int, eval_seeds: int
     import torch
 
     from arbooth_cli.config import EvalConfig, TuneConfig
-    from arbooth_cli.evaluation import evaluate
-    from arbooth_cli.tuning.loop import tune
+    from arbooth_cli.jobs.evaluate import evaluate
+    from arbooth_cli.jobs.tune import tune
 
     if threads:
         torch.set_num_threads(threads)

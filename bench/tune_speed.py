@@ -34,7 +34,7 @@ from arbooth_cli.loading import ResolvedModel, spec_hash  # noqa: E402
 from arbooth_cli.models.build import Components, build_components  # noqa: E402
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
 from arbooth_cli.registry import get_spec  # noqa: E402
-from arbooth_cli.tuning.loop import tune  # noqa: E402
+from arbooth_cli.jobs.tune import tune  # noqa: E402
 
 
 class RandomTextEncoder:
@@ -92,7 +92,7 @@ def main() -> None:
 
     os.environ["ARBOOTH_HOME"] = str(work / "home")
     from arbooth_cli.models.schedules import model_scales
-    from arbooth_cli.tuning.loop import resolve_size
+    from arbooth_cli.jobs.tune import resolve_size
 
     size = resolve_size(spec, None)
     from arbooth_cli.models.schedules import get_schedule

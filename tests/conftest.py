@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from arbooth_cli.registry import FileSpec, ModelRegistry
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from arbooth_cli import evaluation
 from arbooth_cli.cli import build_app
 from arbooth_cli.config import EvalConfig, TuneConfig
 from arbooth_cli.errors import NoToySubjectError, NotFoundError
-from arbooth_cli.evaluation import evaluate, identify_toy_subject, pixel_diversity, toy_scores
+from arbooth_cli.analysis.toy_scores import identify_toy_subject, pixel_diversity, toy_scores
+from arbooth_cli.jobs.evaluate import evaluate
 from arbooth_cli.toyworld.render import render
 from arbooth_cli.toyworld.scene import Background, Scene, Shape
 from arbooth_cli.toyworld.subjects import SUBJECTS, class_prompts, detect_subject, render_subject, subject_prompts
@@ -30,7 +30,7 @@ REAL_METRICS = {"dino", "clip_i", "clip_t", "diversity", "drift"}
 
 def _tune(root: Path, **kw) -> Path:
     """A subject tuned in its own home; returns its file (tests pass it as SUBJECT)."""
-    from arbooth_cli.tuning.loop import tune
+    from arbooth_cli.jobs.tune import tune
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ARBOOTH_HOME", str(root / "home"))
@@ -59,13 +59,8 @@ def feature_folders(tmp_path_factory):
     return {"dino": save_dino(root / "dino"), "clip": save_clip(root / "clip")}
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    """Fail the test if a model gets loaded: the error must come before any heavy work."""
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded before the inputs were checked")
-
-    monkeypatch.setattr(evaluation, "load_components", refuse)
+#: what `arbooth eval` notes on stderr once a model is loaded: absent when an input was refused first
+LOADED_NOTE = " on cpu ("
 
 
 def cli(*args: str):
@@ -224,18 +219,21 @@ def test_eval_of_a_toy_subject_is_consistent_and_repeatable(toy_subject, tmp_pat
 # ---- real models -------------------------------------------------------------------------------
 
 
-def test_real_subject_without_weights_fails_before_any_work(tiny_subject, no_loading, tmp_path, monkeypatch):
+def test_real_subject_without_weights_fails_before_any_work(tiny_subject, tmp_path, monkeypatch):
     import huggingface_hub.constants as c
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))  # not this machine's real cache
+    events: list[str] = []
     with pytest.raises(NotFoundError) as e:
-        evaluate(EvalConfig(subject=str(tiny_subject), seeds=2, out_dir=str(tmp_path / "out")))
+        evaluate(EvalConfig(subject=str(tiny_subject), seeds=2, out_dir=str(tmp_path / "out")),
+                 on_event=lambda kind, data: events.append(kind))
+    assert "loaded" not in events
     msg = str(e.value)
     assert "DINO ViT-S/16 weights not found: pass --dino PATH" in msg and "CLIP ViT-B/32 weights not found" in msg
     assert not (tmp_path / "out").exists()
     r = cli("eval", str(tiny_subject), "--dino", str(tmp_path / "nowhere"))
     assert r.exit_code == 3 and f"no DINO ViT-S/16 weights at {tmp_path / 'nowhere'}" in r.stderr
-    assert "--clip" in r.stderr and "Traceback" not in r.output
+    assert "--clip" in r.stderr and "Traceback" not in r.output and LOADED_NOTE not in r.stderr
 
 
 def test_real_subject_with_local_weights(tiny_subject, feature_folders, tmp_path):
@@ -301,7 +299,7 @@ def test_eval_table_and_out(toy_subject, tmp_path):
     ("unknown", 3, "no subject named 'nobody'"),
     ("seeds", 4, "--seeds must be >= 1"),
 ])
-def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, no_loading, case, code, message):
+def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, case, code, message):
     args = {
         "not-toy": [str(toy_subject), "--photos", str(_flat_photos(tmp_path / "flat"))],
         "gone": [str(_with_photos(toy_subject, tmp_path / "s.safetensors", str(tmp_path / "moved")))],
@@ -312,6 +310,6 @@ def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, no_loading,
     }[case]
     r = cli("eval", *args)
     assert r.exit_code == code, r.output
-    assert message in r.stderr and "Traceback" not in r.output
+    assert message in r.stderr and "Traceback" not in r.output and LOADED_NOTE not in r.stderr
     if case == "gone":
         assert str(tmp_path / "moved") in r.stderr and "--photos" in r.stderr

@@ -17,7 +17,7 @@ Stages, each logged to ``<out>/train-log.json`` (the curves and metrics of docs/
 The bundle (``<out>/toy.safetensors``, float32, all three components) is what ships as
 ``arbooth_cli/weights/toy.safetensors``. ``--vae FILE`` reuses a trained tokenizer (skips stage 2).
 ``--bits``/``--vae-channels`` train a variant of the spec (to ship it, set the same numbers in
-``arbooth_cli/models/specs/toy.py``: the package loads the bundle strictly against that spec);
+``arbooth_cli/specs/toy.py``: the package loads the bundle strictly against that spec);
 ``--tokenizer-only`` stops after stage 2.
 """
 
@@ -44,7 +44,7 @@ from arbooth_cli import __version__  # noqa: E402
 from arbooth_cli.checkpoint_io import write_safetensors  # noqa: E402
 from arbooth_cli.models.build import build_components, bundle_tensors, read_bundle  # noqa: E402
 from arbooth_cli.models.schedules import model_scales  # noqa: E402
-from arbooth_cli.models.specs.toy import TOY  # noqa: E402
+from arbooth_cli.specs.toy import TOY  # noqa: E402
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
 from arbooth_cli.sampling.sample import SamplingParams, sample_images  # noqa: E402
 from arbooth_cli.toyworld.dataset import (  # noqa: E402

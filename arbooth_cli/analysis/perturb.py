@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+from ..config import NOISE_MODES, parse_int_ranges
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
 Mode = Literal["random", "flip", "swap"]
-MODES: tuple[str, ...] = ("random", "flip", "swap")
+MODES = NOISE_MODES
 MODE_HELP = {
     "random": "each bit replaced by a fresh random bit with probability P",
     "flip": "each bit flipped with probability P (the tokenizer's bit-flip noise)",
@@ -29,7 +31,6 @@ def parse_scales(text: str, num_scales: int) -> tuple[int, ...]:
     """``'all'`` -> (1, ..., K); ``'1,2,5-8'`` -> (1, 2, 5, 6, 7, 8). Scales count from 1 (the 1x1 map)."""
     if text.strip() == "all":
         return tuple(range(1, num_scales + 1))
-    from ..config import parse_int_ranges
 
     try:
         out = parse_int_ranges(text)

@@ -1,4 +1,4 @@
-"""`arbooth inspect weights`: how far tuning moved each tensor from the base model.
+"""How far tuning moved each tensor from the base model (the measures of `arbooth inspect weights`).
 
 Per tuned tensor the relative change ``||w' - w|| / ||w||`` (Frobenius norms) and the official
 analysis script's element-wise mean ``mean(|w' - w| / (|w| + eps))``, then both aggregated per
@@ -9,23 +9,17 @@ is ``sqrt(sum ||dw||^2) / sqrt(sum ||w||^2)`` over its tensors, so big tensors c
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from .. import __version__
-from ..config import InspectWeightsConfig
+from .._version import __version__
 
 GROUPS = ("self-attention", "cross-attention", "FFN", "other")
-REPORT_FILES = {"json": "weights.json", "chart": "weights-chart.png"}
 #: the official script's guard against division by zero
 ELEMENTWISE_EPS = 1e-8
 
-EventFn = Callable[[str, dict[str, Any]], None]
 
 
 def module_group(local_name: str) -> str:
@@ -125,90 +119,3 @@ def compare(base: Mapping[str, Any], tuned: Mapping[str, Any], block_of: Mapping
         block, local = block_of.get(name, (None, name))
         out.append(tensor_change(name, base[name], tuned[name], block=block, group=module_group(local)))
     return out
-
-
-def _subject(ref: str) -> Any:
-    from ..subjects import SubjectStore, subject_info
-
-    p = Path(ref)
-    if p.suffix == ".safetensors" or p.is_file():
-        if not p.is_file():
-            from ..errors import NotFoundError
-
-            raise NotFoundError(f"subject file {p} does not exist")
-        return subject_info(p)
-    return SubjectStore().get(ref)
-
-
-def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = None,
-                    resolved: Any = None) -> WeightsReport:
-    """Compare a subject's tensors with its base model's; writes the JSON report and the chart."""
-    from ..loading import load_components, pick_device, resolve_model
-    from ..sampling.job import check_subject_base
-
-    emit = on_event or (lambda kind, data: None)
-    config.validate()
-    info = _subject(config.subject)
-    resolved = resolved or resolve_model(config.model or info.base_model)
-    check_subject_base(info, resolved)
-    from ..sampling.writers import prepare_report_dir
-
-    paths = prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
-
-    import torch
-
-    from ..checkpoint_io import sha256_file
-    from ..tuning.subject import read_subject_values
-
-    t0 = time.perf_counter()
-    device = pick_device(config.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tr = load_components(resolved, device=device, dtype=dtype, roles=("transformer",)).transformer
-    emit("loaded", {"model": resolved.spec.name, "device": str(device)})
-    params = {n: p.detach() for n, p in tr.named_parameters()}
-    block_of: dict[str, tuple[int, str]] = {}
-    by_id = {id(p): n for n, p in tr.named_parameters()}
-    for i, block in enumerate(tr.blocks):
-        for local, p in block.named_parameters():
-            block_of[by_id[id(p)]] = (i, local)
-    tuned, emb = read_subject_values(info.path, params)
-    changes = compare(params, tuned, block_of)
-    both: dict[str, dict[str, GroupChange]] = {}
-    for (blk, grp), g in aggregate([c for c in changes if c.block is not None], lambda c: (c.block, c.group)).items():
-        both.setdefault(str(blk), {})[grp] = g
-    report = WeightsReport(
-        subject=info.name, subject_hash=sha256_file(info.path), subject_file=str(info.path),
-        model=resolved.spec.name, model_hash=resolved.model_hash, tensors=changes,
-        by_type={g: v for g, v in sorted(aggregate(changes, lambda c: c.group).items(), key=lambda kv: GROUPS.index(kv[0]))},
-        by_block=dict(sorted(aggregate([c for c in changes if c.block is not None], lambda c: c.block).items())),
-        by_block_and_type=dict(sorted(both.items(), key=lambda kv: int(kv[0]))),
-        embedding=None if emb is None else {"shape": list(emb.shape), "rms": float(emb.float().pow(2).mean().sqrt())},
-        files={k: str(p) for k, p in paths.items()}, seconds=0.0, config=config.to_dict(),
-    )
-    report.seconds = time.perf_counter() - t0
-    _write(report, paths, depth=len(tr.blocks))
-    return report
-
-
-def _write(report: WeightsReport, paths: dict[str, Path], depth: int) -> None:
-    from PIL import Image
-
-    from ..sampling.writers import write_json, write_png
-    from .plots import Series, grouped_bars
-
-    types = [g for g in GROUPS if g in report.by_type]
-    top = grouped_bars(["all blocks"], [Series(g, [report.by_type[g].relative]) for g in types],
-                       title=f"Relative weight change of subject {report.subject!r} ({report.model})",
-                       y_label="||w' - w|| / ||w||", x_label="module type", height=300, min_width=900)
-    blocks = [str(b) for b in range(depth)]
-    series = [Series(g, [report.by_block_and_type.get(b, {}).get(g, GroupChange()).relative for b in blocks])
-              for g in types if g != "other" or any(g in v for v in report.by_block_and_type.values())]
-    bottom = grouped_bars(blocks, series, title="per block", y_label="||w' - w|| / ||w||", x_label="block",
-                          height=360, min_width=900)
-    img = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
-    img.paste(top, (0, 0))
-    img.paste(bottom, (0, top.height))
-    meta = {"model": report.model, "model_hash": report.model_hash, "subject": report.subject,
-            "subject_hash": report.subject_hash, "arbooth_version": __version__, "analysis": "inspect weights"}
-    write_png(paths["chart"], np.asarray(img), meta)
-    write_json(paths["json"], report.to_dict())

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from .. import __version__, plugins
+from .. import plugins
+
+from .._version import __version__
 from ..errors import ArboothError
 from . import _errors
 from ._output import Output

@@ -44,7 +44,7 @@ def eval_cmd(
       arbooth eval sks --prompts my-prompts.txt --seeds 4 --out eval-sks\n
       arbooth eval ./dog.safetensors -m infinity-2b --dino ./dino-vits16 --clip ./clip-vit-b32 --json
     """
-    from ..evaluation import evaluate
+    from ..jobs.evaluate import evaluate
 
     o = get_output(ctx)
     config = EvalConfig(

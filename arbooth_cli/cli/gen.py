@@ -53,7 +53,7 @@ def gen_cmd(
       arbooth gen --prompts prompts.txt --out run1 --json | jq -r .path\n
       torchrun --nproc-per-node 2 -m arbooth_cli gen --prompts prompts.jsonl --out run2
     """
-    from ..sampling.job import generate
+    from ..jobs.gen import generate
 
     out_ = get_output(ctx)
     jobs = [PromptJob(prompt=p) for p in (prompt or [])]

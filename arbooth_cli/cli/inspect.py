@@ -59,7 +59,7 @@ def noise_cmd(
       arbooth inspect noise "a photo of a dog" --seeds 4\n
       arbooth inspect noise "sks dog on a wave" --mode flip -p 0.3 --scales 1-6 --json
     """
-    from ..analysis.noise import inspect_noise
+    from ..jobs.inspect_noise import inspect_noise
 
     o = get_output(ctx)
     config = InspectNoiseConfig(
@@ -120,7 +120,7 @@ def weights_cmd(
       arbooth inspect weights sks\n
       arbooth inspect weights ./sks.safetensors --json | jq '.by_type'
     """
-    from ..analysis.weights import inspect_weights
+    from ..jobs.inspect_weights import inspect_weights
 
     o = get_output(ctx)
     config = InspectWeightsConfig(subject=subject, model=model, out_dir=str(out), overwrite=overwrite,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..config import TuneConfig, read_tune_file
+from ..config import SCALE_SCHEDULES, TuneConfig, read_tune_file
 from ..errors import EXIT_INTERRUPTED
 from ._output import get_output, human_size
 
@@ -34,7 +34,7 @@ def tune_cmd(
     layers: Annotated[Optional[str], _opt("--layers", help="Module types to tune: ca, ffn, sa, ca_norm, ada, or all (default: ca,ffn).")] = None,
     blocks: Annotated[Optional[str], _opt("--blocks", help="Blocks to tune, e.g. 0-15,20 (default: all).")] = None,
     subject_vectors: Annotated[Optional[int], _opt("--subject-vectors", help="Learned text vectors for the token; 0 turns them off (default: 4).")] = None,
-    scale_weights: Annotated[Optional[str], _opt("--scale-weights", help="Per-scale CE weights: official-step, uniform, linear, exp, infinity, or w1,w2,... (default: official-step).")] = None,
+    scale_weights: Annotated[Optional[str], _opt("--scale-weights", help=f"Per-scale CE weights: {', '.join(SCALE_SCHEDULES)}, or w1,w2,... (default: {SCALE_SCHEDULES[0]}).")] = None,
     prior: Annotated[Optional[bool], _opt("--prior/--no-prior", help="Prior distillation on class-prompt samples of the frozen model (default: on).")] = None,
     prior_weight: Annotated[Optional[float], _opt("--prior-weight", help="Weight of the distillation loss (default: 0.5).")] = None,
     prior_mode: Annotated[Optional[str], _opt("--prior-mode", help="soft: KL to the teacher's distributions; hard: CE on its likeliest bits (default: soft).")] = None,
@@ -76,7 +76,7 @@ def tune_cmd(
       arbooth tune ./photos --token sks --class dog --steps 300 --save-rank 16 --json\n
       arbooth tune ./photos --token sks --class dog --resume
     """
-    from ..tuning.loop import TuneInterrupted, tune
+    from ..jobs.tune import TuneInterrupted, tune
 
     out = get_output(ctx)
     given = {

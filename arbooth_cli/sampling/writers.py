@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..checkpoint_io import raise_if_disk_full
-from ..errors import ResourceError
+from ..atomic import write_file_atomic, write_text_atomic
+
+#: what to do when an output folder is full or not writable
+OUT_HINT = "free some disk space, or choose another --out directory"
 
 #: PNG text chunks every image carries (besides "parameters" and "arbooth")
 CHUNK_KEYS = ("prompt", "seed", "model", "model_hash", "subject", "subject_hash", "arbooth_version")
@@ -60,45 +60,13 @@ def write_png(path: Path, img_HW3: np.ndarray, meta: Mapping[str, Any]) -> None:
             info.add_text(key, str(meta[key]))
     info.add_text("parameters", a1111_parameters(meta))
     info.add_text("arbooth", json.dumps(dict(meta), sort_keys=True, default=str))
-    _write_atomic(path, lambda tmp: Image.fromarray(img_HW3, mode="RGB").save(tmp, format="PNG", pnginfo=info))
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp)`` a temp file beside ``path``, then rename it into place (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise_if_disk_full(exc)
-        raise ResourceError(f"cannot write {path}: {exc.strerror or exc}",
-                            hint="choose a writable --out directory") from None
-
-
-def prepare_report_dir(out_dir: str | Path, files: Mapping[str, str], overwrite: bool) -> dict[str, Path]:
-    """Create ``out_dir`` and return the paths of a report's ``files`` (key -> file name) in it;
-    refuses files of an earlier report unless ``overwrite``. Called before any work."""
-    from ..errors import InvalidInputError
-
-    out = Path(out_dir)
-    paths = {k: out / v for k, v in files.items()}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
-                            hint="choose another --out directory") from None
-    if not overwrite:
-        taken = [p for p in paths.values() if p.exists()]
-        if taken:
-            raise InvalidInputError(f"{taken[0]} already exists", hint="pass --overwrite, or another --out")
-    return paths
+    write_file_atomic(path, lambda tmp: Image.fromarray(img_HW3, mode="RGB").save(tmp, format="PNG", pnginfo=info),
+                      hint=OUT_HINT)
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON through a temp file renamed into place."""
-    text = json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n", hint=OUT_HINT)
 
 
 def read_png_metadata(path: Path) -> dict[str, Any]:

@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import SCALE_SCHEDULES
+
 Scale = tuple[int, int, int]
+#: one of :data:`arbooth_cli.config.SCALE_SCHEDULES`
 ScheduleName = Literal["official-step", "uniform", "linear", "exp", "infinity"]
 
 
@@ -54,7 +57,7 @@ def scale_weights(
         _, hK, wK = scales[-1]
         w = [((hK * wK) / (h * ww)) ** 0.5 for _, h, ww in scales]
     else:
-        raise ValueError(f"unknown scale-weight schedule {schedule!r}")
+        raise ValueError(f"unknown scale-weight schedule {schedule!r}; choose from {', '.join(SCALE_SCHEDULES)}")
     if any(x < 0 for x in w):
         raise ValueError("scale weights must be >= 0")
     return torch.tensor(w, dtype=torch.float32)
@@ -116,3 +119,28 @@ def prior_distill(
     log_pt = F.log_softmax(t / temperature, dim=-1)
     kl = (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # per bit (or per token)
     return kl.mean()
+
+
+def arbooth_loss(
+    logits_BLV: Tensor,
+    bits_BLd: Tensor,
+    w_L: Tensor,
+    teacher_BLV: Tensor | None = None,
+    *,
+    prior_weight: float = 0.5,
+    prior_mode: Literal["soft", "hard"] = "soft",
+    per_bit: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The whole objective of one batch: ``(loss, ce, prior)``.
+
+    The first ``bits_BLd.shape[0]`` rows of ``logits_BLV`` are the subject photos (scale-weighted
+    CE against their bits); the rest, if ``teacher_BLV`` is given, are the prior samples (their
+    distillation to the teacher's logits, weighted by ``prior_weight``). Without a teacher the
+    prior term is 0.
+    """
+    Bs = bits_BLd.shape[0]
+    ce = scale_weighted_ce(logits_BLV[:Bs], bits_BLd, w_L)
+    if teacher_BLV is None:
+        return ce, ce, torch.zeros((), device=ce.device)
+    prior = prior_distill(logits_BLV[Bs:], teacher_BLV, kind=prior_mode, per_bit=per_bit)
+    return ce + prior_weight * prior, ce, prior

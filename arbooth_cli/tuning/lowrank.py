@@ -1,4 +1,4 @@
-"""Low-rank forms of a tuned tensor's change (``--save-rank``), and applying subject files.
+"""Low-rank forms of a tuned tensor's change (``--save-rank``); ``subjects.use.tuned_values`` applies them.
 
 For a tuned matrix W' of base W, the change D = W' - W is replaced by its best rank-R
 approximation U_R S_R V_R^T (truncated SVD, Eckart-Young), stored as ``lora_up = U_R S_R``
@@ -51,26 +51,3 @@ def compress(tuned: Mapping[str, Tensor], base: Mapping[str, Tensor], rank: int,
     nbytes = sum(t.numel() * t.element_size() for t in out.values())
     rel = (err2 / tot2) ** 0.5 if tot2 > 0 else 0.0
     return out, LowRankReport(rank, bytes_full, nbytes, rel)
-
-
-def tuned_values(entries: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The tensors a subject file sets, from its entries (full values or low-rank changes) and the
-    base model's tensors ``base`` (only those the file names are read)."""
-    out: dict[str, Tensor] = {}
-    for key, t in entries.items():
-        if key == "subject_embedding":
-            continue
-        if key.endswith(".lora_up"):
-            name = key[: -len(".lora_up")]
-            down = entries[f"{name}.lora_down"]
-            w = base[name]
-            out[name] = (w.float() + (t.float().to(w.device) @ down.float().to(w.device))).to(w.dtype)
-        elif key.endswith(".lora_down"):
-            continue
-        elif key.endswith(".delta"):
-            name = key[: -len(".delta")]
-            w = base[name]
-            out[name] = (w.float() + t.float().to(w.device)).to(w.dtype)
-        else:
-            out[key] = t
-    return out

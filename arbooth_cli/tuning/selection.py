@@ -5,17 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # importable without torch (the config checks layer names)
+from ..config import MODULE_TYPES, parse_int_ranges
+
+if TYPE_CHECKING:
     from torch import nn
 
-#: module types a user can select, and the parameter-name parts inside a block that belong to each
-MODULE_TYPES: dict[str, tuple[str, ...]] = {
-    "sa": ("sa.",),  # self-attention (qkv, biases, QK-norm temperature, proj)
-    "ca": ("ca.",),  # cross-attention to the text (q, kv, v bias, proj)
-    "ca_norm": ("ca_norm.",),  # the LayerNorm before cross-attention
-    "ffn": ("ffn.",),  # fc1, fc2
-    "ada": ("ada_gss",),  # the per-block AdaLN offsets
-}
 DEFAULT_LAYERS = ("ca", "ffn")
 
 
@@ -34,8 +28,6 @@ def parse_blocks(text: str, depth: int) -> tuple[int, ...]:
     """``'0-7,12'`` -> (0, 1, ..., 7, 12); ``'all'`` -> every block."""
     if text.strip() == "all":
         return tuple(range(depth))
-    from ..config import parse_int_ranges
-
     try:
         out = parse_int_ranges(text)
     except ValueError:

@@ -8,7 +8,7 @@ import statistics
 import pytest
 from PIL import Image
 
-from arbooth_cli.analysis.noise import inspect_noise
+from arbooth_cli.jobs.inspect_noise import inspect_noise
 from arbooth_cli.analysis.metrics import PSNR_CAP_DB
 from arbooth_cli.config import InspectNoiseConfig
 from arbooth_cli.errors import ConfigError, InvalidInputError, NotFoundError

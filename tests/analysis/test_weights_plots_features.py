@@ -76,7 +76,7 @@ def test_charts_and_grid_have_the_asked_layout():
 
 def test_tokenizer_features_of_the_tiny_model():
     from arbooth_cli.models.build import build_components
-    from arbooth_cli.models.specs.tiny import TINY_INFINITY
+    from arbooth_cli.specs.tiny import TINY_INFINITY
 
     vae = build_components(TINY_INFINITY, device=torch.device("cpu"), dtype=torch.float32, weights={},
                            roles=("vae",)).vae

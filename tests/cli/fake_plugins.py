@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import typer
 
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 
 sub_app = typer.Typer(help="A sub-app plugin.")
 

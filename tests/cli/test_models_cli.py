@@ -4,7 +4,7 @@ import torch
 
 from arbooth_cli import plugins
 from arbooth_cli.cache import ModelCache
-from arbooth_cli.models.specs.infinity import INFINITY_2B
+from arbooth_cli.specs.infinity import INFINITY_2B
 
 
 def _json_lines(text: str) -> list[dict]:

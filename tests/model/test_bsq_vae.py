@@ -24,8 +24,8 @@ from arbooth_cli.models.bsq_vae import (
 )
 from arbooth_cli.models.build import build_vae
 from arbooth_cli.models.schedules import get_schedule
-from arbooth_cli.models.specs.infinity import INFINITY_2B, INFINITY_8B
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.infinity import INFINITY_2B, INFINITY_8B
+from arbooth_cli.specs.tiny import TINY_INFINITY
 
 DATA = Path(__file__).parent / "data"
 CFG = TINY_INFINITY.vae

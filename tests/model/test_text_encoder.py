@@ -7,7 +7,7 @@ import torch
 
 from arbooth_cli.errors import CheckpointError, InvalidInputError
 from arbooth_cli.models.build import seeded_init_
-from arbooth_cli.models.specs.tiny import TINY_TEXT
+from arbooth_cli.specs.tiny import TINY_TEXT
 from arbooth_cli.models.text_encoder import PromptTruncatedWarning, T5TextEncoder, TextCond
 
 
@@ -84,7 +84,7 @@ def test_missing_files_are_named(tmp_path) -> None:
 
 
 def test_tiny_requires_a_tiny_config() -> None:
-    from arbooth_cli.models.specs.infinity import FLAN_T5_XL
+    from arbooth_cli.specs.infinity import FLAN_T5_XL
 
     with pytest.raises(InvalidInputError, match="tiny_config"):
         T5TextEncoder.tiny(FLAN_T5_XL)

@@ -12,8 +12,8 @@ import torch
 from arbooth_cli.errors import InvalidInputError
 from arbooth_cli.models.build import build_transformer
 from arbooth_cli.models.schedules import get_schedule
-from arbooth_cli.models.specs.infinity import INFINITY_2B, INFINITY_8B
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.infinity import INFINITY_2B, INFINITY_8B
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.models.text_encoder import TextCond
 from arbooth_cli.models.transformer import InfinityTransformer, rope_angles, rope_frame
 

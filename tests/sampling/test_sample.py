@@ -5,7 +5,7 @@ import torch
 
 from arbooth_cli.models.build import build_components
 from arbooth_cli.models.schedules import get_schedule
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.sampling.sample import SamplingParams, sample_images
 
 PROMPTS = ["a red star on the left", "a blue square", "two green hearts, striped background"]

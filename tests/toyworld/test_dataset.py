@@ -69,7 +69,7 @@ def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, m
     import torch
 
     from arbooth_cli.models.build import build_components, read_bundle
-    from arbooth_cli.models.specs.toy import TOY
+    from arbooth_cli.specs.toy import TOY
 
     monkeypatch.setattr(sys, "argv", ["train_toy.py", "--out", str(tmp_path), "--smoke"])
     script = runpy.run_path(str(ROOT / "tools" / "train_toy.py"), run_name="train_toy")

@@ -21,11 +21,14 @@ from arbooth_cli.errors import (ConfigError, DiskFullError, InvalidInputError, R
                                TrainingDivergedError)
 from arbooth_cli.loading import resolve_model
 from arbooth_cli.models.build import build_transformer
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.subjects import FORMAT, SubjectExistsError, SubjectStore, read_subject_header
-from arbooth_cli.tuning.loop import (CHECKPOINT_DIR, POOL_FILE, PriorPool, TuneInterrupted, _CheckpointWriter,
-                                     _Run, tune)
-from arbooth_cli.tuning.lowrank import compress, lowrank_factors, tuned_values
+from arbooth_cli.jobs.tune import TuneInterrupted, tune
+from arbooth_cli.loading import load_components
+from arbooth_cli.subjects.use import tuned_values
+from arbooth_cli.tuning.checkpoints import CHECKPOINT_DIR, CheckpointWriter, HostSnapshot
+from arbooth_cli.tuning.lowrank import compress, lowrank_factors
+from arbooth_cli.tuning.prior import POOL_FILE, prior_class_prompts, sample_prior_pool
 from arbooth_cli.tuning.selection import DEFAULT_LAYERS, select_params
 
 COLOURS = [(200, 40, 40), (40, 180, 60), (50, 60, 210)]
@@ -93,28 +96,31 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
 
+def components(model: str = "tiny-infinity"):
+    """The model's parts, built here so a test can watch what tune() does to them."""
+    return load_components(resolve_model(model), device=torch.device("cpu"), dtype=torch.float32)
+
+
 def test_only_the_selected_tensors_change(photos):
-    """Driving the run by hand: every parameter outside --layers ffn --blocks 1 keeps its bits."""
-    cfg = config(photos, layers=("ffn",), blocks="1", steps=3).validate()
-    run = _Run(cfg, resolve_model("tiny-infinity"), lambda kind, data: None)
-    assert run.preflight() is None
-    run.load()
-    pool = run.build_pool()
-    assert pool is not None and len(pool) == cfg.steps * cfg.batch_size
-    run.setup_training()
-    tr = run.transformer
-    in_block1 = block_params(tr, 1)
-    assert run.tuned_names and all(in_block1.get(n, "").startswith("ffn.") for n in run.tuned_names)
-    assert set(run.tuned_names) == set(select_params(tr, tr.blocks, ("ffn",), (1,)))
+    """--layers ffn --blocks 1: every other parameter of the model keeps its bits, the selected
+    ones and the subject embedding move, and the saved file holds exactly those."""
+    comps = components()
+    tr = comps.transformer
     before = {n: p.detach().clone() for n, p in tr.named_parameters()}
-    run.loop(pool)
-    assert run.step == 3
+    result = tune(config(photos, layers=("ffn",), blocks="1", steps=3), components=comps)
+    saved = load_file(result.subject)
+    tuned = set(saved) - {"subject_embedding"}
+    in_block1 = block_params(tr, 1)
+    assert tuned and all(in_block1.get(n, "").startswith("ffn.") for n in tuned)
+    assert tuned == set(select_params(tr, tr.blocks, ("ffn",), (1,)))
     after = dict(tr.named_parameters())
     for n, p in before.items():
-        if n not in run.tuned:
+        if n not in tuned:
             assert torch.equal(after[n].detach(), p), n
-    assert any(not torch.equal(after[n].detach(), before[n]) for n in run.tuned)
-    assert run.subject_SC is not None and run.subject_SC.detach().abs().sum() > 0
+    assert any(not torch.equal(after[n].detach(), before[n]) for n in tuned)
+    for n in tuned:
+        assert torch.equal(saved[n], after[n].detach()), n
+    assert saved["subject_embedding"].abs().sum() > 0
 
 
 def test_layers_and_blocks_choose_the_saved_tensors(photos, tiny_model):
@@ -162,109 +168,73 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
         assert {t.dtype for n, t in ta.items() if n != "subject_embedding"} == {torch.bfloat16}
 
 
-def _checkpoint_file(path: Path) -> bool:
-    """A file of a checkpoint folder being written (not the prior pool or the subject)."""
-    return path.parent.name.startswith(CHECKPOINT_DIR + ".") and path.parent.name.endswith(".partial")
-
-
-def _start(cfg: TuneConfig, emit=lambda kind, data: None) -> tuple[_Run, PriorPool | None]:
-    """A run driven by hand up to its loop (the checkpoint of a finished tune() is deleted)."""
-    run = _Run(cfg.validate(), resolve_model("tiny-infinity"), emit)
-    ckpt = run.preflight()
-    run.load()
-    pool = run.build_pool()
-    run.setup_training()
-    if ckpt is not None:
-        run.load_checkpoint(ckpt)
-    return run, pool
-
-
-def test_checkpoints_written_in_the_background_are_complete_and_resume_exactly(photos, monkeypatch):
-    """Checkpoints at steps 2 and 4 of 5 are written on another thread while training goes on:
-    each write starts only once the next step has changed the live tensors. Each "checkpoint"
-    event comes when its folder is complete, and the one left after the loop is step 4's snapshot:
-    resuming it for one step gives run A's weights."""
-    import arbooth_cli.tuning.loop as loop
-
-    real = loop.write_safetensors
-    writers: list[bool] = []
-    stepped = {s: threading.Event() for s in range(1, 6)}
-
-    def late(path, tensors, *args, **kwargs):
-        if _checkpoint_file(Path(path)):
-            writers.append(threading.current_thread() is threading.main_thread())
-            if Path(path).name == "weights.safetensors":  # the first file of checkpoint k (of step 2k)
-                k = (len(writers) + 1) // 2
-                assert stepped[2 * k + 1].wait(timeout=60)  # step 2k + 1 has updated the weights
-        return real(path, tensors, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "write_safetensors", late)
-    run_dir = paths.home() / "runs" / "sks"
+def test_checkpoints_come_whole_on_the_main_thread_and_a_resume_is_exact(photos):
+    """Checkpoints at steps 2 and 4 of 5: each "checkpoint" event comes on the main thread once its
+    folder is complete on disk, holding its step; the run folder keeps no half-written folder.
+    Ctrl-C at step 5 and a resume to step 6 give the weights of 6 steps in one go."""
+    run_dir = paths.home() / "runs" / "b"
     events: list[tuple[int, int]] = []
 
     def on_event(kind, data):
-        if kind == "step":
-            stepped[data["step"]].set()
         if kind == "checkpoint":
             assert threading.current_thread() is threading.main_thread()
             on_disk = json.loads((Path(data["path"]) / "state.json").read_text())["step"]
             events.append((data["step"], on_disk))
+        if kind == "step" and data["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
 
-    cfg = config(photos, steps=5, checkpoint_every=2)
-    a, pool = _start(cfg, on_event)
-    a.loop(pool)
-    assert a.step == 5 and events == [(2, 2), (4, 4)]
-    assert writers and not any(writers)  # every checkpoint file was written off the main thread
-    ckpt = run_dir / CHECKPOINT_DIR
-    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    a = tune(config(photos, name="a", steps=6, checkpoint_every=2))
+    with pytest.raises(TuneInterrupted):
+        tune(config(photos, name="b", steps=6, checkpoint_every=2), on_event=on_event)
+    assert events == [(2, 2), (4, 4), (5, 5)]
     assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_DIR, POOL_FILE]  # no .partial, no .old
-    assert set(load_file(str(ckpt / "weights.safetensors"))) == set(a.tuned) | {"subject_embedding"}
-
-    b, pool = _start(cfg.with_(resume=True))
-    assert b.step == 4
-    b.loop(pool)
-    assert b.step == 5
-    for n, p in a.tuned.items():
-        assert torch.equal(b.tuned[n].detach(), p.detach()), n
-    assert torch.equal(b.subject_SC.detach(), a.subject_SC.detach())
+    ckpt = run_dir / CHECKPOINT_DIR
+    assert set(load_file(str(ckpt / "weights.safetensors"))) == set(load_file(a.subject))
+    b = tune(config(photos, name="b", steps=6, checkpoint_every=2, resume=True))
+    assert b.resumed_from == 5
+    ta, tb = load_file(a.subject), load_file(b.subject)
+    for n in ta:
+        assert torch.equal(ta[n], tb[n]), n
 
 
-@pytest.mark.parametrize("failure", ["enospc-at-once", "disk-full-late"])
-def test_a_failed_background_checkpoint_surfaces_as_a_resource_error(photos, monkeypatch, failure):
-    """A write that fails on the writer thread is raised by tune() as DiskFullError, whether the
-    loop sees it at the next step (an immediate OSError) or only at its end (a slow failure, typed
-    as HashingWriter types it); no half-written folder and no writer thread stay behind."""
-    import arbooth_cli.tuning.loop as loop
+def test_a_snapshot_is_a_copy_that_later_steps_cannot_change():
+    """What a background write reads was copied when the checkpoint was taken."""
+    w = torch.ones(3)
+    snap = HostSnapshot().take({"w": w}, torch.device("cpu"))
+    w.add_(1.0)
+    assert torch.equal(snap["w"], torch.ones(3))
 
-    real = loop.write_safetensors
 
-    def full(path, tensors, *args, **kwargs):
-        if not _checkpoint_file(Path(path)):
-            return real(path, tensors, *args, **kwargs)
-        assert threading.current_thread() is not threading.main_thread()
-        if failure == "enospc-at-once":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        time.sleep(0.2)
-        raise DiskFullError("no space left on the device while writing")
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_with_a_resource_error(photos):
+    """The run folder turns into a file after the prior pool is drawn: the checkpoint write fails
+    on the writer thread and tune() raises it as a ResourceError (exit 5); no subject is saved
+    and no writer thread stays behind."""
+    import shutil
 
-    monkeypatch.setattr(loop, "write_safetensors", full)
-    steps = 6 if failure == "enospc-at-once" else 3
-    with pytest.raises(DiskFullError) as info:
-        tune(config(photos, steps=steps, checkpoint_every=2))
-    assert isinstance(info.value, ResourceError) and info.value.exit_code == 5
     run_dir = paths.home() / "runs" / "sks"
-    assert not list(run_dir.glob("*.partial")) and not (run_dir / CHECKPOINT_DIR).exists()
+
+    def on_event(kind, data):
+        if kind == "step" and data["step"] == 1:
+            shutil.rmtree(run_dir)
+            run_dir.write_text("in the way")
+
+    with pytest.raises(ResourceError) as info:
+        tune(config(photos, steps=6, checkpoint_every=2), on_event=on_event)
+    assert info.value.exit_code == 5
     assert not any(t.name == "arbooth-checkpoint" for t in threading.enumerate())
     assert not SubjectStore().has("sks")
 
 
-def test_the_checkpoint_writer_keeps_one_write_in_flight(tmp_path):
-    """submit() waits for the previous write; wait() returns (folder, step) or raises the write's error."""
-    writer = _CheckpointWriter()
+def test_the_checkpoint_writer_keeps_one_write_in_flight_off_the_main_thread(tmp_path):
+    """submit() waits for the previous write; wait() returns (folder, step) or raises the write's
+    error; a write that fails leaves no half-written folder; writes run on another thread."""
+    writer = CheckpointWriter()
     assert writer.wait() is None
     done: list[int] = []
+    threads: list[bool] = []
 
     def first(d: Path) -> None:
+        threads.append(threading.current_thread() is threading.main_thread())
         time.sleep(0.1)
         (d / "x").write_text("1")
         done.append(1)
@@ -279,7 +249,21 @@ def test_the_checkpoint_writer_keeps_one_write_in_flight(tmp_path):
     with pytest.raises(ValueError, match="boom"):
         writer.wait()
     assert writer.wait() is None and not writer.finished
+    assert threads == [False]
     assert (target / "x").read_text() == "1" and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_failed_checkpoint_write_on_a_full_disk_is_a_disk_full_error(tmp_path):
+    """ENOSPC inside a write becomes DiskFullError (exit 5) and the folder is not left behind."""
+    writer = CheckpointWriter()
+
+    def full(d: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writer.submit(tmp_path / "ckpt", full, 1)
+    with pytest.raises(DiskFullError) as info:
+        writer.wait()
+    assert info.value.exit_code == 5 and not list(tmp_path.iterdir())
 
 
 def test_resume_without_a_checkpoint_is_refused(photos):
@@ -287,22 +271,20 @@ def test_resume_without_a_checkpoint_is_refused(photos):
         tune(config(photos, resume=True))
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(photos, monkeypatch):
-    """The loss turns NaN at step 4: TrainingDivergedError names step 4, step 2's checkpoint stays."""
-    import arbooth_cli.tuning.loop as loop
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(photos):
+    """A tuned weight turns NaN after step 3: TrainingDivergedError names step 4, step 2's
+    checkpoint stays, no subject is saved."""
+    comps = components()
+    cfg = config(photos, steps=6, checkpoint_every=2, layers=("ffn",))
+    ffn = next(p for n, p in comps.transformer.named_parameters() if ".ffn." in n)
 
-    real = loop.scale_weighted_ce
-    calls = []
+    def poison(kind, data):
+        if kind == "step" and data["step"] == 3:
+            with torch.no_grad():
+                ffn.fill_(float("nan"))
 
-    def poisoned(*args, **kwargs):
-        calls.append(1)
-        out = real(*args, **kwargs)
-        return out * float("nan") if len(calls) >= 4 else out
-
-    monkeypatch.setattr(loop, "scale_weighted_ce", poisoned)
-    cfg = config(photos, steps=6, checkpoint_every=2)
     with pytest.raises(TrainingDivergedError, match="at step 4") as info:
-        tune(cfg)
+        tune(cfg, components=comps, on_event=poison)
     assert info.value.exit_code == 4
     state = paths.home() / "runs" / "sks" / CHECKPOINT_DIR / "state.json"
     assert json.loads(state.read_text())["step"] == 2
@@ -459,8 +441,6 @@ def test_a_finished_run_leaves_no_checkpoint_or_prior_pool(photos):
 
 
 def test_prior_prompts_are_the_captions_without_the_token(photos):
-    from arbooth_cli.tuning.loop import prior_class_prompts
-
     cfg = config(photos)
     assert prior_class_prompts(cfg, ["a photo of sks dog"] * 3) == ["a photo of dog"]  # the official prompt
     caps = ["a large sks dog on the left, green background", "a sks dog at the top",
@@ -471,39 +451,50 @@ def test_prior_prompts_are_the_captions_without_the_token(photos):
         cfg.with_(class_prompt=" ").validate()
 
 
-def test_a_pool_of_several_prompts_draws_each_sample_as_a_pool_of_its_prompt_alone(photos):
+def test_a_pool_of_several_prompts_draws_each_sample_as_a_pool_of_its_prompt_alone():
     """Sample i of the pool uses prompt i mod P and seed + i: the same sample a one-prompt pool
     draws at i, whatever prompts share its batch."""
-    (photos / "photo0.txt").write_text("a sks dog on the left\n")
-    (photos / "photo1.txt").write_text("a large sks dog, green background\n")
-    cfg = config(photos, steps=3).validate()
-    run = _Run(cfg, resolve_model("tiny-infinity"), lambda kind, data: None)
-    run.load()
-    assert run.class_prompts == ["a dog on the left", "a large dog, green background", "a photo of dog"]
-    pool = run.build_pool()
-    assert pool is not None and pool.prompt_N.tolist() == [0, 1, 2, 0, 1, 2]
-    from arbooth_cli.tuning.loop import sample_prior_pool
+    from arbooth_cli.models.schedules import model_scales
 
+    comps = components()
+    texts = [comps.text_encoder.encode([p]) for p in ("a dog on the left", "a large dog", "a photo of dog")]
+    scales = model_scales(TINY_INFINITY.sampling.size, num_scales=TINY_INFINITY.num_scales or None)
+    kw = dict(seed=7, tau=0.5, top_p=0.97)
+    pool = sample_prior_pool(comps.transformer, comps.vae, texts, scales, 6, batch=4, **kw)
+    assert pool.prompt_N.tolist() == [0, 1, 2, 0, 1, 2]
     for k in range(3):
-        alone = sample_prior_pool(run.transformer, run.vae, [run.class_texts[k]], run.scales, 6,
-                                  seed=cfg.seed + 10_000_019, tau=cfg.prior_tau, top_p=cfg.prior_top_p, batch=1)
+        alone = sample_prior_pool(comps.transformer, comps.vae, [texts[k]], scales, 6, batch=1, **kw)
         rows = [i for i in range(6) if i % 3 == k]
         assert torch.equal(pool.bits_NLd[rows], alone.bits_NLd[rows])
         torch.testing.assert_close(pool.logits_NLV[rows].float(), alone.logits_NLV[rows].float(), atol=2e-2, rtol=0)
-    # the pool file keeps the prompt of each sample; a second load reads it back
-    again = run.build_pool()
-    assert again is not None and torch.equal(again.prompt_N, pool.prompt_N)
+
+
+def test_the_prior_pool_of_a_run_draws_each_caption_without_the_token_and_is_reused(photos):
+    """Captions give the pool's prompts; an interrupted run's --resume reads the pool it drew."""
+    (photos / "photo0.txt").write_text("a sks dog on the left\n")
+    (photos / "photo1.txt").write_text("a large sks dog, green background\n")
+    seen: list[dict] = []
+
+    def stop(kind, data):
+        if kind == "pool":
+            seen.append(data)
+        if kind == "step" and data["step"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TuneInterrupted):
+        tune(config(photos, steps=3), on_event=stop)
+    assert seen[-1]["done"] == 6 and not seen[-1].get("cached")
+    reused: list[dict] = []
+    tune(config(photos, steps=3, resume=True), on_event=lambda k, d: reused.append(d) if k == "pool" else None)
+    assert reused == [{"done": 6, "total": 6, "cached": True}]
 
 
 def test_the_learning_rate_defaults_to_the_models_and_is_recorded(photos):
     """No --lr: the model's rate (the official one for Infinity-family specs, toy's own), written
     into the run's config so checkpoints and the subject's metadata say what was used."""
-    quiet = lambda kind, data: None  # noqa: E731
-    assert _Run(config(photos), resolve_model("tiny-infinity"), quiet).config.lr == 2.34375e-5
-    assert _Run(config(photos, model="toy"), resolve_model("toy"), quiet).config.lr == 1e-4
-    assert _Run(config(photos, lr=3e-4), resolve_model("toy"), quiet).config.lr == 3e-4
-    res = tune(config(photos, steps=1))
-    meta, _ = read_subject_header(Path(res.subject))
-    assert json.loads(meta["config"])["lr"] == 2.34375e-5
+    for model, lr, expected in (("tiny-infinity", None, 2.34375e-5), ("toy", None, 1e-4), ("toy", 3e-4, 3e-4)):
+        res = tune(config(photos, steps=1, model=model, lr=lr, name=f"{model}-{lr}", prior=False))
+        meta, _ = read_subject_header(Path(res.subject))
+        assert json.loads(meta["config"])["lr"] == expected
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()

@@ -1,7 +1,7 @@
 import pytest
 
 from arbooth_cli.models.build import build_transformer
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.tuning.selection import parse_blocks, parse_layers, select_params
 
 import torch

@@ -4,7 +4,8 @@ from transformers import ByT5Tokenizer, PreTrainedTokenizerFast
 
 from arbooth_cli.errors import InvalidInputError
 from arbooth_cli.models.text_encoder import TextCond
-from arbooth_cli.tuning.subject import splice_subject, word_char_span, word_token_span
+from arbooth_cli.subjects.embedding import splice_subject, word_token_span
+from arbooth_cli.subjects.words import word_char_span
 
 
 def test_whole_word_match_only():

@@ -185,7 +185,7 @@ def _run_py(code: str, env_home: Path, **kw) -> subprocess.CompletedProcess:
 _SPEC_CODE = """
     from dataclasses import replace
     from arbooth_cli.registry import FileSpec
-    from arbooth_cli.models.specs.tiny import TINY_INFINITY
+    from arbooth_cli.specs.tiny import TINY_INFINITY
     spec = replace(TINY_INFINITY, name="tiny-filed", builtin_weights=False, files=(
         FileSpec(role="transformer", kind="pth", repo_id="e/t", filename="tiny_transformer.pth"),
         FileSpec(role="vae", kind="pth", repo_id="e/t", filename="tiny_vae.pth", state_dict_keys=(("vae",), ())),

@@ -11,8 +11,8 @@ from arbooth_cli import checkpoint_io
 from arbooth_cli.cache import ModelCache
 from arbooth_cli.errors import ModelFilesError, OfflineError
 from arbooth_cli.models.build import expected_tensors
-from arbooth_cli.models.specs.infinity import _T5_FILE
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.infinity import _T5_FILE
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.registry import FileSpec
 
 

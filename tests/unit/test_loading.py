@@ -10,7 +10,7 @@ from arbooth_cli.errors import CheckpointError, ConfigError, ModelFilesError
 from arbooth_cli.loading import (DEFAULT_MODEL, LAST_MODEL_FILE, last_model, load_components, remember_model,
                                  resolve_model)
 from arbooth_cli.models.build import build_components, bundle_tensors, read_bundle
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 from arbooth_cli.checkpoint_io import write_safetensors
 
 

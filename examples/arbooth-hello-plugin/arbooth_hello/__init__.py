@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import typer
 
-from arbooth_cli.models.specs.tiny import TINY_INFINITY
+from arbooth_cli.specs.tiny import TINY_INFINITY
 
 app = typer.Typer(help="Say hello (an example plugin).", no_args_is_help=True)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...registry import RegisterFn
+from ..modelspec import RegisterFn
 from . import infinity, tiny, toy
 
 

@@ -8,25 +8,25 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from .._version import __version__
 from ..config import GenConfig, PromptJob
-from ..errors import ConfigError, InvalidInputError, NotFoundError, ResourceError
-from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
+from ..errors import InvalidInputError
+from ..loading import ResolvedModel
+from ..modelspec import ModelSpec
 from ..models.schedules import TEMPLATES, model_scales, nearest_template, parse_aspect
-from ..registry import ModelSpec
-from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
-from .writers import contact_sheet, image_filename, write_png
+from ..sampling.writers import contact_sheet, image_filename, write_png
+from ..subjects import SubjectInfo, SubjectStore
+from . import session
+from .session import EventFn
 
 if TYPE_CHECKING:
-    from ..tuning.subject import LoadedSubject
+    from ..subjects.use import LoadedSubject
 
-#: ``on_event(kind, data)``: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
-EventFn = Callable[[str, dict[str, Any]], None]
+# on_event kinds: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
 
 #: how far (relative) an asked aspect may be from a template before it is refused
 ASPECT_TOLERANCE = 0.05
@@ -74,9 +74,7 @@ class GenResult:
 
 
 def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tuple[str, float]:
-    size = job.size or config.size or spec.sampling.size
-    if size not in spec.sizes:
-        raise InvalidInputError(f"model {spec.name} has no size {size!r}; its sizes: {', '.join(spec.sizes)}")
+    size = session.model_size(spec, job.size or config.size)
     try:
         asked = parse_aspect(job.aspect or config.aspect)
     except ValueError as exc:
@@ -88,62 +86,10 @@ def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tupl
     return size, ratio
 
 
-def _first_set(*values: Any) -> Any:
-    """The prompt's own setting, else the run's, else the model's default."""
-    return next(v for v in values if v is not None)
-
-
 def plan_subjects(config: GenConfig, store: SubjectStore | None = None) -> list[SubjectInfo | None]:
     """The subject of each prompt: ``--delta``'s file, ``--subject``'s, or the stored subject whose
     token the prompt contains (none for ``--subject none``)."""
-    return subjects_for([job.prompt for job in config.prompts], config.subject, config.delta, store)
-
-
-def subjects_for(prompts: list[str], subject: str | None, delta: str | None,
-                 store: SubjectStore | None = None) -> list[SubjectInfo | None]:
-    """What :func:`plan_subjects` does, for plain prompts and the two flags."""
-    n = len(prompts)
-    if delta is not None:
-        path = Path(delta)
-        if not path.is_file():
-            raise NotFoundError(f"subject file {path} does not exist")
-        return [subject_info(path)] * n
-    if subject == "none":
-        return [None] * n
-    store = store or SubjectStore()
-    if subject is not None:
-        return [store.get(subject)] * n
-    known = store.list()
-    out: list[SubjectInfo | None] = []
-    for prompt in prompts:
-        hits = [s for s in known if token_in_prompt(s.token, prompt)]
-        if len(hits) > 1:
-            names = ", ".join(s.name for s in hits)
-            raise InvalidInputError(f"prompt {prompt!r} names several subjects ({names}); one per prompt",
-                                    hint="pick one with --subject NAME")
-        out.append(hits[0] if hits else None)
-    return out
-
-
-def check_subject_base(subject: SubjectInfo, resolved: ResolvedModel) -> None:
-    """Refuse, before any work, a subject tuned on another model or on other files of it."""
-    if subject.base_model != resolved.spec.name:
-        raise InvalidInputError(f"subject {subject.name!r} was tuned on {subject.base_model}, not {resolved.spec.name}",
-                                hint=f"use --model {subject.base_model}")
-    if subject.base_model_hash != resolved.model_hash:
-        raise InvalidInputError(f"subject {subject.name!r} was tuned on other weight files of {subject.base_model}",
-                                hint="import the model files it was tuned on")
-
-
-def subject_model(model: str | None, subjects: list[SubjectInfo | None]) -> str | None:
-    """``model`` if given, else the base model of ``subjects`` (one at most), else None."""
-    if model:
-        return model
-    bases = sorted({s.base_model for s in subjects if s is not None})
-    if len(bases) > 1:
-        raise InvalidInputError(f"the prompts name subjects tuned on different models ({', '.join(bases)})",
-                                hint="run them separately, with --model")
-    return bases[0] if bases else None
+    return session.pick_subjects([job.prompt for job in config.prompts], config.subject, config.delta, store)
 
 
 def plan_images(spec: ModelSpec, config: GenConfig,
@@ -158,15 +104,12 @@ def plan_images(spec: ModelSpec, config: GenConfig,
         size, ratio = _size_and_aspect(spec, job, config)
         n = job.num_images or config.num_images
         base = config.seed if job.seed is None else job.seed
+        settings = session.sampling_settings(spec, job, config)
         for k in range(n):
             seed = base + k
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
-                cfg=_first_set(job.cfg, config.cfg, spec.sampling.cfg),
-                tau=_first_set(job.tau, config.tau, spec.sampling.tau),
-                top_k=_first_set(job.top_k, config.top_k, spec.sampling.top_k),
-                top_p=_first_set(job.top_p, config.top_p, spec.sampling.top_p),
-                filename=image_filename(pi, job.prompt, seed), subject=subject,
+                **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -177,26 +120,6 @@ def plan_images(spec: ModelSpec, config: GenConfig,
 
 def _schedule(spec: ModelSpec, item: ImageItem):
     return model_scales(item.size, item.h_div_w, num_scales=spec.num_scales or None)
-
-
-def _prepare_out_dir(config: GenConfig, items: list[ImageItem]) -> Path:
-    out = Path(config.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".arbooth-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
-                            hint="choose another --out directory") from None
-    if not (config.overwrite or config.skip_existing):
-        taken = [it.filename for it in items if (out / it.filename).exists()]
-        if taken:
-            raise InvalidInputError(
-                f"{len(taken)} output files already exist in {out}, e.g. {taken[0]}",
-                hint="pass --overwrite to replace them, --skip-existing to keep them, or another --out",
-            )
-    return out
 
 
 def _distributed() -> tuple[int, int, Any, bool]:
@@ -221,21 +144,16 @@ def _distributed() -> tuple[int, int, Any, bool]:
 def generate(config: GenConfig, *, on_event: EventFn | None = None,
              resolved: ResolvedModel | None = None) -> GenResult:
     """Run a generation job; returns what was written (this process's share under torchrun)."""
-    from .sample import SamplingParams
-
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or session.no_events
     config.validate()
     subjects = plan_subjects(config)
-    resolved = resolved or resolve_model(subject_model(config.model, subjects))
-    remember_model(resolved.spec.name)
+    resolved = session.resolve(config.model, subjects, resolved=resolved)
     spec = resolved.spec
     items = plan_images(spec, config, subjects)
     for it in items:
-        problems = SamplingParams(cfg=it.cfg, tau=it.tau, top_k=it.top_k, top_p=it.top_p).problems()
-        if problems:
-            raise ConfigError(problems)
+        params = session.sampling_params(spec, it)
         if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
-            SamplingParams(cfg=it.cfg, tau=it.tau).per_scale(len(_schedule(spec, it)))
+            params.per_scale(len(_schedule(spec, it)))
     rank, world, dist, started = _distributed()
     try:
         return _run(config, spec, resolved, items, rank, world, dist, emit)
@@ -248,11 +166,16 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
          world: int, dist: Any, emit: EventFn) -> GenResult:
     import torch
 
+    from ..loading import pick_device
     from ..models.text_encoder import TextCond
-    from ..tuning.subject import LoadedSubject, SubjectSwitch, load_subject, subject_text
-    from .sample import SamplingEngine, SamplingParams, sample_images
+    from ..sampling.sample import SamplingEngine, SamplingParams, sample_images
+    from ..subjects.use import SubjectSwitch
 
-    out_dir = _prepare_out_dir(config, items) if rank == 0 else Path(config.out_dir)
+    if rank == 0:
+        out_dir = session.prepare_out_dir(config.out_dir, [it.filename for it in items], overwrite=config.overwrite,
+                                          skip_existing=config.skip_existing)
+    else:
+        out_dir = Path(config.out_dir)
     if dist is not None:
         dist.barrier()
     mine = items[rank::world]
@@ -260,40 +183,19 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
         mine = [it for it in mine if not (out_dir / it.filename).exists()]
     emit("plan", {"total": len(mine), "all": len(items), "rank": rank, "world": world})
 
-    device = pick_device(config.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
-    dtype = pick_dtype(config.dtype, device)
-    comps = load_components(resolved, device=device, dtype=dtype)
-    emit("loaded", {"model": spec.name, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
-
-    loaded = {}
-    for it in mine:
-        if it.subject is not None and str(it.subject.path) not in loaded:
-            loaded[str(it.subject.path)] = load_subject(it.subject.path, comps.transformer, model_name=spec.name,
-                                                        model_hash=resolved.model_hash)
+    device_name = config.device
+    if world > 1 and pick_device(config.device).type == "cuda":
+        device_name = f"cuda:{torch.cuda.current_device()}"
+    comps = session.open_model(resolved, device_name, config.dtype, emit)
+    device, dtype = comps.device, comps.dtype
+    loaded = session.load_subjects(comps, resolved, [it.subject for it in mine])
     switch = SubjectSwitch(comps.transformer)
 
     def subject_of(it: ImageItem) -> LoadedSubject | None:
         return None if it.subject is None else loaded[str(it.subject.path)]
 
-    # Text features first (with a subject's learned vectors in place of its token), then the
-    # text encoder leaves the device before sampling.
-    prompts = sorted({it.prompt for it in mine})
-    feats = {}
-    for i in range(0, len(prompts), 16):
-        chunk = prompts[i:i + 16]
-        enc = comps.text_encoder.encode(chunk)
-        for j, p in enumerate(chunk):
-            feats[p] = enc.select([j])
-    text_of = {}
-    for it in mine:
-        key = (it.prompt, None if it.subject is None else str(it.subject.path))
-        if key not in text_of:
-            text_of[key] = subject_text(feats[it.prompt], comps.text_encoder.tokenizer, it.prompt, subject_of(it))
-    comps.text_encoder = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    # text features first, then the text encoder leaves the device before sampling
+    text_of = session.encode(comps, [(it.prompt, subject_of(it)) for it in mine])
 
     use_engine = device.type == "cuda" and (
         config.compile == "on" or (config.compile == "auto" and len(mine) >= COMPILE_AUTO_MIN_IMAGES))
@@ -309,8 +211,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
             scales = _schedule(spec, first)
             params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p)
             switch.use(subject_of(first))
-            text = TextCond.cat([text_of[(it.prompt, None if it.subject is None else str(it.subject.path))]
-                                 for it in batch]).to(device)
+            text = TextCond.cat([text_of[session.text_key(it.prompt, subject_of(it))] for it in batch]).to(device)
             if config.stream == "batch":
                 gens = [torch.Generator(device=device).manual_seed(first.seed)]
             else:

@@ -16,18 +16,17 @@ does: a reader sees a subject whole or not at all.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import paths
-from .cache import move_aside, staging_folder, store_lock, swap_in, writable_dir
-from .checkpoint_io import raise_if_disk_full, read_safetensors_header
-from .errors import CacheNotWritableError, CheckpointError, InvalidInputError, NotFoundError
+from .. import paths
+from ..atomic import write_file_atomic
+from ..cache import move_aside, staging_folder, store_lock, swap_in, writable_dir
+from ..checkpoint_io import read_safetensors_header
+from ..errors import CheckpointError, InvalidInputError, NotFoundError
+from .words import token_in_prompt
 
 SUBJECT_FILE = "subject.safetensors"
 FORMAT = "arbooth.subject/1"
@@ -104,26 +103,6 @@ def subject_info(path: Path) -> SubjectInfo:
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: incomplete subject metadata ({exc})") from None
-
-
-def token_in_prompt(token: str, prompt: str) -> bool:
-    return re.search(rf"(?<![\w]){re.escape(token)}(?![\w])", prompt) is not None
-
-
-def class_prompt_of(prompt: str, token: str, cls: str) -> str:
-    """``prompt`` with the subject's identifier replaced by its class word, for CLIP-T and
-    the prior samples of tuning.
-
-    ``"a sks dog on a wave"`` -> ``"a dog on a wave"`` (the identifier before the class word is
-    dropped); ``"a photo of sks"`` -> ``"a photo of dog"``. The identifier is matched as a whole
-    word, as ``subjects.token_in_prompt`` does; a prompt without it comes back unchanged.
-    """
-    if not token or not cls.strip():
-        raise ValueError("the subject's token and class word must not be empty")
-    word = rf"(?<![\w]){re.escape(token)}(?![\w])"
-    out = re.sub(rf"{word}\s+(?={re.escape(cls)}(?:e?s)?(?![\w]))", "", prompt)  # "sks dog(s)" -> "dog(s)"
-    out = re.sub(word, lambda _: cls, out)  # a lone identifier becomes the class word
-    return re.sub(r"[ \t]{2,}", " ", out).strip()
 
 
 class SubjectStore:
@@ -204,12 +183,6 @@ class SubjectStore:
             dest = dest / (f"{name}.safetensors" if rank is None else f"{name}-r{rank}.safetensors")
         if dest.exists() and not overwrite:
             raise InvalidInputError(f"{dest} already exists", hint="pass --overwrite or another destination")
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise_if_disk_full(exc)
-            raise CacheNotWritableError(f"cannot write {dest}: {exc.strerror or exc}") from None
+        write_file_atomic(dest, lambda tmp: shutil.copyfile(src, tmp),
+                          hint="free some disk space, or choose another destination")
         return dest

@@ -8,7 +8,7 @@ new identifier such as ``sks``.
 
 from __future__ import annotations
 
-from ...registry import (
+from ..modelspec import (
     ModelSpec,
     RegisterFn,
     SamplingDefaults,

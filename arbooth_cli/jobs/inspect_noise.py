@@ -20,16 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
+from ..analysis.perturb import parse_scales
 from ..config import InspectNoiseConfig
 from ..errors import InvalidInputError
-from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
+from ..loading import ResolvedModel
 from ..models.schedules import model_scales
-from ..sampling.job import check_subject_base, subject_model, subjects_for
-from ..sampling.writers import prepare_report_dir
-from .perturb import parse_scales
-
-EventFn = Callable[[str, dict[str, Any]], None]
+from . import session
+from .session import EventFn
 
 REPORT_FILES = {"json": "noise.json", "grid": "noise-grid.png", "plot": "noise-plot.png"}
 METRICS = ("l1", "psnr", "ssim", "feature")
@@ -52,7 +50,7 @@ class ScaleChange:
     feature: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, dict[str, float]]:
-        from .metrics import mean_and_spread
+        from ..analysis.metrics import mean_and_spread
 
         out = {}
         for name in ("bits_changed", *METRICS):
@@ -95,40 +93,24 @@ def inspect_noise(config: InspectNoiseConfig, *, on_event: EventFn | None = None
     ``resolved``/``components``: a model already resolved or built (benchmarks pass random-init
     components); by default the model is resolved and loaded as `arbooth gen` does.
     """
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or session.no_events
     config.validate()
-    from ..sampling.sample import SamplingParams
-    from .features import check_features
+    from ..analysis.features import check_features
 
     # Every check before any work: subject, model, sizes, scales, features, output folder.
-    subject = subjects_for([config.prompt], config.subject, config.delta)[0]
-    resolved = resolved or resolve_model(subject_model(config.model, [subject]))
+    subject = session.pick_subjects([config.prompt], config.subject, config.delta)[0]
+    resolved = session.resolve(config.model, [subject], resolved=resolved)
     spec = resolved.spec
-    if subject is not None:
-        check_subject_base(subject, resolved)
-    size = config.size or spec.sampling.size
-    if size not in spec.sizes:
-        raise InvalidInputError(f"model {spec.name} has no size {size!r}; its sizes: {', '.join(spec.sizes)}")
+    size = session.model_size(spec, config.size)
     scales = model_scales(size, num_scales=spec.num_scales or None)
     try:
         chosen = parse_scales(config.scales, len(scales))
     except ValueError as exc:
         raise InvalidInputError(str(exc), hint=f"{spec.name} at {size} has {len(scales)} scales") from None
-    params = SamplingParams(
-        cfg=config.cfg if config.cfg is not None else spec.sampling.cfg,
-        tau=config.tau if config.tau is not None else spec.sampling.tau,
-        top_k=spec.sampling.top_k,
-        top_p=config.top_p if config.top_p is not None else spec.sampling.top_p,
-    )
-    problems = params.problems()
-    if problems:
-        from ..errors import ConfigError
-
-        raise ConfigError(problems)
+    params = session.sampling_params(spec, config)
     params.per_scale(len(scales))
     check_features(config.features, config.feature_weights)
-    paths = prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
-    remember_model(spec.name)
+    paths = session.prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
     return _Analysis(config, resolved, subject, scales, chosen, params, paths, emit).run(components)
 
 
@@ -140,31 +122,18 @@ class _Analysis:
         self.seeds = [config.seed + i for i in range(config.seeds)]
 
     def run(self, comps: Any = None) -> NoiseReport:
-        import torch
-
+        from ..analysis.features import load_features
         from ..sampling.sample import SamplingEngine
-        from ..tuning.subject import SubjectSwitch, load_subject, subject_text
-        from .features import load_features
+        from ..subjects.use import SubjectSwitch
 
         c, spec = self.c, self.resolved.spec
         t0 = time.perf_counter()
-        if comps is None:
-            device = pick_device(c.device)
-            dtype = pick_dtype(c.dtype, device)
-            comps = load_components(self.resolved, device=device, dtype=dtype)
-        else:
-            device, dtype = comps.device, comps.dtype
-        self.emit("loaded", {"model": spec.name, "device": str(device), "dtype": str(dtype).replace("torch.", "")})
-        self.subject = None
-        if self.subject_info is not None:
-            self.subject = load_subject(self.subject_info.path, comps.transformer, model_name=spec.name,
-                                        model_hash=self.resolved.model_hash)
-            SubjectSwitch(comps.transformer).use(self.subject)
-        text = comps.text_encoder.encode([c.prompt])
-        self.text = subject_text(text, comps.text_encoder.tokenizer, c.prompt, self.subject).to(device)
-        comps.text_encoder = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        comps = session.open_model(self.resolved, c.device, c.dtype, self.emit, components=comps)
+        device = comps.device
+        self.subject = session.load_subject(comps, self.resolved, self.subject_info)
+        SubjectSwitch(comps.transformer).use(self.subject)
+        self.text = session.encode(comps, [(c.prompt, self.subject)])[session.text_key(c.prompt, self.subject)]
+        self.text = self.text.to(device)
         self.comps, self.device = comps, device
         self.features = load_features(c.features, weights=c.feature_weights, vae=comps.vae, device=device)
         self.batch = self._batch_size()
@@ -254,7 +223,7 @@ class _Analysis:
 
         from ..models.text_encoder import TextCond
         from ..sampling.sample import decode_images, sample_token_maps
-        from .perturb import perturb_bits, perturbation_seed
+        from ..analysis.perturb import perturb_bits, perturbation_seed
 
         c, B = self.c, len(targets)
         changed = [0.0] * B
@@ -283,7 +252,7 @@ class _Analysis:
         return imgs, changed
 
     def _distances(self, ref_B3HW: Any, img_B3HW: Any) -> dict[str, Any]:
-        from .metrics import cosine_distance, l1_distance, psnr, ssim
+        from ..analysis.metrics import cosine_distance, l1_distance, psnr, ssim
 
         import torch
 
@@ -314,7 +283,7 @@ class _Analysis:
 
     def _write(self, report: NoiseReport, ref_thumbs: list[Any], thumbs: dict[int, list[Any]]) -> None:
         from ..sampling.writers import write_json, write_png
-        from .plots import Panel, Series, labelled_grid, line_panels
+        from ..analysis.plots import Panel, Series, labelled_grid, line_panels
 
         meta = self._provenance(report)
         rows = [ref_thumbs] + [thumbs[k] for k in self.chosen]

@@ -10,7 +10,7 @@ has a spelling. Trained by ``tools/train_toy.py`` (docs/embedded-model.md).
 
 from __future__ import annotations
 
-from ...registry import (
+from ..modelspec import (
     ModelSpec,
     RegisterFn,
     SamplingDefaults,

@@ -2,32 +2,23 @@
 
 One iteration = one forward of a batch that holds ``batch_size`` subject photos (teacher-forced
 on their bit labels, with bitwise self-correction noise and text dropout) and ``batch_size``
-class-prompt token maps from the prior pool (teacher-forced on the frozen model's own samples),
-one backward of ``weighted CE + prior_weight * distillation`` and one optimizer step.
-
-The prior pool replaces the official code's second, frozen copy of the transformer: before any
-weight changes, the KV-cached sampler draws the class-prompt token maps that the teacher would
-draw, and keeps the teacher's logits at every token on the way (the sampler computes them
-anyway). They wait in host memory (and in the run folder, for resuming) until their step. The
-distillation target is therefore the same KL(teacher || student) on teacher-drawn tokens, with
-the teacher being exactly the model before tuning; only one copy of the weights is on the GPU.
+class-prompt token maps from the prior pool (``tuning.prior``: teacher-forced on the frozen
+model's own samples), one backward of ``weighted CE + prior_weight * distillation``
+(``tuning.losses.arbooth_loss``) and one optimizer step inside the backward pass. Checkpoints
+(``tuning.checkpoints``) are written on a background thread and resume exactly.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import math
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,35 +26,40 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import __version__, paths
-from ..checkpoint_io import raise_if_disk_full, write_safetensors
-from ..config import SCALE_SCHEDULES, TuneConfig
-from ..errors import ArboothError, CheckpointError, InvalidInputError, ResourceError, TrainingDivergedError
-from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
-from ..models.bsq_vae import BSQVAE, teacher_forcing
+from .. import paths
+from .._version import __version__
+from ..atomic import raise_if_disk_full
+from ..checkpoint_io import write_safetensors
+from ..config import MODULE_TYPES, SCALE_SCHEDULES, TuneConfig
+from ..errors import ArboothError, CheckpointError, InvalidInputError, TrainingDivergedError
+from ..loading import ResolvedModel, pick_device
+from ..models.bsq_vae import teacher_forcing
+from ..models.build import Components
 from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
-from ..models.transformer import EAGER_OPS, InfinityTransformer, Scale, compiled_block_ops
-from ..models.build import Components
-from ..registry import ModelSpec
-from ..subjects import (FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, class_prompt_of,
-                        lowrank_file)
-from .data import load_subject_images, to_tensor
-from .losses import prior_distill, scale_weighted_ce, scale_weights, token_weights
-from .lowrank import LowRankReport, compress
-from .optim import TuningAdamW
-from .selection import MODULE_TYPES, parse_blocks, select_params
-from .subject import splice_subject, word_char_span, word_token_span
+from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops
+from ..modelspec import ModelSpec
+from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
+from ..subjects.embedding import splice_subject, word_token_span
+from ..subjects.words import word_char_span
+from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
+                                  read_checkpoint, read_state)
+from ..tuning.data import load_subject_images, to_tensor
+from ..tuning.losses import arbooth_loss, scale_weights, token_weights
+from ..tuning.lowrank import LowRankReport, compress
+from ..tuning.optim import TuningAdamW
+from ..tuning.prior import (POOL_COMPILE_MIN, POOL_FILE, PriorPool, inputs_from_bits, load_pool, pool_batch,
+                            pool_key, prior_class_prompts, sample_prior_pool, save_pool)
+from ..tuning.selection import parse_blocks, select_params
+from . import session
+from .session import EventFn
 
-#: ``on_event(kind, data)``: "skipped", "loaded", "trainable", "pool", "start", "step",
-#: "validation", "checkpoint", "lowrank", "saved"
-EventFn = Callable[[str, dict[str, Any]], None]
+# on_event kinds: "skipped", "loaded", "trainable", "pool", "start", "step", "validation",
+# "checkpoint", "lowrank", "saved"
 
 #: settings a resumed run may change (the rest must equal the checkpoint's)
 RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
                      "log_every", "device", "save_rank", "run_dir", "name", "compile"}
-POOL_FILE = "prior-pool.safetensors"
-CHECKPOINT_DIR = "checkpoint"
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -126,201 +122,8 @@ def _scale_weights(config: TuneConfig, scales: tuple[Scale, ...]) -> Tensor:
         raise InvalidInputError(f"--scale-weights: {exc}") from None
 
 
-def _config_digest(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-# ---------------------------------------------------------------------------------------------
-# the prior pool
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PriorPool:
-    """Class-prompt token maps of the frozen model: bits (N, L, d) uint8, the teacher's raw
-    logits (N, L, V) bf16 and which class prompt each sample drew (N,) int64, on the host."""
-
-    bits_NLd: Tensor
-    logits_NLV: Tensor
-    prompt_N: Tensor
-
-    def __len__(self) -> int:
-        return self.bits_NLd.shape[0]
-
-
-def _pool_key(config: TuneConfig, resolved: ResolvedModel, scales: tuple[Scale, ...], n: int,
-              class_prompts: Sequence[str]) -> str:
-    return _config_digest({"model_hash": resolved.model_hash, "seed": config.seed, "n": n, "scales": scales,
-                           "class_prompts": list(class_prompts), "tau": config.prior_tau,
-                           "top_p": config.prior_top_p})
-
-
-def prior_class_prompts(config: TuneConfig, captions: Sequence[str]) -> list[str]:
-    """The prompts of the prior samples: ``--class-prompt`` if given, else each caption with the
-    subject's token taken out, in caption order without repeats. For the default caption that is
-    the official code's one prompt, "a photo of {cls}"; for per-photo captions ("a large sks star
-    on the left, green background") it is the class-prompt counterpart of each, as DreamBooth
-    pairs instance and class prompts, so the prior holds the class under the same wording."""
-    if config.class_prompt is not None:
-        return [config.class_prompt.format(cls=config.cls, token=config.token)]
-    return list(dict.fromkeys(class_prompt_of(cap, config.token, config.cls) for cap in captions))
-
-
-#: key/value cache memory the prior pool's sampling may use at once (the optimizer state does not
-#: exist yet at that point)
-POOL_KV_BUDGET = 14 * 2**30
-#: pools at least this big are sampled with compiled stages (when --compile allows)
-POOL_COMPILE_MIN = 300
-
-
-def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> int:
-    """Samples drawn together for the prior pool: as many as the KV budget holds, at most 32."""
-    if transformer.device.type != "cuda":
-        return 4
-    return max(1, min(32, POOL_KV_BUDGET // transformer.kv_cache_bytes(scales)))
-
-
-def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequence[TextCond],
-                      scales: tuple[Scale, ...], n: int, *, seed: int, tau: float, top_p: float, batch: int,
-                      compile: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
-    """``n`` samples of the one-prompt ``texts`` in turn (sample i: prompt i mod P), each drawn
-    from its own generator (seed + i), so the pool does not depend on the batch size it was
-    drawn with."""
-    from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
-
-    dev = transformer.device
-    engine = SamplingEngine(compile=compile) if dev.type == "cuda" else None
-    params = SamplingParams(cfg=1.0, tau=tau, top_k=0, top_p=top_p)
-    L = sum(math.prod(s) for s in scales)
-    d, V = transformer.cfg.bits, transformer.cfg.vocab
-    bits = torch.empty((n, L, d), dtype=torch.uint8, pin_memory=dev.type == "cuda")
-    logits = torch.empty((n, L, V), dtype=torch.bfloat16, pin_memory=dev.type == "cuda")
-    prompt_N = torch.arange(n) % len(texts)
-    was_training = transformer.training
-    transformer.eval()
-    try:
-        for start in range(0, n, batch):
-            b = min(batch, n - start)
-            gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(b)]
-            text = TextCond.cat([texts[int(k)] for k in prompt_N[start:start + b]])
-            maps = sample_token_maps(transformer, vae, text, scales, params, gens, engine=engine,
-                                     keep_logits=True)
-            bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
-            assert maps.logits_BLV is not None
-            logits[start:start + b].copy_(maps.logits_BLV.to(torch.bfloat16), non_blocking=True)
-            if on_progress:
-                on_progress(start + b, n)
-    finally:
-        transformer.train(was_training)
-        if engine is not None:
-            engine.release()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return PriorPool(bits, logits, prompt_N)
-
-
-def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -> Tensor:
-    """The teacher-forcing inputs (B, L - 1, d) of sampled bits: what the sampler fed each scale."""
-    from ..models.bsq_vae import CodeAccumulator
-
-    B = bits_BLd.shape[0]
-    acc = CodeAccumulator(scales, patchify=vae.cfg.spatial_patchify, bits=vae.cfg.bits, batch=B, device=bits_BLd.device)
-    inputs = []
-    start = 0
-    for s in scales:
-        l = math.prod(s)
-        nxt = acc.add(bits_BLd[:, start:start + l].long())
-        start += l
-        if nxt is not None:
-            inputs.append(nxt)
-    return torch.cat(inputs, dim=1) if inputs else bits_BLd.new_zeros((B, 0, bits_BLd.shape[-1]), dtype=torch.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def _write_atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a new folder with ``write`` and swap it in for ``target``; a reader finds the old or
-    the new folder (as ``target`` or ``target.old``), never a half-written one."""
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.partial")
-    old = target.with_name(target.name + ".old")
-    try:
-        tmp.mkdir(parents=True)
-        write(tmp)
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException as exc:  # whatever stopped the write, no half-written folder stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(exc, OSError) or isinstance(exc, ResourceError):  # already typed (DiskFullError)
-            raise
-        raise_if_disk_full(exc)
-        raise ResourceError(f"cannot write the checkpoint {target}: {exc.strerror or exc}") from None
-
-
-class _CheckpointWriter:
-    """Writes checkpoint folders (with :func:`_write_atomic_dir`) on a background thread, so the
-    training steps go on while a big checkpoint reaches the disk.
-
-    At most one write is in flight: :meth:`submit` first waits for the previous one, so the host
-    buffers a snapshot lives in are never refilled while a write still reads them. The thread never
-    calls back into the run (progress events belong to the main thread); :meth:`wait` hands its
-    result or its error to the caller."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._pending: tuple[Path, int] | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def finished(self) -> bool:
-        """A write was submitted and has ended (:meth:`wait` will not block)."""
-        return self._thread is not None and not self._thread.is_alive()
-
-    def submit(self, target: Path, write: Callable[[Path], None], step: int) -> tuple[Path, int] | None:
-        """Start writing ``target`` with ``write``; returns what :meth:`wait` returned for the
-        previous write (and raises its error)."""
-        previous = self.wait()
-
-        def work() -> None:
-            try:
-                _write_atomic_dir(target, write)
-            except BaseException as exc:  # re-raised in the main thread by wait()
-                self._error = exc
-
-        self._pending = (target, step)
-        # not a daemon: a checkpoint that has started is finished even if the main thread dies
-        self._thread = threading.Thread(target=work, name="arbooth-checkpoint")
-        self._thread.start()
-        return previous
-
-    def wait(self) -> tuple[Path, int] | None:
-        """Block until the write in flight (if any) is on disk; return its (folder, step), or
-        None when there was none. An error of the write is raised here, in the caller."""
-        if self._thread is None:
-            return None
-        self._thread.join()  # fields are cleared only after the join: an interrupted wait can be retried
-        done, error = self._pending, self._error
-        self._thread = self._pending = self._error = None
-        if error is not None:
-            raise error
-        return done
-
-
-def _find_checkpoint(run_dir: Path) -> Path | None:
-    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
-        d = run_dir / name
-        if (d / "state.json").is_file():
-            return d
-    return None
 
 
 def _expandable_segments() -> None:
@@ -335,10 +138,6 @@ def _expandable_segments() -> None:
             torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     except (AttributeError, RuntimeError):  # older torch: keep the default allocator
         pass
-
-
-def _gen_state(g: torch.Generator) -> Tensor:
-    return g.get_state().clone()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,8 +172,8 @@ class _Run:
         self.validation_images: list[str] = []
         self.compiled = False  # set once the device is known
         self._stop = False
-        self.writer = _CheckpointWriter()
-        self._pinned: dict[str, Tensor] = {}  # host buffers of checkpoint snapshots (CUDA), reused
+        self.writer = CheckpointWriter()
+        self.snapshot = HostSnapshot()  # host buffers of checkpoint snapshots (pinned on CUDA), reused
 
     # ---- checks before any heavy work -----------------------------------------------------
 
@@ -382,12 +181,12 @@ class _Run:
         c = self.config
         if self.store.has(self.name) and not (c.overwrite or c.resume):
             raise SubjectExistsError(self.name)
-        ckpt = _find_checkpoint(self.run_dir)
+        ckpt = find_checkpoint(self.run_dir)
         if c.resume:
             if ckpt is None:
                 raise InvalidInputError(f"no checkpoint to resume in {self.run_dir}",
                                         hint="start the run without --resume")
-            state = json.loads((ckpt / "state.json").read_text())
+            state = read_state(ckpt)
             saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
@@ -412,39 +211,32 @@ class _Run:
                                           caption=c.caption, on_skip=lambda m: self.emit("skipped", {"message": m}))
         for im in self.images:
             word_char_span(im.caption, c.token)  # every caption must name the subject
-        self.device = pick_device(c.device)
-        self.dtype = pick_dtype(c.dtype, self.device)
-        if self.device.type == "cuda":
+        device = pick_device(c.device)
+        if device.type == "cuda":
             _expandable_segments()
-        self.compiled = c.compile == "on" or (c.compile == "auto" and self.device.type == "cuda")
-        comps = self.components or load_components(self.resolved, device=self.device, dtype=self.dtype)
+        comps = session.open_model(self.resolved, str(device), c.dtype, self.emit, components=self.components,
+                                   details={"photos": len(self.images), "resolution": f"{self.w}x{self.h}",
+                                            "scales": len(self.scales)})
         self.components = None  # the run owns (and frees parts of) them from here
+        self.device, self.dtype = comps.device, comps.dtype
+        self.compiled = c.compile == "on" or (c.compile == "auto" and self.device.type == "cuda")
         assert comps.transformer is not None and comps.vae is not None and comps.text_encoder is not None
         self.transformer, self.vae = comps.transformer, comps.vae
-        self.emit("loaded", {"model": self.spec.name, "device": str(self.device),
-                             "dtype": str(self.dtype).replace("torch.", ""), "photos": len(self.images),
-                             "resolution": f"{self.w}x{self.h}", "scales": len(self.scales)})
 
         # Text features and photo features once; then the text encoder and the tokenizer's
         # encoder leave the device.
-        te = comps.text_encoder
+        tokenizer = comps.text_encoder.tokenizer
         captions = [im.caption for im in self.images]
         if c.flip:
             captions = captions + captions
         self.class_prompts = prior_class_prompts(c, captions)
         vprompts = [p.format(token=c.token, cls=c.cls) for p in c.validation_prompts] if c.validate_every else []
-        uniq = sorted(set(captions) | set(self.class_prompts) | set(vprompts))
-        feats = {}
-        for i in range(0, len(uniq), 16):
-            enc = te.encode(uniq[i:i + 16])
-            for j, p in enumerate(uniq[i:i + 16]):
-                feats[p] = enc.select([j]).to(self.device)
-        self.caption_text = [feats[p] for p in captions]
-        self.caption_span = [word_token_span(te.tokenizer, p, c.token) for p in captions]
-        self.class_texts = [feats[p] for p in self.class_prompts]
-        self.val_prompts = [(p, feats[p], word_token_span(te.tokenizer, p, c.token)) for p in vprompts]
-        comps.text_encoder = None
-        del te
+        feats = session.encode(comps, [(p, None) for p in [*captions, *self.class_prompts, *vprompts]],
+                               device=self.device)
+        self.caption_text = [feats[(p, None)] for p in captions]
+        self.caption_span = [word_token_span(tokenizer, p, c.token) for p in captions]
+        self.class_texts = [feats[(p, None)] for p in self.class_prompts]
+        self.val_prompts = [(p, feats[(p, None)], word_token_span(tokenizer, p, c.token)) for p in vprompts]
         with torch.no_grad():
             x = to_tensor(self.images, flip=c.flip)
             self.raw = [self.vae.encode_features(x[i:i + 1].to(self.device)) for i in range(x.shape[0])]
@@ -457,33 +249,19 @@ class _Run:
         if not c.prior:
             return None
         n = c.prior_pool or c.steps * c.batch_size
-        key = _pool_key(c, self.resolved, self.scales, n, self.class_prompts)
+        key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts)
         path = self.run_dir / POOL_FILE
-        if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    self.emit("pool", {"done": n, "total": n, "cached": True})
-                    return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt"))
+        pool = load_pool(path, key)
+        if pool is not None:
+            self.emit("pool", {"done": n, "total": n, "cached": True})
+            return pool
         batch = pool_batch(self.transformer, self.scales)
-        t0 = time.perf_counter()
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
                                  tau=c.prior_tau, top_p=c.prior_top_p, batch=batch,
                                  compile=self.compiled and n >= POOL_COMPILE_MIN,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
-        self.pool_seconds = time.perf_counter() - t0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        try:
-            write_safetensors(tmp, {"bits": pool.bits_NLd, "logits": pool.logits_NLV, "prompt": pool.prompt_N},
-                              {"key": key})
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise_if_disk_full(exc)
-            raise
+        save_pool(path, pool, key)
         return pool
 
     def setup_training(self) -> None:
@@ -535,20 +313,6 @@ class _Run:
 
     # ---- checkpoints ----------------------------------------------------------------------
 
-    def _to_host(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Host copies of ``tensors`` that later steps cannot change. On CUDA they go into pinned
-        buffers kept for the next checkpoint (allocating GBs of pinned memory each time would cost
-        more than the copy); the copies are queued only: the caller synchronises once."""
-        if self.device.type != "cuda":
-            return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
-        out = {}
-        for k, v in tensors.items():
-            buf = self._pinned.get(k)
-            if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
-                buf = self._pinned[k] = torch.empty(v.shape, dtype=v.dtype, pin_memory=True)
-            out[k] = buf.copy_(v.detach(), non_blocking=True)
-        return out
-
     def save_checkpoint(self, *, wait: bool = False) -> Path:
         """Snapshot the run and write it to the run folder in the background (``wait``: before
         returning). The snapshot is taken here, so the checkpoint is of this step even though the
@@ -560,23 +324,16 @@ class _Run:
         weights = dict(self.tuned)
         if self.subject_SC is not None:
             weights["subject_embedding"] = self.subject_SC
-        host_weights = self._to_host(weights)
-        extra = self._to_host({f"opt.{k}": v for k, v in self.opt.state_tensors().items()})
-        if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()  # the one sync for all the copies
-        extra["rng.data"] = _gen_state(self.data_gen)
-        extra["rng.noise"] = _gen_state(self.noise_gen)
+        host_weights = self.snapshot.take(weights, self.device)
+        extra = self.snapshot.take({f"opt.{k}": v for k, v in self.opt.state_tensors().items()}, self.device)
+        extra["rng.data"] = self.data_gen.get_state().clone()
+        extra["rng.noise"] = self.noise_gen.get_state().clone()
         extra["order"] = self.batch.order.clone()
         state = {"step": self.step, "pos": self.batch.pos, "opt_steps": self.opt.steps,
                  "optimizer_state": self.opt_kind, "config": self.config.to_dict(),
                  "model_hash": self.resolved.model_hash, "arbooth_version": __version__, "saved": _now(),
                  "losses": dict(self.last_logged)}
-
-        def write(d: Path) -> None:  # runs on the writer thread: reads the snapshot only
-            write_safetensors(d / "weights.safetensors", host_weights)
-            write_safetensors(d / "optimizer.safetensors", extra)
-            (d / "state.json").write_text(json.dumps(state, indent=1))
-
+        write = checkpoint_writer(host_weights, extra, state)  # runs on the writer thread: reads the snapshot only
         self.writer.submit(target, write, self.step)
         if wait:
             self.finish_checkpoint()
@@ -594,15 +351,7 @@ class _Run:
         return done[0]
 
     def load_checkpoint(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = json.loads((ckpt / "state.json").read_text())
-        try:
-            weights = load_file(str(ckpt / "weights.safetensors"), device=str(self.device))
-            extra = load_file(str(ckpt / "optimizer.safetensors"), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {exc}",
-                                  hint="start again with --overwrite") from None
+        state, weights, extra = read_checkpoint(ckpt, self.device)
         expected = set(self.tuned) | ({"subject_embedding"} if self.subject_SC is not None else set())
         if set(weights) != expected:
             raise CheckpointError(f"the checkpoint in {ckpt} holds other tensors than this run tunes")
@@ -639,34 +388,35 @@ class _Run:
             text = splice_subject(text, spans, self.subject_SC)
         return text
 
-    def train_step(self, pool: PriorPool | None) -> None:
-        c = self.config
-        tr, dev = self.transformer, self.device
-        idx = self.next_indices()
-        drop_B = torch.rand(len(idx), generator=self.data_gen) < c.text_dropout
+    def objective(self, idx: list[int], pool: PriorPool | None, rows: list[int], *,
+                  train: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, ce, prior)`` of the photos ``idx`` and the pool samples ``rows`` in one batch.
+        ``train``: with the training noise (bitwise self-correction, text dropout, drop path)."""
+        c, tr, dev = self.config, self.transformer, self.device
         raw = torch.cat([self.raw[i] for i in idx])
-        tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify,
-                             noise_layers=c.bsc_scales if c.bsc_scales is not None else len(self.scales),
-                             noise_strength=c.bsc_strength, requant=True, generator=self.noise_gen)
+        noise = dict(noise_layers=c.bsc_scales if c.bsc_scales is not None else len(self.scales),
+                     noise_strength=c.bsc_strength, requant=True, generator=self.noise_gen) if train else {}
+        tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify, **noise)
         text = self.subject_text([self.caption_text[i] for i in idx], [self.caption_span[i] for i in idx])
-        text = tr.drop_text(text, drop_B)
-        inputs = tf.inputs_BLd
-        Bs = len(idx)
+        if train:
+            text = tr.drop_text(text, torch.rand(len(idx), generator=self.data_gen) < c.text_dropout)
+        inputs, teacher_BLV = tf.inputs_BLd, None
         if pool is not None:
-            rows = [(self.step * c.batch_size + k) % len(pool) for k in range(c.batch_size)]
             bits = pool.bits_NLd[rows].to(dev, non_blocking=True)
             teacher_BLV = pool.logits_NLV[rows].to(dev, non_blocking=True)
             text = TextCond.cat([text] + [self.class_texts[int(pool.prompt_N[r])] for r in rows])
             inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
-        logits = tr(text, inputs, self.scales, checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
-                    prefix_attention=dev.type == "cuda", ops=self.train_ops)
-        ce = scale_weighted_ce(logits[:Bs], tf.bits_BLd.to(dev), self.w_L)
-        if pool is not None:
-            prior = prior_distill(logits[Bs:], teacher_BLV, kind=c.prior_mode, per_bit=c.prior_kl == "bit")
-            loss = ce + c.prior_weight * prior
-        else:
-            prior = torch.zeros((), device=dev)
-            loss = ce
+        forward = dict(checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
+                       prefix_attention=dev.type == "cuda", ops=self.train_ops) if train else {}
+        logits = tr(text, inputs, self.scales, **forward)
+        return arbooth_loss(logits, tf.bits_BLd.to(dev), self.w_L, teacher_BLV, prior_weight=c.prior_weight,
+                            prior_mode=c.prior_mode, per_bit=c.prior_kl == "bit")
+
+    def train_step(self, pool: PriorPool | None) -> None:
+        c = self.config
+        idx = self.next_indices()
+        rows = [(self.step * c.batch_size + k) % len(pool) for k in range(c.batch_size)] if pool is not None else []
+        loss, ce, prior = self.objective(idx, pool, rows, train=True)
         # the optimizer updates each tensor inside the backward pass, as its gradient completes
         self.opt.begin_step()
         loss.backward()
@@ -691,7 +441,7 @@ class _Run:
                 self.finish_checkpoint()
             except ArboothError as exc:
                 failed = exc
-            ckpt = _find_checkpoint(self.run_dir)
+            ckpt = find_checkpoint(self.run_dir)
             where = f"; the last good checkpoint is in {ckpt} (resume with --resume)" if ckpt else ""
             if failed is not None:
                 where += f" (the last checkpoint could not be written: {failed})"
@@ -757,7 +507,7 @@ class _Run:
                 raise TuneInterrupted(self.step, ckpt)
         self.check_finite()
         self.finish_checkpoint()
-        self._pinned.clear()  # no write is in flight: give the pinned host memory back
+        self.snapshot.release()  # no write is in flight: give the pinned host memory back
 
     # ---- saving the subject ----------------------------------------------------------------
 
@@ -799,26 +549,16 @@ class _Run:
     def lowrank_loss_cost(self, pool: PriorPool | None, low: dict[str, Tensor]) -> dict[str, float]:
         """The subject and prior losses of one fixed batch with the full and the rank-R weights
         (``low``: the entries of the rank-R subject file)."""
-        from .lowrank import tuned_values
+        from ..subjects.use import tuned_values
 
         assert self.base_values is not None
         c, tr, dev = self.config, self.transformer, self.device
         idx = list(range(min(c.batch_size, len(self.raw))))
-        raw = torch.cat([self.raw[i] for i in idx])
-        tf = teacher_forcing(raw, self.vae.vae_scales(self.scales), patchify=self.vae.cfg.spatial_patchify)
-        text = self.subject_text([self.caption_text[i] for i in idx], [self.caption_span[i] for i in idx])
+        rows = list(range(min(c.batch_size, len(pool)))) if pool is not None else []
 
         def losses() -> tuple[float, float]:
-            logits = tr(text, tf.inputs_BLd, self.scales)
-            ce = float(scale_weighted_ce(logits, tf.bits_BLd.to(dev), self.w_L))
-            if pool is None:
-                return ce, 0.0
-            rows = list(range(min(c.batch_size, len(pool))))
-            bits = pool.bits_NLd[rows].to(dev)
-            ptext = TextCond.cat([self.class_texts[int(pool.prompt_N[r])] for r in rows])
-            plog = tr(ptext, inputs_from_bits(self.vae, bits, self.scales), self.scales)
-            return ce, float(prior_distill(plog, pool.logits_NLV[rows].to(dev), kind=c.prior_mode,
-                                           per_bit=c.prior_kl == "bit"))
+            _, ce, prior = self.objective(idx, pool, rows, train=False)
+            return float(ce), float(prior)
 
         tr.eval()
         with torch.no_grad():
@@ -858,10 +598,9 @@ def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: Resol
 
     ``components``: already built parts of ``resolved``'s model (on ``config.device``, blocks in
     ``config.dtype``) instead of loading them; the run changes and frees parts of them."""
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or session.no_events
     config.validate()
-    resolved = resolved or resolve_model(config.model)
-    remember_model(resolved.spec.name)
+    resolved = session.resolve(config.model, resolved=resolved)
     run = _Run(config, resolved, emit, components)
     ckpt = run.preflight()
     t0 = time.perf_counter()

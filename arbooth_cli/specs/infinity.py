@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...registry import (
+from ..modelspec import (
     FileSpec,
     ModelSpec,
     RegisterFn,

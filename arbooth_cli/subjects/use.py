@@ -1,17 +1,9 @@
-"""The learned subject embedding: S vectors that replace the text features of the subject's word.
-
-ARBooth learns, together with the tuned layers, a few vectors (4 of the text width, zero at the
-start) in the text encoder's *output* space. The prompt is encoded as written ("a photo of sks dog"),
-so the other words see the identifier in context, and then the feature rows of the identifier's
-tokens are replaced by the learned vectors. The released code inserts a special ``<placeholder>``
-token for this; splicing by the word's own token span needs no change to the tokenizer or to the
-encoder's vocabulary, and works with any tokenizer that reports offsets (and with byte tokenizers).
-"""
+"""A tuned subject at sampling time: its file read for a model, put into the model's weights and
+into a prompt's text features."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,50 +14,8 @@ from torch import Tensor
 from ..errors import InvalidInputError
 from ..models.text_encoder import TextCond
 from ..models.transformer import InfinityTransformer
-
-
-def word_char_span(prompt: str, word: str) -> tuple[int, int]:
-    """Characters of the first whole-word occurrence of ``word`` in ``prompt``."""
-    m = re.search(rf"(?<![\w]){re.escape(word)}(?![\w])", prompt)
-    if m is None:
-        raise InvalidInputError(f"prompt {prompt!r} does not contain the subject token {word!r}")
-    return m.span()
-
-
-def word_token_span(tokenizer: Any, prompt: str, word: str) -> tuple[int, int]:
-    """Token positions ``[start, end)`` of ``word`` in ``tokenizer(prompt)``."""
-    cs, ce = word_char_span(prompt, word)
-    if getattr(tokenizer, "is_fast", False):
-        offsets = tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]
-        hit = [i for i, (a, b) in enumerate(offsets) if b > a and a < ce and b > cs]
-        if not hit:
-            raise InvalidInputError(f"the tokenizer produced no token for {word!r} in {prompt!r}")
-        return hit[0], hit[-1] + 1
-    if type(tokenizer).__name__ == "ByT5Tokenizer":  # one token per UTF-8 byte, nothing before
-        return len(prompt[:cs].encode()), len(prompt[:ce].encode())
-    raise InvalidInputError(f"cannot locate words with a {type(tokenizer).__name__}; use a fast tokenizer")
-
-
-def splice_subject(text: TextCond, spans: Sequence[tuple[int, int]], subject_SC: Tensor) -> TextCond:
-    """Replace rows ``spans[i]`` of prompt i by the S subject vectors (lengths change by S - span)."""
-    if len(spans) != text.batch:
-        raise InvalidInputError(f"{len(spans)} spans for {text.batch} prompts")
-    rows = []
-    for i, (s, e) in enumerate(spans):
-        n = int(text.lens_B[i])
-        if not 0 <= s < e <= n:
-            raise InvalidInputError(f"span {s}:{e} is outside prompt {i} of {n} tokens")
-        f = text.feats_BTC[i]
-        rows.append(torch.cat([f[:s], subject_SC.to(f.dtype), f[e:n]]))
-    lens = torch.tensor([r.shape[0] for r in rows], dtype=torch.int64, device=text.lens_B.device)
-    T = int(lens.max())
-    feats = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, T - r.shape[0])) for r in rows])
-    return TextCond(feats, lens)
-
-
-# ---------------------------------------------------------------------------------------------
-# using a tuned subject at sampling time
-# ---------------------------------------------------------------------------------------------
+from .embedding import splice_subject, word_token_span
+from .words import token_in_prompt
 
 
 @dataclass
@@ -86,7 +36,7 @@ def load_subject(path: str | Path, transformer: InfinityTransformer, *, model_na
                  model_hash: str) -> LoadedSubject:
     """Read a subject file for ``transformer``; refuses one tuned on another base model."""
     from ..checkpoint_io import sha256_file
-    from ..subjects import read_subject_header
+    from .store import read_subject_header
 
     path = Path(path)
     meta, _ = read_subject_header(path)
@@ -111,7 +61,6 @@ def read_subject_values(path: str | Path, params: Mapping[str, Tensor]) -> tuple
     from safetensors.torch import load_file
 
     from ..errors import CheckpointError
-    from .lowrank import tuned_values
 
     device = next(iter(params.values())).device
     entries = load_file(str(path), device=str(device))
@@ -156,9 +105,30 @@ def subject_text(text: TextCond, tokenizer: Any, prompt: str, subject: LoadedSub
     prompt names it and the subject has an embedding."""
     if subject is None or subject.embedding_SC is None:
         return text
-    from ..subjects import token_in_prompt
-
     if not token_in_prompt(subject.token, prompt):
         return text
     span = word_token_span(tokenizer, prompt, subject.token)
     return splice_subject(text, [span], subject.embedding_SC.to(text.feats_BTC.device))
+
+
+def tuned_values(entries: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors a subject file sets, from its entries (full values or low-rank changes) and the
+    base model's tensors ``base`` (only those the file names are read)."""
+    out: dict[str, Tensor] = {}
+    for key, t in entries.items():
+        if key == "subject_embedding":
+            continue
+        if key.endswith(".lora_up"):
+            name = key[: -len(".lora_up")]
+            down = entries[f"{name}.lora_down"]
+            w = base[name]
+            out[name] = (w.float() + (t.float().to(w.device) @ down.float().to(w.device))).to(w.dtype)
+        elif key.endswith(".lora_down"):
+            continue
+        elif key.endswith(".delta"):
+            name = key[: -len(".delta")]
+            w = base[name]
+            out[name] = (w.float() + t.float().to(w.device)).to(w.dtype)
+        else:
+            out[key] = t
+    return out

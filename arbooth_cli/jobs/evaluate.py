@@ -20,24 +20,23 @@ the output folder.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .config import EvalConfig, read_prompts_file
-from .errors import InvalidInputError, NoToySubjectError, NotFoundError
-from .loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
-from .subjects import SubjectInfo, SubjectStore, token_in_prompt
+from .._version import __version__
+from ..analysis.toy_scores import ImageResult, Metric, PromptResult, identify_toy_subject, toy_scores
+from ..config import EvalConfig, read_prompts_file
+from ..errors import InvalidInputError, NotFoundError
+from ..loading import ResolvedModel
+from ..subjects import SubjectInfo, SubjectStore, token_in_prompt
+from . import session
+from .session import EventFn
 
-#: ``on_event(kind, data)``: "photos", "skipped", "loaded", "plan", "sample", "metrics"
-EventFn = Callable[[str, dict[str, Any]], None]
+# on_event kinds: "photos", "skipped", "loaded", "plan", "sample", "metrics"
 
-#: photos the winning toy subject's detector must fire on
-MIN_TOY_PHOTOS = 3
 #: DreamBooth-style prompts (Ruiz et al. 2023, object prompts) for real models
 REAL_PROMPTS = (
     "a {token} {cls} on the beach",
@@ -60,61 +59,6 @@ REPORT_JSON = "report.json"
 
 
 # ---- the report ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One number of the report. Shares (toy) have ``hits`` of ``n`` images; means (diversity, real
-    metrics) have the spread ``std`` over their ``n`` items (images or prompts)."""
-
-    value: float | None  # None: not measured (e.g. diversity with one seed)
-    n: int
-    hits: int | None = None
-    std: float | None = None
-    unit: str = "images"  # what n counts
-    meaning: str = ""
-
-
-def share(hits: int, n: int, meaning: str) -> Metric:
-    return Metric(hits / n if n else None, n, hits, None, "images", meaning)
-
-
-@dataclass
-class PromptResult:
-    """One prompt's images. Toy: hits per image set and the words no detector checks; real: the
-    prompt's mean DINO, CLIP-I and CLIP-T."""
-
-    index: int
-    prompt: str
-    class_prompt: str  # toy: its drift prompt; real: the text CLIP-T compares with
-    images: int
-    subject_hits: int | None = None
-    text_hits: int | None = None
-    base_hits: int | None = None
-    class_hits: int | None = None
-    unchecked: list[str] = field(default_factory=list)
-    diversity: float | None = None
-    distinct: int | None = None
-    dino: float | None = None
-    clip_i: float | None = None
-    clip_t: float | None = None
-
-
-@dataclass
-class ImageResult:
-    """What the detector read from one toy image (``checks``: subject-prompt images only)."""
-
-    set: str
-    prompt_index: int
-    prompt: str
-    seed: int
-    found: bool
-    score: float
-    position: str | None
-    size: str | None
-    background: list[str] | None
-    cls: str | None
-    checks: dict[str, bool | None] | None = None
 
 
 @dataclass
@@ -166,19 +110,7 @@ def _plain(v: Any) -> Any:
 
 def resolve_subject(ref: str, store: SubjectStore | None = None) -> SubjectInfo:
     """A subject file, else the stored subject of that name, else the one with that token."""
-    from .sampling.job import subjects_for
-
-    p = Path(ref)
-    if p.suffix == ".safetensors" or p.is_file():
-        return subjects_for([""], None, str(p))[0]  # type: ignore[return-value]
-    store = store or SubjectStore()
-    if store.has(ref):
-        return store.get(ref)
-    by_token = [s for s in store.list() if s.token == ref]
-    if len(by_token) > 1:
-        raise InvalidInputError(f"several subjects have the token {ref!r} ({', '.join(s.name for s in by_token)})",
-                                hint="name one of them")
-    return by_token[0] if by_token else store.get(ref)
+    return session.subject_by_reference(ref, store, by_token=True)
 
 
 def photos_folder(info: SubjectInfo, override: str | None) -> Path:
@@ -202,25 +134,11 @@ def photos_folder(info: SubjectInfo, override: str | None) -> Path:
 def load_photos(folder: Path, token: str, cls: str, height: int, width: int,
                 emit: EventFn) -> list[np.ndarray]:
     """The folder's readable photos at the model's image size (as tuning crops them), uint8 HW3."""
-    from .tuning.data import load_subject_images
+    from ..tuning.data import load_subject_images
 
     images = load_subject_images(folder, token=token, cls=cls, height=height, width=width,
                                  on_skip=lambda m: emit("skipped", {"message": m}))
     return [im.pixels_HW3 for im in images]
-
-
-def identify_toy_subject(photos_HW3: Sequence[np.ndarray], folder: Path | str, prefer_cls: str | None = None
-                         ) -> tuple[Any, dict[str, int]]:
-    """The toy subject whose detector fires on most photos (at least :data:`MIN_TOY_PHOTOS`), and
-    each subject's count; ties go to ``prefer_cls``'s subject, then to the first listed."""
-    from .toyworld.subjects import SUBJECTS, detect_subject
-
-    hits = {name: sum(detect_subject(p, s).found for p in photos_HW3) for name, s in SUBJECTS.items()}
-    order = list(SUBJECTS)
-    best = max(order, key=lambda n: (hits[n], SUBJECTS[n].cls == prefer_cls, -order.index(n)))
-    if hits[best] < MIN_TOY_PHOTOS:
-        raise NoToySubjectError(str(folder), hits, len(photos_HW3), MIN_TOY_PHOTOS)
-    return SUBJECTS[best], hits
 
 
 def read_eval_prompts(path: str | Path, token: str) -> list[str]:
@@ -258,8 +176,8 @@ class _Plan:
 
 
 def _toy_plan(info: SubjectInfo, folder: Path, photos: list[np.ndarray], user_prompts: list[str] | None) -> _Plan:
-    from .subjects import class_prompt_of
-    from .toyworld.subjects import class_prompts, subject_prompts
+    from ..subjects import class_prompt_of
+    from ..toyworld.subjects import class_prompts, subject_prompts
 
     toy, hits = identify_toy_subject(photos, folder, prefer_cls=info.cls)
     notes = []
@@ -280,7 +198,7 @@ def _toy_plan(info: SubjectInfo, folder: Path, photos: list[np.ndarray], user_pr
 
 
 def _real_plan(info: SubjectInfo, user_prompts: list[str] | None) -> _Plan:
-    from .analysis.personalization import DEFAULT_CLASS_PROMPT
+    from ..analysis.personalization import DEFAULT_CLASS_PROMPT
 
     prompts = user_prompts or [p.format(token=info.token, cls=info.cls) for p in REAL_PROMPTS]
     drift = DEFAULT_CLASS_PROMPT.format(cls=info.cls)
@@ -296,15 +214,12 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     ``resolved``/``components``: a model already resolved or built (the run frees parts of the
     components); by default the subject's base model is resolved and loaded as `arbooth gen` does.
     """
-    from .models.schedules import model_scales, pixel_size
-    from .sampling.job import check_subject_base, subject_model
-    from .sampling.writers import prepare_report_dir
+    from ..models.schedules import model_scales, pixel_size
 
-    emit = on_event or (lambda kind, data: None)
+    emit = on_event or session.no_events
     config.validate()
     info = resolve_subject(config.subject)
-    resolved = resolved or resolve_model(subject_model(config.model, [info]))
-    check_subject_base(info, resolved)
+    resolved = session.resolve(config.model, [info], resolved=resolved)
     spec = resolved.spec
     if spec.world not in (None, "toy"):
         raise InvalidInputError(f"model {spec.name} draws the {spec.world!r} world, which eval has no detectors for")
@@ -316,7 +231,7 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     if spec.world == "toy":
         plan = _toy_plan(info, folder, photos, user_prompts)
     else:
-        from .analysis.personalization import check_real_metric_weights
+        from ..analysis.personalization import check_real_metric_weights
 
         check_real_metric_weights(config.dino, config.clip)
         plan = _real_plan(info, user_prompts)
@@ -325,89 +240,8 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     paths: dict[str, Path] = {}
     if config.out_dir is not None:
         files = {"json": REPORT_JSON, **{s: f"{s}.png" for s in plan.sets}}
-        paths = prepare_report_dir(config.out_dir, files, config.overwrite)
-    remember_model(spec.name)
+        paths = session.prepare_report_dir(config.out_dir, files, config.overwrite)
     return _Evaluation(config, resolved, info, plan, scales, folder, photos, paths, emit).run(components)
-
-
-# ---- the toy world's exact measures --------------------------------------------------------
-
-
-def pixel_diversity(imgs_SHW3: np.ndarray) -> tuple[float | None, int]:
-    """(mean over seed pairs of the mean absolute pixel difference / 255, in [0, 1]; None for one
-    image) and how many of the images are distinct (not byte-identical)."""
-    S = imgs_SHW3.shape[0]
-    distinct = len({im.tobytes() for im in imgs_SHW3})
-    if S < 2:
-        return None, distinct
-    x = imgs_SHW3.astype(np.int16)
-    d = [float(np.abs(x[i] - x[j]).mean()) / 255.0 for i in range(S) for j in range(i + 1, S)]
-    return sum(d) / len(d), distinct
-
-
-def _unchecked(parsed: Any) -> list[str]:
-    """What a toy prompt asks that no check measures: unknown words, a colour given to the
-    subject, shapes besides it."""
-    out = list(parsed.unknown)
-    named = [s for s in parsed.shapes if s["name"] is not None]
-    for s in parsed.shapes:
-        if s["name"] is not None and s["colour"] is not None:
-            out.append(f"{s['colour']} (a colour of the subject)")
-        elif s["name"] is None and named:
-            out.append(" ".join(w for w in (s["colour"], s["cls"]) if w) + " (a second shape)")
-    return out
-
-
-def toy_scores(subject: Any, token: str, prompts: Sequence[str], class_prompts: Sequence[str],
-               pixels: dict[str, np.ndarray], seeds: Sequence[int]
-               ) -> tuple[dict[str, Metric], list[PromptResult], list[ImageResult]]:
-    """Every toy metric from the images of each set (``pixels[set]``: (prompts, seeds, H, W, 3)),
-    with the per-prompt and per-image records they are counted from."""
-    from .analysis.metrics import mean_and_spread
-    from .toyworld.scene import parse_caption
-    from .toyworld.subjects import check_subject, detect_subject
-
-    names = {token.lower(): subject.cls}
-    images: list[ImageResult] = []
-    rows: list[PromptResult] = []
-    for pi, (prompt, cprompt) in enumerate(zip(prompts, class_prompts)):
-        parsed = parse_caption(prompt, names=names)
-        row = PromptResult(pi, prompt, cprompt, len(seeds), subject_hits=0, text_hits=0, base_hits=0, class_hits=0,
-                           unchecked=_unchecked(parsed))
-        for set_name, set_prompt, counter in (("subject", prompt, "subject_hits"), ("base", prompt, "base_hits"),
-                                              ("class", cprompt, "class_hits")):
-            for si, seed in enumerate(seeds):
-                m = detect_subject(pixels[set_name][pi, si], subject)
-                checks = check_subject(parsed, m) if set_name == "subject" else None
-                images.append(ImageResult(set_name, pi, set_prompt, seed, bool(m.found), float(m.score), m.position,
-                                          m.size, None if m.background is None else list(m.background), m.cls,
-                                          checks))
-                setattr(row, counter, getattr(row, counter) + int(m.found))
-                if checks is not None:
-                    row.text_hits += int(bool(checks["all"]))  # type: ignore[operator]
-        row.diversity, row.distinct = pixel_diversity(pixels["subject"][pi])
-        rows.append(row)
-    n = len(prompts) * len(seeds)
-    metrics = {
-        "subject_fidelity": share(sum(r.subject_hits or 0 for r in rows), n,
-                                  "subject-prompt images (tuned model) showing the subject"),
-        "text_fidelity": share(sum(r.text_hits or 0 for r in rows), n,
-                               "subject-prompt images showing it at the position, size and background asked"),
-        "base_fidelity": share(sum(r.base_hits or 0 for r in rows), n,
-                               "subject-prompt images of the base model showing it (expect 0)"),
-        "drift": share(sum(r.class_hits or 0 for r in rows), n,
-                       "class-prompt images (tuned model) showing the subject (low: kept class)"),
-    }
-    if len(seeds) > 1:
-        m, s = mean_and_spread([r.diversity for r in rows if r.diversity is not None])
-        metrics["diversity"] = Metric(m, len(rows), None, s, "prompts",
-                                      "mean |a - b| / 255 between seeds' images of a prompt")
-        metrics["distinct"] = share(sum(r.distinct or 0 for r in rows), n,
-                                    "distinct images among each prompt's seeds (identical ones count once)")
-    else:
-        metrics["diversity"] = Metric(None, len(rows), None, None, "prompts", "needs --seeds 2 or more")
-        metrics["distinct"] = Metric(None, n, None, None, "images", "needs --seeds 2 or more")
-    return metrics, rows, images
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -452,36 +286,20 @@ class _Evaluation:
         """Every set's images, (prompts, seeds, H, W, 3) uint8; the base model's sets first."""
         import torch
 
-        from .models.text_encoder import TextCond
-        from .sampling.sample import SamplingParams, sample_images
-        from .tuning.subject import SubjectSwitch, load_subject, subject_text
+        from ..models.text_encoder import TextCond
+        from ..sampling.sample import sample_images
+        from ..subjects.use import SubjectSwitch
 
         c, spec, plan = self.c, self.resolved.spec, self.plan
-        if comps is None:
-            device = pick_device(c.device)
-            comps = load_components(self.resolved, device=device, dtype=pick_dtype(c.dtype, device))
+        comps = session.open_model(self.resolved, c.device, c.dtype, self.emit, components=comps)
         self.device = device = comps.device
-        self.emit("loaded", {"model": spec.name, "device": str(device),
-                             "dtype": str(comps.dtype).replace("torch.", "")})
-        subject = load_subject(self.info.path, comps.transformer, model_name=spec.name,
-                               model_hash=self.resolved.model_hash)
+        subject = session.load_subject(comps, self.resolved, self.info)
+        assert subject is not None
         self.subject_hash = subject.sha256
         switch = SubjectSwitch(comps.transformer)
-        te = comps.text_encoder
-        uniq = sorted({p for ps in plan.sets.values() for p in ps})
-        feats = {}
-        for i in range(0, len(uniq), 16):
-            enc = te.encode(uniq[i:i + 16])
-            for j, p in enumerate(uniq[i:i + 16]):
-                feats[p] = enc.select([j])
-        text = {(p, w): subject_text(feats[p], te.tokenizer, p, subject if w else None)
-                for s, ps in plan.sets.items() for w in (plan.with_subject[s],) for p in ps}
-        comps.text_encoder = te = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-        params = SamplingParams(cfg=spec.sampling.cfg, tau=spec.sampling.tau, top_k=spec.sampling.top_k,
-                                top_p=spec.sampling.top_p)
+        with_subject = {s: subject if plan.with_subject[s] else None for s in plan.sets}
+        text = session.encode(comps, [(p, with_subject[s]) for s, ps in plan.sets.items() for p in ps])
+        params = session.sampling_params(spec)
         order = sorted(plan.sets, key=lambda s: plan.with_subject[s])  # base model first: one switch
         total = sum(len(plan.sets[s]) * len(self.seeds) for s in order)
         batch = self._batch_size(comps, total)
@@ -490,12 +308,12 @@ class _Evaluation:
         self.done = 0
         out: dict[str, np.ndarray] = {}
         for s in order:
-            switch.use(subject if plan.with_subject[s] else None)
+            switch.use(with_subject[s])
             items = [(pi, p, seed) for pi, p in enumerate(plan.sets[s]) for seed in self.seeds]
             imgs = []
             for b in range(0, len(items), batch):
                 chunk = items[b:b + batch]
-                cond = TextCond.cat([text[(p, plan.with_subject[s])] for _, p, _ in chunk]).to(device)
+                cond = TextCond.cat([text[session.text_key(p, with_subject[s])] for _, p, _ in chunk]).to(device)
                 gens = [torch.Generator(device=device).manual_seed(seed) for *_, seed in chunk]
                 img = sample_images(comps.transformer, comps.vae, cond, self.scales, params, gens)
                 imgs.append(img.permute(0, 2, 3, 1).cpu().numpy())
@@ -508,7 +326,7 @@ class _Evaluation:
         return out
 
     def _batch_size(self, comps: Any, total: int) -> int:
-        from .sampling.sample import guided_images_that_fit
+        from ..sampling.sample import guided_images_that_fit
 
         if self.c.batch_size:
             return self.c.batch_size
@@ -521,9 +339,9 @@ class _Evaluation:
     def _real_scores(self, pixels: dict[str, np.ndarray]) -> tuple[dict[str, Metric], list[PromptResult], dict]:
         import torch
 
-        from .analysis.personalization import (extract_batched, load_real_metric_models,
-                                               real_metrics, subject_fidelity, text_alignment)
-        from .subjects import class_prompt_of
+        from ..analysis.personalization import (extract_batched, load_real_metric_models,
+                                                real_metrics, subject_fidelity, text_alignment)
+        from ..subjects import class_prompt_of
 
         plan, info = self.plan, self.info
         self.comps.transformer = self.comps.vae = None  # room for the feature models
@@ -575,8 +393,8 @@ class _Evaluation:
     def _write(self, report: EvalReport) -> None:
         from PIL import Image
 
-        from .analysis.plots import labelled_grid
-        from .sampling.writers import write_json, write_png
+        from ..analysis.plots import labelled_grid
+        from ..sampling.writers import write_json, write_png
 
         hits = {"subject": "subject_hits", "base": "base_hits", "class": "class_hits"}
         for s, arr in report.pixels.items():
@@ -598,5 +416,4 @@ class _Evaluation:
         write_json(self.paths["json"], report.to_dict())  # last: a report.json means the run finished
 
 
-__all__ = ["EvalReport", "Metric", "PromptResult", "ImageResult", "evaluate", "toy_scores", "pixel_diversity",
-           "identify_toy_subject", "resolve_subject", "photos_folder", "read_eval_prompts", "REAL_PROMPTS"]
+__all__ = ["EvalReport", "evaluate", "resolve_subject", "photos_folder", "read_eval_prompts", "REAL_PROMPTS"]

@@ -1,0 +1,252 @@
+"""The setup every job shares, written once: which subjects and which model, loading them, text
+features, the output folder and the sampling settings.
+
+A job calls these in order: :func:`pick_subjects` (from the prompts, ``--subject`` or
+``--delta``), :func:`resolve` (the model, checked against the subjects' base, remembered as the
+last used), then, once every input is checked, :func:`open_model` (device, dtype, components,
+the "loaded" event), :func:`load_subjects`, :func:`encode` (text features with each subject's
+learned vectors, then the text encoder leaves the device). :func:`sampling_settings` applies
+the model's sampling defaults; :func:`prepare_out_dir` probes the output folder before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError, NotFoundError, ResourceError
+from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
+from ..modelspec import ModelSpec
+from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.build import Components
+    from ..models.text_encoder import TextCond
+    from ..subjects.use import LoadedSubject
+
+#: ``on_event(kind, data)``: a job's progress, for the CLI (or any caller) to show
+EventFn = Callable[[str, dict[str, Any]], None]
+
+#: the sampling settings a prompt, a run or the model may set
+SAMPLING_KEYS = ("cfg", "tau", "top_k", "top_p")
+#: prompts the text encoder encodes at once
+ENCODE_CHUNK = 16
+
+
+def no_events(kind: str, data: dict[str, Any]) -> None:
+    """The default ``on_event``: nothing to show."""
+
+
+# ---- subjects and model ------------------------------------------------------------------------
+
+
+def pick_subjects(prompts: list[str], subject: str | None, delta: str | None,
+                  store: SubjectStore | None = None) -> list[SubjectInfo | None]:
+    """The subject of each prompt: ``delta``'s file, the stored ``subject``, or the stored subject
+    whose token the prompt contains (none for ``subject == "none"``)."""
+    n = len(prompts)
+    if delta is not None:
+        path = Path(delta)
+        if not path.is_file():
+            raise NotFoundError(f"subject file {path} does not exist")
+        return [subject_info(path)] * n
+    if subject == "none":
+        return [None] * n
+    store = store or SubjectStore()
+    if subject is not None:
+        return [store.get(subject)] * n
+    known = store.list()
+    out: list[SubjectInfo | None] = []
+    for prompt in prompts:
+        hits = [s for s in known if token_in_prompt(s.token, prompt)]
+        if len(hits) > 1:
+            names = ", ".join(s.name for s in hits)
+            raise InvalidInputError(f"prompt {prompt!r} names several subjects ({names}); one per prompt",
+                                    hint="pick one with --subject NAME")
+        out.append(hits[0] if hits else None)
+    return out
+
+
+def subject_by_reference(ref: str, store: SubjectStore | None = None, *, by_token: bool = False) -> SubjectInfo:
+    """A subject file (a path, or any name ending in .safetensors), else the stored subject of that
+    name, else (``by_token``) the stored subject with that token."""
+    p = Path(ref)
+    if p.suffix == ".safetensors" or p.is_file():
+        return pick_subjects([""], None, str(p))[0]  # type: ignore[return-value]
+    store = store or SubjectStore()
+    if store.has(ref) or not by_token:
+        return store.get(ref)
+    with_token = [s for s in store.list() if s.token == ref]
+    if len(with_token) > 1:
+        raise InvalidInputError(f"several subjects have the token {ref!r} ({', '.join(s.name for s in with_token)})",
+                                hint="name one of them")
+    return with_token[0] if with_token else store.get(ref)
+
+
+def check_subject_base(subject: SubjectInfo, resolved: ResolvedModel) -> None:
+    """Refuse, before any work, a subject tuned on another model or on other files of it."""
+    if subject.base_model != resolved.spec.name:
+        raise InvalidInputError(f"subject {subject.name!r} was tuned on {subject.base_model}, not {resolved.spec.name}",
+                                hint=f"use --model {subject.base_model}")
+    if subject.base_model_hash != resolved.model_hash:
+        raise InvalidInputError(f"subject {subject.name!r} was tuned on other weight files of {subject.base_model}",
+                                hint="import the model files it was tuned on")
+
+
+def subjects_model(model: str | None, subjects: Iterable[SubjectInfo | None]) -> str | None:
+    """``model`` if given, else the base model of ``subjects`` (one at most), else None."""
+    if model:
+        return model
+    bases = sorted({s.base_model for s in subjects if s is not None})
+    if len(bases) > 1:
+        raise InvalidInputError(f"the prompts name subjects tuned on different models ({', '.join(bases)})",
+                                hint="run them separately, with --model")
+    return bases[0] if bases else None
+
+
+def resolve(model: str | None, subjects: Iterable[SubjectInfo | None] = (), *,
+            resolved: ResolvedModel | None = None) -> ResolvedModel:
+    """The job's model: ``resolved`` if given, else ``model``, else the subjects' base model, else
+    the default; every subject is checked against it, and it becomes the last used model."""
+    subjects = list(subjects)
+    resolved = resolved or resolve_model(subjects_model(model, subjects))
+    for s in subjects:
+        if s is not None:
+            check_subject_base(s, resolved)
+    remember_model(resolved.spec.name)
+    return resolved
+
+
+def open_model(resolved: ResolvedModel, device: str, dtype: str, emit: EventFn, *,
+               components: Components | None = None,
+               roles: tuple[str, ...] = ("transformer", "vae", "text_encoder"),
+               details: Mapping[str, Any] | None = None) -> Components:
+    """Build ``resolved``'s components on the device and in the dtype the options name (or take
+    ``components`` already built) and announce them with a "loaded" event (plus ``details``)."""
+    if components is None:
+        dev = pick_device(device)
+        components = load_components(resolved, device=dev, dtype=pick_dtype(dtype, dev), roles=roles)
+    emit("loaded", {"model": resolved.spec.name, "device": str(components.device),
+                    "dtype": str(components.dtype).replace("torch.", ""), **(details or {})})
+    return components
+
+
+def load_subject(comps: Components, resolved: ResolvedModel, info: SubjectInfo | None) -> LoadedSubject | None:
+    """The subject file of ``info`` read for the model (None for no subject)."""
+    from ..subjects.use import load_subject as read
+
+    if info is None:
+        return None
+    return read(info.path, comps.transformer, model_name=resolved.spec.name, model_hash=resolved.model_hash)
+
+
+def load_subjects(comps: Components, resolved: ResolvedModel,
+                  infos: Iterable[SubjectInfo | None]) -> dict[str, LoadedSubject]:
+    """Each distinct subject of ``infos`` read for the model, by its file path."""
+    out: dict[str, LoadedSubject] = {}
+    for info in infos:
+        if info is not None and str(info.path) not in out:
+            out[str(info.path)] = load_subject(comps, resolved, info)  # type: ignore[assignment]
+    return out
+
+
+def encode(comps: Components, prompts: Iterable[tuple[str, LoadedSubject | None]], *,
+           device: torch.device | None = None, keep_encoder: bool = False) -> dict[tuple[str, str | None], TextCond]:
+    """Text features of each (prompt, subject) pair, keyed by :func:`text_key`, with
+    the subject's learned vectors in place of its token; the text encoder then leaves the device
+    (unless ``keep_encoder``). ``device``: where the features go (default: where they are made)."""
+    from ..subjects.use import subject_text
+
+    pairs = {text_key(p, s): (p, s) for p, s in prompts}
+    te = comps.text_encoder
+    assert te is not None, "the text encoder was already freed"
+    uniq = sorted({p for p, _ in pairs.values()})
+    feats = {}
+    for i in range(0, len(uniq), ENCODE_CHUNK):
+        chunk = uniq[i:i + ENCODE_CHUNK]
+        enc = te.encode(chunk)
+        for j, p in enumerate(chunk):
+            feats[p] = enc.select([j]) if device is None else enc.select([j]).to(device)
+    out = {key: subject_text(feats[p], te.tokenizer, p, s) for key, (p, s) in pairs.items()}
+    if not keep_encoder:
+        free_text_encoder(comps)
+    return out
+
+
+def text_key(prompt: str, subject: LoadedSubject | None) -> tuple[str, str | None]:
+    """How :func:`encode` files the features of ``prompt`` with ``subject`` (its file)."""
+    return prompt, None if subject is None else str(subject.path)
+
+
+def free_text_encoder(comps: Components) -> None:
+    """Drop the text encoder (its features are made): on a GPU its memory goes back at once."""
+    comps.text_encoder = None
+    if comps.device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# ---- settings and outputs ----------------------------------------------------------------------
+
+
+def sampling_settings(spec: ModelSpec, *sources: Any) -> dict[str, Any]:
+    """``cfg``, ``tau``, ``top_k`` and ``top_p``, each from the first of ``sources`` (a prompt's
+    settings, the run's config, ...) that sets it (not None), else the model's default."""
+    out = {}
+    for key in SAMPLING_KEYS:
+        given = (getattr(s, key, None) for s in sources)
+        out[key] = next((v for v in given if v is not None), getattr(spec.sampling, key))
+    return out
+
+
+def sampling_params(spec: ModelSpec, *sources: Any) -> Any:
+    """:func:`sampling_settings` as checked :class:`SamplingParams` (ConfigError for bad values)."""
+    from ..errors import ConfigError
+    from ..sampling.sample import SamplingParams
+
+    params = SamplingParams(**sampling_settings(spec, *sources))
+    problems = params.problems()
+    if problems:
+        raise ConfigError(problems)
+    return params
+
+
+def model_size(spec: ModelSpec, size: str | None) -> str:
+    """``size`` (or the model's default) if the model has it."""
+    size = size or spec.sampling.size
+    if size not in spec.sizes:
+        raise InvalidInputError(f"model {spec.name} has no size {size!r}; its sizes: {', '.join(spec.sizes)}")
+    return size
+
+
+def prepare_out_dir(out_dir: str | Path, names: Iterable[str], *, overwrite: bool, skip_existing: bool = False,
+                    hint: str = "pass --overwrite to replace them, --skip-existing to keep them, or another --out"
+                    ) -> Path:
+    """Create ``out_dir``, check that it is writable, and refuse files of ``names`` already there
+    (unless ``overwrite`` or ``skip_existing``). Called before any heavy work."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".arbooth-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
+                            hint="choose another --out directory") from None
+    if not (overwrite or skip_existing):
+        taken = [n for n in names if (out / n).exists()]
+        if taken:
+            more = f" (and {len(taken) - 1} more of this job's files)" if len(taken) > 1 else ""
+            raise InvalidInputError(f"{out / taken[0]} already exists{more}", hint=hint)
+    return out
+
+
+def prepare_report_dir(out_dir: str | Path, files: Mapping[str, str], overwrite: bool) -> dict[str, Path]:
+    """The paths of a report's ``files`` (key -> file name) in a prepared ``out_dir``."""
+    out = prepare_out_dir(out_dir, files.values(), overwrite=overwrite, hint="pass --overwrite, or another --out")
+    return {k: out / v for k, v in files.items()}
