@@ -14,7 +14,6 @@ import typer
 from typer.core import TyperGroup
 
 from .. import plugins
-
 from .._version import __version__
 from ..errors import ArboothError
 from . import _errors

@@ -19,9 +19,9 @@ from ..errors import (
     DiskFullError,
     DownloadError,
     HashMismatchError,
+    ModelNotCachedError,
     NoToySubjectError,
     TrainingDivergedError,
-    ModelNotCachedError,
     UnknownModelError,
     UnsafeCheckpointError,
 )

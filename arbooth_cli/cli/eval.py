@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import EvalConfig
+from ._options import DeviceOpt, DtypeOpt, SubjectModelOpt
 from ._output import EventProgress, get_output
 
 
@@ -18,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def eval_cmd(
     ctx: typer.Context,
     subject: Annotated[str, typer.Argument(help="A stored subject's name or token, or a subject file (.safetensors).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the subject's).")] = None,
+    model: SubjectModelOpt = None,
     prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts naming the subject's token, one a line (# comments); they replace the built-in ones.")] = None,
     seeds: Annotated[int, typer.Option("--seeds", "-n", help="Images per prompt: seeds 0 .. N-1.")] = 8,
     photos: Annotated[Optional[Path], typer.Option("--photos", help="The subject's photos (default: the folder it was tuned on).")] = None,
@@ -27,8 +28,8 @@ def eval_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write a grid PNG per image set and report.json here.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files of an earlier run in --out.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together; 0: automatic.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
 ) -> None:
     """Measure how well a tuned subject is personalized.

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import GenConfig, PromptJob, parse_number_list, read_prompts_file
+from ._options import DeviceOpt, DtypeOpt, PromptModelOpt
 from ._output import EventProgress, get_output
 
 
@@ -18,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def gen_cmd(
     ctx: typer.Context,
     prompt: Annotated[Optional[list[str]], typer.Argument(help="Prompts; each gets -n images.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name (default: the base model of the prompt's subject, else $ARBOOTH_MODEL, the last used model, the only cached model, else the embedded toy).")] = None,
+    model: PromptModelOpt = None,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="A tuned subject by name ('none': no subject). Default: the subject whose token the prompt contains.")] = None,
     delta: Annotated[Optional[Path], typer.Option("--delta", help="A subject file (from 'arbooth subjects export') to use instead of the store.")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt (seeds seed, seed+1, ...).")] = 1,
@@ -35,8 +36,8 @@ def gen_cmd(
     grid: Annotated[bool, typer.Option("--grid", help="Also write grid.png, a contact sheet of all images.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files of the same name.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep files already there and make only the missing ones (resume).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import InspectNoiseConfig, InspectWeightsConfig, parse_number_list
+from ._options import DeviceOpt, DtypeOpt, PromptModelOpt, SubjectModelOpt
 from ._output import EventProgress, get_output
 
 inspect_app = typer.Typer(
@@ -24,7 +25,7 @@ def register(app: typer.Typer) -> None:
 def noise_cmd(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="The prompt of every image.", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model (default: as arbooth gen).")] = None,
+    model: PromptModelOpt = None,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="A tuned subject by name ('none': none). Default: the subject whose token the prompt contains.")] = None,
     delta: Annotated[Optional[Path], typer.Option("--delta", help="A subject file instead of the store.")] = None,
     scales: Annotated[str, typer.Option("--scales", help="Scales to perturb, numbered from 1 (the 1x1 map): all, or e.g. 1,2,5-8.")] = "all",
@@ -42,8 +43,8 @@ def noise_cmd(
     thumb: Annotated[int, typer.Option("--thumb", help="Width of each picture in the grid, px.")] = 256,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for noise.json, noise-grid.png and noise-plot.png.")] = Path("arbooth-inspect"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files of an earlier run in --out.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")] = "auto",
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU: auto (on from 64 images), on, off.")] = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
@@ -106,10 +107,10 @@ def noise_table(report: Any) -> Any:
 def weights_cmd(
     ctx: typer.Context,
     subject: Annotated[str, typer.Argument(help="A stored subject's name, or a subject file (.safetensors).", show_default=False)],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Base model (default: the subject's).")] = None,
+    model: SubjectModelOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for weights.json and weights-chart.png.")] = Path("arbooth-inspect"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the report files of an earlier run in --out.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """How far tuning moved each tensor: |w' - w| / |w| per module type and per block.

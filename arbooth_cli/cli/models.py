@@ -8,10 +8,10 @@ import typer
 
 from ..cache import CachedModel, ModelCache
 from ..registry import ModelSpec, default_registry
+from ._options import JsonOpt
 from ._output import get_output, human_size
 
 NameArg = Annotated[str, typer.Argument(help="Model name, e.g. infinity-2b (see 'arbooth models list').")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the model if it is already cached.")]
 
 models_app = typer.Typer(

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..subjects import SubjectStore
+from ._options import JsonOpt
 from ._output import get_output, human_size
 
 NameArg = Annotated[str, typer.Argument(help="Subject name (see 'arbooth subjects list').")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
 
 subjects_app = typer.Typer(help="List, inspect, export and remove tuned subjects.", no_args_is_help=True)
 

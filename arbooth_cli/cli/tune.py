@@ -9,6 +9,7 @@ import typer
 
 from ..config import SCALE_SCHEDULES, TuneConfig, read_tune_file
 from ..errors import EXIT_INTERRUPTED
+from ._options import DEVICE_HELP, MODEL_DEFAULTS
 from ._output import get_output, human_size
 
 
@@ -25,7 +26,7 @@ def tune_cmd(
     photos: Annotated[Optional[Path], typer.Argument(help="Folder of subject photos (jpg, png, webp, ...); a .txt file beside a photo is its caption.", show_default=False)] = None,
     token: Annotated[Optional[str], _opt("--token", help="The identifier word the subject is called by, e.g. sks.")] = None,
     cls: Annotated[Optional[str], _opt("--class", help="The subject's class noun, e.g. dog (used in captions and the prior).")] = None,
-    model: Annotated[Optional[str], _opt("--model", "-m", help="Base model (default: $ARBOOTH_MODEL, the last used model, the only cached model, else the embedded toy).")] = None,
+    model: Annotated[Optional[str], _opt("--model", "-m", help=f"Base model (default: {MODEL_DEFAULTS}).")] = None,
     name: Annotated[Optional[str], _opt("--name", help="Name of the saved subject (default: the token).")] = None,
     steps: Annotated[Optional[int], _opt("--steps", help="Iterations (default: 500).")] = None,
     batch_size: Annotated[Optional[int], _opt("--batch-size", "-b", help="Photos (and prior samples) per iteration (default: 2).")] = None,
@@ -58,7 +59,7 @@ def tune_cmd(
     optimizer_state: Annotated[Optional[str], _opt("--optimizer-state", help="AdamW moments in fp32, bf16 or fp8; auto: fp8 on a GPU for big models, else fp32 (default: auto).")] = None,
     grad_checkpointing: Annotated[Optional[str], _opt("--grad-checkpointing", help="Recompute block activations in the backward pass: auto (on a GPU), on, off (default: auto).")] = None,
     compile_: Annotated[Optional[str], _opt("--compile", help="Fused kernels for the blocks (the first step compiles them, about 30 s): auto (on a GPU), on, off (default: auto).")] = None,
-    device: Annotated[Optional[str], _opt("--device", help="auto, cpu, cuda or cuda:N (default: auto).")] = None,
+    device: Annotated[Optional[str], _opt("--device", help=f"{DEVICE_HELP[:-1]} (default: auto).")] = None,
     dtype: Annotated[Optional[str], _opt("--dtype", help="Transformer weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (default: auto).")] = None,
     run_dir: Annotated[Optional[Path], _opt("--run-dir", help="Folder of checkpoints, validation images and the prior pool (default: <home>/runs/NAME).")] = None,
     log_every: Annotated[Optional[int], _opt("--log-every", help="Read and show the losses every N steps (default: 10).")] = None,

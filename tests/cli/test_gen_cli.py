@@ -123,6 +123,7 @@ def test_unwritable_output_directory(cli, tmp_path):
     assert r.exit_code == 5 and "cannot write to the output directory" in r.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_shards_the_work_and_writes_the_same_files(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red star\na blue square\nthree hearts\n")

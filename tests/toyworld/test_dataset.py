@@ -65,6 +65,7 @@ def test_tokenizer_images_mix_training_images_and_patterned_shapes():
     assert np.array_equal(tokenizer_example(0, 7), imgs[7])
 
 
+@pytest.mark.slow
 def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, monkeypatch):
     import torch
 
@@ -86,6 +87,7 @@ def test_training_script_smoke_run_writes_a_strictly_loadable_bundle(tmp_path, m
     assert per_class and set(per_class) <= set(CLASSES) and all(0 <= v <= 1 for v in per_class.values())
 
 
+@pytest.mark.slow
 def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path):
     script = runpy.run_path(str(ROOT / "tools" / "train_toy.py"), run_name="train_toy")
     main, probe_to = script["main"], script["PROBE_TO"]
@@ -113,6 +115,7 @@ def test_training_script_stages_apart_time_budgeted_steps_and_eval_only(tmp_path
     assert e.value.code == 2
 
 
+@pytest.mark.slow
 def test_training_script_resumes_the_transformer_stage_exactly(tmp_path):
     import torch
     from safetensors.torch import load_file
