@@ -129,7 +129,7 @@ class ModelCache:
     # ---- reading ---------------------------------------------------------------------------
 
     def model_dir(self, name: str) -> Path:
-        return paths.models_dir(self.root) / name
+        return paths.store_entry(paths.models_dir(self.root), name, "model")
 
     def get(self, name: str) -> CachedModel:
         model = self._read_manifest(self.model_dir(name))

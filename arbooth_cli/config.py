@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError, InvalidInputError
+from .paths import NAME_RULE, valid_name
 
 Number = float | tuple[float, ...]
 
@@ -70,6 +71,72 @@ class _Checked:
         return replace(self, **kw)  # type: ignore[type-var]
 
 
+#: seeds are 64-bit signed generator seeds
+SEED_LIMIT = 2**63
+
+
+def seed_problem(seed: int, flag: str) -> str | None:
+    return None if 0 <= seed < SEED_LIMIT else f"{flag} must be in [0, 2^63), got {seed}"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    import math
+
+    return all(math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,)))
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """What is wrong with ``value`` for the field type ``hint`` (None: nothing)."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, __import__("types").UnionType):
+        if value is None and type(None) in args:
+            return None
+        problems = [_type_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is typing.Literal:
+        return None if value in args else f"must be one of {', '.join(map(str, args))}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return "must be a list"
+        if len(args) == 2 and args[1] is Ellipsis:
+            bad = [_type_problem(v, args[0]) for v in value]
+        elif len(value) != len(args):
+            return f"must be a list of {len(args)} values"
+        else:
+            bad = [_type_problem(v, a) for v, a in zip(value, args)]
+        return next((f"item {b}" for b in bad if b), None)
+    if hint is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if hint is float:
+        if not _is_number(value):
+            return "must be a number"
+        return None if _finite(float(value)) else "must be a finite number"
+    if hint is str:
+        return None if isinstance(value, str) else "must be text"
+    return None
+
+
+def field_type_problems(cls: type, data: dict[str, Any], where: str) -> list[str]:
+    """Every value of ``data`` whose type does not fit its field of the dataclass ``cls``."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out = []
+    for key, value in data.items():
+        problem = _type_problem(value, hints[key]) if key in hints else None
+        if problem:
+            out.append(f"{where}: {key} {problem}, got {value!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class GenConfig(_Checked):
     """Everything `arbooth gen` needs; the CLI flags map one to one (see `arbooth gen --help`)."""
@@ -111,6 +178,17 @@ class GenConfig(_Checked):
                 out.append(f"{where}n must be >= 1")
         if self.num_images < 1:
             out.append("-n/--num-images must be >= 1")
+        for flag, seed in [("--seed", self.seed)] + [(f"prompts file line {j.line}: seed", j.seed) for j in self.prompts
+                                                     if j.seed is not None]:
+            problem = seed_problem(seed, flag)
+            if problem:
+                out.append(problem)
+        for where, src in [("--", self)] + [(f"prompts file line {j.line}: ", j) for j in self.prompts]:
+            for key in ("cfg", "tau", "top_p"):
+                v = getattr(src, key)
+                if v is not None and not _finite(v):
+                    name = key.replace("_", "-") if where == "--" else key
+                    out.append(f"{where}{name} must be finite, got {v}")
         if self.batch_size < 1:
             out.append("--batch-size must be >= 1")
         if self.overwrite and self.skip_existing:
@@ -199,10 +277,14 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
             if key in obj:
                 kw[key] = _number(obj[key], key, n)
         if "top_p" in obj:
-            kw["top_p"] = float(_number(obj["top_p"], "top_p", n))  # type: ignore[arg-type]
+            if not _is_number(obj["top_p"]):
+                raise InvalidInputError(f"prompts file {p} line {n}: top_p must be a number")
+            kw["top_p"] = float(obj["top_p"])
         for key in ("size", "aspect"):
             if key in obj:
-                kw[key] = str(obj[key])
+                if not isinstance(obj[key], str):
+                    raise InvalidInputError(f"prompts file {p} line {n}: {key} must be text")
+                kw[key] = obj[key]
         jobs.append(PromptJob(**kw))
     if not jobs:
         raise InvalidInputError(f"prompts file {p} holds no prompts")
@@ -213,8 +295,6 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
 # arbooth tune
 # ---------------------------------------------------------------------------------------------
 
-#: names of subjects and runs: a file-system- and shell-friendly word
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 #: named per-scale CE weight schedules (tuning.losses.scale_weights); the first is the default
 SCALE_SCHEDULES = ("official-step", "uniform", "linear", "exp", "infinity")
 
@@ -288,8 +368,9 @@ class TuneConfig(_Checked):
             out.append(f"--token must be letters, digits, - or _, got {self.token!r}")
         if not self.cls.strip():
             out.append("--class must name the subject's class, e.g. --class dog")
-        if not re.fullmatch(NAME_PATTERN, self.subject_name):
-            out.append(f"--name {self.subject_name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        if not valid_name(self.subject_name):
+            flag = "--name" if self.name else "--token (the default name; or pass --name)"
+            out.append(f"{flag} {self.subject_name!r}: a subject name is {NAME_RULE}")
         for flag, v in (("--steps", self.steps), ("--batch-size", self.batch_size)):
             if v < 1:
                 out.append(f"{flag} must be >= 1")
@@ -337,6 +418,9 @@ class TuneConfig(_Checked):
                 out.append(f"{flag} must be >= 0")
         if self.log_every < 1:
             out.append("--log-every must be >= 1")
+        problem = seed_problem(self.seed, "--seed")
+        if problem:
+            out.append(problem)
         if self.resume and self.overwrite:
             out.append("--resume and --overwrite exclude each other")
         if self.optimizer_state not in ("auto", "fp32", "bf16", "fp8"):
@@ -356,10 +440,19 @@ class TuneConfig(_Checked):
         unknown = sorted(set(data) - known)
         if unknown:
             raise InvalidInputError(f"{where}: unknown keys {unknown}; see 'arbooth tune --help' for the names")
+        problems = field_type_problems(cls, data, where)
+        if problems:
+            raise ConfigError(problems)
         kw = dict(data)
         for key in ("betas", "layers", "validation_prompts"):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
+        for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
+                    "text_dropout", "drop_path"):
+            if _is_number(kw.get(key)):
+                kw[key] = float(kw[key])
+        if "betas" in kw:
+            kw["betas"] = tuple(float(b) for b in kw["betas"])
         try:
             return cls(**kw)
         except TypeError as exc:
@@ -429,6 +522,13 @@ class InspectNoiseConfig(_Checked):
             out.append(f"--strength must be in [0, 1], got {self.strength:g}")
         if self.seeds < 1:
             out.append("--seeds must be >= 1")
+        problem = seed_problem(self.seed, "--seed") or seed_problem(self.seed + max(self.seeds, 1) - 1, "--seed + --seeds - 1")
+        if problem:
+            out.append(problem)
+        for key in ("cfg", "tau", "top_p"):
+            v = getattr(self, key)
+            if v is not None and not _finite(v):
+                out.append(f"--{key.replace('_', '-')} must be finite, got {v}")
         if self.subject is not None and self.delta is not None:
             out.append("--subject and --delta exclude each other")
         if self.features not in ("auto", "tokenizer", "dino", "clip"):

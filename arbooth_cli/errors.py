@@ -167,6 +167,10 @@ class CacheBusyError(ResourceError):
     """Another arbooth process holds the lock of that model for too long."""
 
 
+class RunBusyError(ResourceError):
+    """Another arbooth tune of the same subject name is running."""
+
+
 # ---- network (6) ---------------------------------------------------------------------------
 
 

@@ -193,7 +193,11 @@ class ModelSpec:
         return asdict(self)
 
     def problems(self) -> list[str]:
+        from .paths import NAME_RULE, valid_name
+
         out = list(self.transformer.problems())
+        if not valid_name(self.name):
+            out.append(f"name {self.name!r}: a model name is {NAME_RULE}")
         if self.vae.transformer_bits != self.transformer.bits:
             out.append(
                 f"VAE gives {self.vae.transformer_bits} bits per token but the transformer expects "

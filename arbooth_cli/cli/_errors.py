@@ -33,18 +33,13 @@ def _plain(exc: ArboothError) -> str:
     return exc.message
 
 
-def _config(exc: ArboothError) -> str:
-    assert isinstance(exc, ConfigError)
-    return "invalid configuration:\n" + "\n".join(f"  - {p}" for p in exc.problems)
-
-
 #: (exception type, label shown before the message, formatter). Exit codes live on the types.
 ERROR_TABLE: list[tuple[type[ArboothError], str, Formatter]] = [
     (UnknownModelError, "unknown model", _plain),
     (ModelNotCachedError, "not cached", _plain),
     (UnsafeCheckpointError, "unsafe checkpoint", _plain),
     (HashMismatchError, "hash mismatch", _plain),
-    (ConfigError, "bad config", _config),
+    (ConfigError, "bad config", _plain),  # one line: "invalid configuration: a; b"
     (NoToySubjectError, "not a toy subject", _plain),
     (TrainingDivergedError, "diverged", _plain),
     (DiskFullError, "disk full", _plain),

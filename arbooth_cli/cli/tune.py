@@ -172,6 +172,9 @@ class _TuneProgress:
         if kind == "skipped":
             self.out.warn(data["message"])
             return
+        if kind == "note":
+            self.out.note(data["message"])
+            return
         if self.bar is None:
             return
         note = self.bar.console.print

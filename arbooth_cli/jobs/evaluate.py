@@ -32,6 +32,7 @@ from ..config import EvalConfig, read_prompts_file
 from ..errors import InvalidInputError, NotFoundError
 from ..loading import ResolvedModel
 from ..subjects import SubjectInfo, SubjectStore, token_in_prompt
+from ..subjects.words import fill
 from . import session
 from .session import EventFn
 
@@ -200,8 +201,8 @@ def _toy_plan(info: SubjectInfo, folder: Path, photos: list[np.ndarray], user_pr
 def _real_plan(info: SubjectInfo, user_prompts: list[str] | None) -> _Plan:
     from ..analysis.personalization import DEFAULT_CLASS_PROMPT
 
-    prompts = user_prompts or [p.format(token=info.token, cls=info.cls) for p in REAL_PROMPTS]
-    drift = DEFAULT_CLASS_PROMPT.format(cls=info.cls)
+    prompts = user_prompts or [fill(p, token=info.token, cls=info.cls) for p in REAL_PROMPTS]
+    drift = fill(DEFAULT_CLASS_PROMPT, token=info.token, cls=info.cls)
     sets = {"subject": prompts, "class": [drift], "base-class": [drift]}
     return _Plan("real", info.cls, prompts, [drift], sets, {k: v[1] for k, v in REAL_SETS.items()})
 

@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ from torch import Tensor
 
 from .. import paths
 from .._version import __version__
-from ..atomic import raise_if_disk_full
+from ..atomic import raise_if_disk_full, remove_partials
 from ..checkpoint_io import write_safetensors
 from ..config import MODULE_TYPES, SCALE_SCHEDULES, TuneConfig
-from ..errors import ArboothError, CheckpointError, InvalidInputError, TrainingDivergedError
+from ..errors import (ArboothError, CheckpointError, InvalidInputError, ResourceError, RunBusyError,
+                      TrainingDivergedError)
 from ..loading import ResolvedModel, pick_device
 from ..models.bsq_vae import teacher_forcing
 from ..models.build import Components
@@ -41,7 +44,7 @@ from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops
 from ..modelspec import ModelSpec
 from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
 from ..subjects.embedding import splice_subject, word_token_span
-from ..subjects.words import word_char_span
+from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
 from ..tuning.data import load_subject_images, to_tensor
@@ -177,15 +180,49 @@ class _Run:
 
     # ---- checks before any heavy work -----------------------------------------------------
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock (one per subject name) for the whole run: a second tune of the same
+        name, with or without --overwrite, fails at once instead of clobbering this one."""
+        from filelock import FileLock, Timeout
+
+        ldir = paths.locks_dir(paths.home())
+        try:
+            ldir.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(ldir / f"tune-{self.name}.lock"))
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunBusyError(f"another arbooth tune of {self.name!r} is running (its run folder is {self.run_dir})",
+                               hint="wait for it to finish, or tune under another --name") from None
+        except OSError as exc:
+            raise_if_disk_full(exc)
+            raise ResourceError(f"cannot write to {ldir}: {exc.strerror or exc}",
+                                hint="set ARBOOTH_HOME to a writable directory") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     def preflight(self) -> Path | None:
+        """Every check that needs no weights, and the run folder made and probed; returns the
+        checkpoint to resume from, if any."""
         c = self.config
         if self.store.has(self.name) and not (c.overwrite or c.resume):
             raise SubjectExistsError(self.name)
+        try:
+            parse_blocks(c.blocks, self.spec.transformer.depth)
+        except ValueError as exc:
+            raise InvalidInputError(f"--blocks: {exc}") from None
+        _scale_weights(c, self.scales)
+        self._prepare_run_dir()
         ckpt = find_checkpoint(self.run_dir)
         if c.resume:
             if ckpt is None:
-                raise InvalidInputError(f"no checkpoint to resume in {self.run_dir}",
-                                        hint="start the run without --resume")
+                if self.store.has(self.name):
+                    raise InvalidInputError(f"subject {self.name!r} is complete: its run left no checkpoint to resume",
+                                            hint="pass --overwrite to tune it again, or choose another --name")
+                self.emit("note", {"message": f"no checkpoint in {self.run_dir} yet: starting at step 0"})
+                return None
             state = read_state(ckpt)
             saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
             diff = sorted(k for k, v in saved.to_dict().items()
@@ -200,8 +237,23 @@ class _Run:
             return ckpt
         if ckpt is not None and not c.overwrite:
             raise InvalidInputError(f"a run named {self.name!r} left a checkpoint in {self.run_dir}",
-                                    hint="pass --resume to continue it or --overwrite to start again")
+                                    hint="pass --resume to continue it, --overwrite to start again, "
+                                         "or --name to tune under another name")
         return None
+
+    def _prepare_run_dir(self) -> None:
+        """Make the run folder, check that it takes files, and clear what a killed run left half-written."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / f".arbooth-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise_if_disk_full(exc)
+            raise ResourceError(f"cannot write to the run folder {self.run_dir}: {exc.strerror or exc}",
+                                hint="pass --run-dir DIR, or set ARBOOTH_HOME to a writable directory") from None
+        for leftover in remove_partials(self.run_dir):
+            self.emit("note", {"message": f"removed {leftover.name}, left half-written by an earlier run"})
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -230,7 +282,7 @@ class _Run:
         if c.flip:
             captions = captions + captions
         self.class_prompts = prior_class_prompts(c, captions)
-        vprompts = [p.format(token=c.token, cls=c.cls) for p in c.validation_prompts] if c.validate_every else []
+        vprompts = [fill(p, token=c.token, cls=c.cls) for p in c.validation_prompts] if c.validate_every else []
         feats = session.encode(comps, [(p, None) for p in [*captions, *self.class_prompts, *vprompts]],
                                device=self.device)
         self.caption_text = [feats[(p, None)] for p in captions]
@@ -602,6 +654,11 @@ def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: Resol
     config.validate()
     resolved = session.resolve(config.model, resolved=resolved)
     run = _Run(config, resolved, emit, components)
+    with run.locked():
+        return _tune(run, config, resolved, emit)
+
+
+def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn) -> TuneResult:
     ckpt = run.preflight()
     t0 = time.perf_counter()
     run.load()

@@ -116,10 +116,12 @@ class SubjectStore:
         return self.root / "subjects"
 
     def subject_dir(self, name: str) -> Path:
-        return self.dir / name
+        """The folder of subject ``name``; InvalidInputError for a name that is no store name
+        or leads outside the store."""
+        return paths.store_entry(self.dir, name, "subject")
 
     def has(self, name: str) -> bool:
-        return (self.subject_dir(name) / SUBJECT_FILE).is_file()
+        return paths.valid_name(name) and (self.subject_dir(name) / SUBJECT_FILE).is_file()
 
     def list(self) -> list[SubjectInfo]:
         out = []
@@ -146,11 +148,11 @@ class SubjectStore:
     # ---- writing ---------------------------------------------------------------------------
 
     def _lock(self, name: str):  # type: ignore[no-untyped-def]
-        return store_lock(self.root, f"subject-{name}", f"subject {name!r}")
+        return store_lock(self.root, f"subject-{paths.check_name(name, 'subject')}", f"subject {name!r}")
 
     def staging(self, name: str):  # type: ignore[no-untyped-def]
         """A fresh folder to write a subject's files into before :meth:`commit`."""
-        return staging_folder(self.root, f"subject-{name}")
+        return staging_folder(self.root, f"subject-{paths.check_name(name, 'subject')}")
 
     def commit(self, name: str, stage: Path, *, overwrite: bool) -> SubjectInfo:
         with self._lock(name):

@@ -7,6 +7,12 @@ import re
 from ..errors import InvalidInputError
 
 
+def fill(template: str, *, token: str, cls: str) -> str:
+    """``template`` with the literal ``{token}`` and ``{cls}`` filled in; every other brace stays
+    as written (captions and prompts are text, not format strings)."""
+    return template.replace("{token}", token).replace("{cls}", cls)
+
+
 def _word(token: str) -> str:
     return rf"(?<![\w]){re.escape(token)}(?![\w])"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..subjects.words import fill
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_CAPTION = "a photo of {token} {cls}"
@@ -81,11 +82,21 @@ def load_subject_images(folder: str | Path, *, token: str, cls: str, height: int
                 warnings.warn(message, SkippedImageWarning, stacklevel=2)
             continue
         side = p.with_suffix(".txt")
-        text = side.read_text(encoding="utf-8").strip() if side.is_file() else caption
-        out.append(SubjectImage(p, text.format(token=token, cls=cls), pixels))
+        text = _read_caption(side) if side.is_file() else caption
+        out.append(SubjectImage(p, fill(text, token=token, cls=cls), pixels))
     if not out:
         raise InvalidInputError(f"none of the {len(paths)} photos in {folder} could be read")
     return out
+
+
+def _read_caption(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"caption file {path} is not UTF-8 text (byte {exc.start})",
+                                hint="save it as UTF-8") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read caption file {path}: {exc.strerror or exc}") from None
 
 
 def to_tensor(images: list[SubjectImage], *, flip: bool = False):

@@ -25,7 +25,7 @@ from ..config import TuneConfig
 from ..models.bsq_vae import BSQVAE
 from ..models.text_encoder import TextCond
 from ..models.transformer import InfinityTransformer, Scale
-from ..subjects.words import class_prompt_of
+from ..subjects.words import class_prompt_of, fill
 
 POOL_FILE = "prior-pool.safetensors"
 
@@ -58,7 +58,7 @@ def prior_class_prompts(config: TuneConfig, captions: Sequence[str]) -> list[str
     on the left, green background") it is the class-prompt counterpart of each, as DreamBooth
     pairs instance and class prompts, so the prior holds the class under the same wording."""
     if config.class_prompt is not None:
-        return [config.class_prompt.format(cls=config.cls, token=config.token)]
+        return [fill(config.class_prompt, token=config.token, cls=config.cls)]
     return list(dict.fromkeys(class_prompt_of(cap, config.token, config.cls) for cap in captions))
 
 

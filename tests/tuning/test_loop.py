@@ -266,9 +266,17 @@ def test_a_failed_checkpoint_write_on_a_full_disk_is_a_disk_full_error(tmp_path)
     assert info.value.exit_code == 5 and not list(tmp_path.iterdir())
 
 
-def test_resume_without_a_checkpoint_is_refused(photos):
-    with pytest.raises(InvalidInputError, match="no checkpoint to resume"):
+def test_resume_without_a_checkpoint_starts_at_step_0_unless_the_subject_is_complete(photos):
+    """A run killed before its first checkpoint: --resume starts it at step 0 (and says so); a
+    finished subject has nothing to resume and is kept."""
+    notes: list[str] = []
+    result = tune(config(photos, resume=True), on_event=lambda k, d: notes.append(d["message"]) if k == "note" else None)
+    assert result.resumed_from is None and result.steps == 4
+    assert any("starting at step 0" in n for n in notes)
+    before = Path(result.subject).read_bytes()
+    with pytest.raises(InvalidInputError, match="is complete"):
         tune(config(photos, resume=True))
+    assert Path(result.subject).read_bytes() == before
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(photos):

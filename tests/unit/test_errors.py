@@ -11,7 +11,7 @@ from arbooth_cli.cli import _errors
         (E.ModelNotCachedError("infinity-2b"), 3, "arbooth models add infinity-2b"),
         (E.UnsafeCheckpointError("x.pth holds pickled objects"), 4, "x.pth holds"),
         (E.HashMismatchError("f.pth", "a" * 64, "b" * 64), 4, "expected aaaaaaaaaaaa"),
-        (E.ConfigError(["steps must be > 0", "lr must be > 0"]), 4, "  - lr must be > 0"),
+        (E.ConfigError(["steps must be > 0", "lr must be > 0"]), 4, "invalid configuration: steps must be > 0; lr must be > 0"),
         (E.DiskFullError("no space left"), 5, "no space left"),
         (E.CacheNotWritableError("cannot write"), 5, "cannot write"),
         (E.OfflineError("infinity-2b", "offline"), 6, "arbooth models add infinity-2b"),
