@@ -40,6 +40,21 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def cli():
+    """Run `arbooth ARGS...` in-process; returns the typer Result (stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    from arbooth_cli.cli import build_app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None):
+        return runner.invoke(build_app(env), list(args), prog_name="arbooth", env=env)
+
+    return invoke
+
+
+@pytest.fixture
 def filed_spec():
     """A tiny spec that needs files (a .pth transformer, a .pth VAE), like the real models do."""
     return replace(

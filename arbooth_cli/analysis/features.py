@@ -112,11 +112,21 @@ def _kind_of(folder: Path) -> str:
     return "clip" if str(model_type).startswith("clip") else "dino"
 
 
+def _check_weight_files(folder: Path) -> None:
+    """CheckpointError for a damaged or hostile safetensors file, before transformers reads it
+    (it would fail with the library's own error, or a traceback)."""
+    from ..checkpoint_io import read_safetensors_header
+
+    for p in sorted(Path(folder).glob("*.safetensors")):
+        read_safetensors_header(p)
+
+
 def hub_features(kind: str, folder: Path, device: torch.device, source: str) -> FeatureExtractor:
     """DINO (CLS token of the last layer) or CLIP (projected image embedding) from ``folder``."""
     from transformers import AutoConfig, AutoModel, CLIPVisionModelWithProjection
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    _check_weight_files(folder)
     if kind == "clip":
         model = CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, use_safetensors=True)
         image_size = model.config.image_size
@@ -206,6 +216,7 @@ def clip_text_features(folder: Path, device: torch.device, source: str | None = 
     full = CLIPConfig.from_pretrained(folder, local_files_only=True)
     text_cfg = full.text_config
     text_cfg.projection_dim = full.projection_dim  # the top-level value is the one the weights have
+    _check_weight_files(folder)
     model = _TextTower.from_pretrained(folder, config=text_cfg, local_files_only=True, use_safetensors=True)
     model = model.to(device).eval()
     tok = CLIPTokenizer.from_pretrained(folder, local_files_only=True)

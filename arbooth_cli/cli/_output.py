@@ -74,30 +74,42 @@ class Output:
 
 class EventProgress:
     """A rich progress display on stderr fed by a library call's ``on_event(kind, data)``; subclasses
-    implement :meth:`event` with ``self.bar`` (None under --quiet: draw nothing)."""
+    implement :meth:`event` with ``self.bar`` (None under --quiet: draw nothing). The display starts
+    at the first event that uses it, so an input refused before any work prints only its error."""
+
+    #: whether the bars vanish when the job ends
+    transient = True
 
     def __init__(self, out: Output) -> None:
         self.out = out
-        self.bar: Any = None
+        self._bar: Any = None
+
+    def columns(self) -> list[Any]:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+
+    @property
+    def bar(self) -> Any:
+        if self.out.quiet:
+            return None
+        if self._bar is None:
+            from rich.progress import Progress
+
+            self._bar = Progress(*self.columns(), console=self.out.err, transient=self.transient)
+            self._bar.__enter__()
+        return self._bar
 
     def __enter__(self) -> Any:
-        if not self.out.quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=self.out.err, transient=True)
-            self.bar.__enter__()
         return self
 
+    def close(self) -> None:
+        self.__exit__(None, None, None)
+
     def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+            self._bar = None
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         raise NotImplementedError

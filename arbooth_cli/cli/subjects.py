@@ -29,12 +29,14 @@ def list_cmd(ctx: typer.Context, json_: JsonOpt = False) -> None:
       arbooth subjects list --json | jq -r .token
     """
     out = get_output(ctx)
-    subjects = SubjectStore().list()
+    subjects, damaged = SubjectStore().scan()
     if json_:
         for s in subjects:
             out.json(s.to_dict())
+        for d in damaged:
+            out.json(d.to_dict())
         return
-    if not subjects:
+    if not subjects and not damaged:
         out.note("no subjects yet: 'arbooth tune PHOTOS --token sks --class dog' makes one")
         return
     from rich.table import Table
@@ -44,7 +46,11 @@ def list_cmd(ctx: typer.Context, json_: JsonOpt = False) -> None:
         table.add_column(col, no_wrap=True)
     for s in subjects:
         table.add_row(s.name, s.token, s.cls, s.base_model, str(s.steps), human_size(s.size), s.created)
+    for d in damaged:
+        table.add_row(d.name, d.token or "?", "[red]damaged[/]", "", "", "", "")
     out.result(table)
+    for d in damaged:
+        out.warn(f"subject {d.name!r} is damaged: {d.reason} ('arbooth subjects rm {d.name}' removes it)")
 
 
 @subjects_app.command("info")

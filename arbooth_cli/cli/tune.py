@@ -10,7 +10,7 @@ import typer
 from ..config import SCALE_SCHEDULES, TuneConfig, read_tune_file
 from ..errors import EXIT_INTERRUPTED
 from ._options import DEVICE_HELP, MODEL_DEFAULTS
-from ._output import get_output, human_size
+from ._output import EventProgress, get_output, human_size
 
 
 def register(app: typer.Typer) -> None:
@@ -128,40 +128,19 @@ def _layers(text: str | None) -> tuple[str, ...] | None:
         raise InvalidInputError(f"--layers: {exc}") from None
 
 
-class _TuneProgress:
+class _TuneProgress(EventProgress):
     """Prior sampling and training steps on stderr, with each loss term, speed, ETA and GPU memory."""
 
+    transient = False
+
     def __init__(self, out: Any) -> None:
-        self.out = out
-        self.bar: Any = None
+        super().__init__(out)
         self.tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> _TuneProgress:
-        if not self.out.quiet:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+    def columns(self) -> list[Any]:
+        from rich.progress import TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                console=self.out.err, transient=False)
-            self.bar.__enter__()
-        return self
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-            self.bar = None
+        return [*super().columns(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
 
     def _task(self, key: str, desc: str, total: int) -> Any:
         if key not in self.tasks:

@@ -20,6 +20,7 @@ from ..errors import InvalidInputError, NotFoundError, ResourceError
 from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
 from ..modelspec import ModelSpec
 from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
+from ..subjects.store import DamagedSubjectError
 
 if TYPE_CHECKING:
     import torch
@@ -59,9 +60,12 @@ def pick_subjects(prompts: list[str], subject: str | None, delta: str | None,
     store = store or SubjectStore()
     if subject is not None:
         return [store.get(subject)] * n
-    known = store.list()
+    known, damaged = store.scan()
     out: list[SubjectInfo | None] = []
     for prompt in prompts:
+        for d in damaged:  # never draw a prompt without the subject it names
+            if d.token and token_in_prompt(d.token, prompt):
+                raise DamagedSubjectError(d.name, d.reason)
         hits = [s for s in known if token_in_prompt(s.token, prompt)]
         if len(hits) > 1:
             names = ", ".join(s.name for s in hits)
@@ -141,7 +145,14 @@ def load_subject(comps: Components, resolved: ResolvedModel, info: SubjectInfo |
 
     if info is None:
         return None
-    return read(info.path, comps.transformer, model_name=resolved.spec.name, model_hash=resolved.model_hash)
+    try:
+        loaded = read(info.path, comps.transformer, model_name=resolved.spec.name, model_hash=resolved.model_hash)
+    except FileNotFoundError:
+        raise NotFoundError(f"subject {info.name!r} was removed ({info.path} is gone)",
+                            hint="tune it again, or run without it (--subject none)") from None
+    if info.sha256 is not None and loaded.sha256 != info.sha256:
+        raise DamagedSubjectError(info.name, f"{info.path} does not match the checksum the store recorded")
+    return loaded
 
 
 def load_subjects(comps: Components, resolved: ResolvedModel,

@@ -321,7 +321,11 @@ class SafetensorsSource(TensorSource):
         return tuple(self._where[name].get_slice(name).get_shape())
 
     def _get(self, name: str) -> Tensor:
-        return self._where[name].get_tensor(name)
+        try:
+            return self._where[name].get_tensor(name)
+        except (SafetensorError, TypeError) as exc:  # TypeError: a size torch cannot hold (the library allows u64)
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"cannot read tensor {name!r} of {self.label}: {first}") from None
 
     def close(self) -> None:
         for h in self._handles:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ from .words import token_in_prompt
 
 SUBJECT_FILE = "subject.safetensors"
 FORMAT = "arbooth.subject/1"
+#: the store's own record of a subject, beside its files: token, class and each file's sha256, so
+#: a damaged subject file is recognised (by its token in a prompt, by its checksum on use)
+RECORD_FILE = "record.json"
 
 
 def lowrank_file(rank: int) -> str:
@@ -43,6 +46,13 @@ class SubjectNotFoundError(NotFoundError):
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         msg = f"no subject named {name!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else "")
         super().__init__(msg, hint="run 'arbooth subjects list' to see the tuned subjects")
+
+
+class DamagedSubjectError(CheckpointError):
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(f"subject {name!r} is damaged: {reason}",
+                         hint=f"remove it with 'arbooth subjects rm {name}' and tune it again")
 
 
 class SubjectExistsError(InvalidInputError):
@@ -69,6 +79,7 @@ class SubjectInfo:
     size: int = 0
     tensors: int = 0
     lowrank: tuple[Path, ...] = ()  # compressed forms beside it
+    sha256: str | None = None  # what the store recorded for the file (None: not in a store, or made before records)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("name", "token", "cls", "base_model", "base_model_hash", "kind",
@@ -105,6 +116,37 @@ def subject_info(path: Path) -> SubjectInfo:
         raise CheckpointError(f"{path}: incomplete subject metadata ({exc})") from None
 
 
+@dataclass(frozen=True)
+class DamagedSubject:
+    """A store entry whose subject file cannot be read."""
+
+    name: str
+    token: str | None  # from the store's record, when there is one
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "token": self.token, "damaged": self.reason}
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The store's record of the subject in ``folder`` ({} when there is none or it is unreadable)."""
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def write_record(folder: Path) -> None:
+    """Record the token, class and checksums of the subject files in ``folder`` (being staged)."""
+    from ..checkpoint_io import sha256_file
+
+    meta, _ = read_subject_header(folder / SUBJECT_FILE)
+    files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))}
+    record = {"token": meta.get("token"), "class": meta.get("class"), "files": files}
+    (folder / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+
+
 class SubjectStore:
     """Subjects under ``root`` (default: ``paths.home()``)."""
 
@@ -123,23 +165,41 @@ class SubjectStore:
     def has(self, name: str) -> bool:
         return paths.valid_name(name) and (self.subject_dir(name) / SUBJECT_FILE).is_file()
 
+    def scan(self) -> tuple[list[SubjectInfo], list[DamagedSubject]]:
+        """Every entry of the store: the readable subjects, and the damaged ones with why."""
+        ok: list[SubjectInfo] = []
+        damaged: list[DamagedSubject] = []
+        if not self.dir.is_dir():
+            return ok, damaged
+        for d in sorted(self.dir.iterdir()):
+            if not d.is_dir() or not paths.valid_name(d.name):
+                continue
+            try:
+                ok.append(self._read(d))
+            except (CheckpointError, OSError) as exc:
+                damaged.append(DamagedSubject(d.name, read_record(d).get("token"), str(exc)))
+        return ok, damaged
+
     def list(self) -> list[SubjectInfo]:
-        out = []
-        if self.dir.is_dir():
-            for d in sorted(self.dir.iterdir()):
-                f = d / SUBJECT_FILE
-                if f.is_file():
-                    try:
-                        out.append(subject_info(f))
-                    except (CheckpointError, OSError):
-                        continue  # a damaged entry is not listed; 'subjects rm' still removes it
-        return out
+        """The readable subjects (:meth:`scan` also lists the damaged ones)."""
+        return self.scan()[0]
 
     def get(self, name: str) -> SubjectInfo:
-        f = self.subject_dir(name) / SUBJECT_FILE
-        if not f.is_file():
+        d = self.subject_dir(name)
+        if not d.is_dir():
             raise SubjectNotFoundError(name, [s.name for s in self.list()])
-        return subject_info(f)
+        try:
+            return self._read(d)
+        except (CheckpointError, OSError) as exc:
+            raise DamagedSubjectError(name, str(exc)) from None
+
+    def _read(self, folder: Path) -> SubjectInfo:
+        f = folder / SUBJECT_FILE
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing")
+        info = subject_info(f)
+        sha = read_record(folder).get("files", {}).get(SUBJECT_FILE)
+        return replace(info, sha256=sha) if isinstance(sha, str) else info
 
     def in_prompt(self, prompt: str) -> list[SubjectInfo]:
         """Subjects whose token appears in ``prompt`` as a word."""
@@ -160,6 +220,7 @@ class SubjectStore:
             writable_dir(self.dir)
             if target.exists() and not overwrite:
                 raise SubjectExistsError(name)
+            write_record(stage)
             swap_in(stage, target, paths.staging_dir(self.root))
         return self.get(name)
 

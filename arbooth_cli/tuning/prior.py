@@ -143,9 +143,16 @@ def load_pool(path: Path, key: str) -> PriorPool | None:
     """The pool stored at ``path`` if it was drawn with the same :func:`pool_key`, else None."""
     if not path.is_file():
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as f:
-        if (f.metadata() or {}).get("key") != key:
-            return None
-        return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt"))
+    from ..errors import CheckpointError
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt"))
+    except SafetensorError as exc:  # a damaged cache file (also one lacking a tensor)
+        first = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise CheckpointError(f"{path} is not a readable prior pool: {first}",
+                              hint="delete it: the pool is drawn again") from None
