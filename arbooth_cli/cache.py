@@ -34,7 +34,7 @@ from typing import Any
 
 from . import paths
 from ._version import __version__
-from .atomic import raise_if_disk_full
+from .atomic import raise_if_disk_full, remove_partials
 from .checkpoint_io import (
     CHUNK,
     HashingWriter,
@@ -246,9 +246,10 @@ class ModelCache:
         return model
 
     def prune(self) -> list[Path]:
-        """Delete leftovers of interrupted runs (``tmp/``) and folders without a manifest."""
+        """Delete leftovers of interrupted runs (``tmp/``), folders without a manifest, and the
+        half-written checkpoints that killed tuning runs left (of runs not running now)."""
         scan = self.scan()
-        removed = []
+        removed = self._prune_runs()
         for p in scan.partial:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(p)
@@ -258,6 +259,31 @@ class ModelCache:
                 if d.is_dir() and self._read_manifest(d) is None:
                     shutil.rmtree(d, ignore_errors=True)
                     removed.append(d)
+        return removed
+
+    def _prune_runs(self) -> list[Path]:
+        from filelock import FileLock, Timeout
+
+        removed: list[Path] = []
+        runs = paths.runs_dir(self.root)
+        if not runs.is_dir():
+            return removed
+        try:
+            paths.locks_dir(self.root).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return removed  # no lock can be taken here (read-only home): leave every run alone
+        for run in sorted(runs.iterdir()):
+            if not run.is_dir() or not paths.valid_name(run.name):
+                continue
+            lock = FileLock(str(paths.run_lock(self.root, run.name)))
+            try:
+                lock.acquire(timeout=0)
+            except (Timeout, OSError):  # that run is tuning right now: its temporaries are live
+                continue
+            try:
+                removed += remove_partials(run)
+            finally:
+                lock.release()
         return removed
 
     # ---- add (import files the user has) ---------------------------------------------------

@@ -73,6 +73,17 @@ class _Checked:
 
 #: seeds are 64-bit signed generator seeds
 SEED_LIMIT = 2**63
+#: longer prompts are refused: the text encoders read at most 512 tokens, and every image
+#: carries its prompt in its metadata
+MAX_PROMPT_CHARS = 4096
+
+
+def prompt_problem(prompt: str, where: str = "") -> str | None:
+    if not prompt.strip():
+        return f"{where}empty prompt"
+    if len(prompt) > MAX_PROMPT_CHARS:
+        return f"{where}a prompt of {len(prompt)} characters: at most {MAX_PROMPT_CHARS} (the text encoder reads 512 tokens)"
+    return None
 
 
 def seed_problem(seed: int, flag: str) -> str | None:
@@ -172,8 +183,9 @@ class GenConfig(_Checked):
             out.append("no prompt given: pass PROMPT arguments or --prompts FILE")
         for job in self.prompts:
             where = f"prompts file line {job.line}: " if job.line else ""
-            if not job.prompt.strip():
-                out.append(f"{where}empty prompt")
+            problem = prompt_problem(job.prompt, where)
+            if problem:
+                out.append(problem)
             if job.num_images is not None and job.num_images < 1:
                 out.append(f"{where}n must be >= 1")
         if self.num_images < 1:
@@ -238,9 +250,11 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"cannot read prompts file {p}: {exc}") from None
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first line
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"prompts file {p} is not UTF-8 text (byte {exc.start})", hint="save it as UTF-8") from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read prompts file {p}: {exc.strerror or exc}") from None
     jobs = []
     for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -469,7 +483,7 @@ def read_tune_file(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        data = tomllib.loads(p.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise InvalidInputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -514,8 +528,9 @@ class InspectNoiseConfig(_Checked):
 
     def problems(self) -> list[str]:
         out = []
-        if not self.prompt.strip():
-            out.append("empty prompt")
+        problem = prompt_problem(self.prompt)
+        if problem:
+            out.append(problem)
         if self.mode not in NOISE_MODES:
             out.append(f"--mode must be one of {', '.join(NOISE_MODES)}")
         if not 0.0 <= self.strength <= 1.0:

@@ -44,6 +44,16 @@ def locks_dir(root: Path) -> Path:
     return root / "locks"
 
 
+def runs_dir(root: Path) -> Path:
+    """Tuning runs: ``runs/<name>/`` holding checkpoints, validation images and the prior pool."""
+    return root / "runs"
+
+
+def run_lock(root: Path, name: str) -> Path:
+    """The lock a running ``arbooth tune`` of subject ``name`` holds."""
+    return locks_dir(root) / f"tune-{name}.lock"
+
+
 def valid_name(name: object) -> bool:
     return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
 

@@ -53,23 +53,24 @@ class Output:
             TransferSpeedColumn,
         )
 
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self.err,
-            transient=True,
-        ) as bar:
-            tasks: dict[str, Any] = {}
+        bar: Any = None  # started at the first update: a refused input prints only its error
+        tasks: dict[str, Any] = {}
 
-            def update(desc: str, done: int, total: int) -> None:
-                if desc not in tasks:
-                    tasks[desc] = bar.add_task(f"{description} {desc}", total=total)
-                bar.update(tasks[desc], completed=done, total=total)
+        def update(desc: str, done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                               TimeRemainingColumn(), console=self.err, transient=True)
+                bar.__enter__()
+            if desc not in tasks:
+                tasks[desc] = bar.add_task(f"{description} {desc}", total=total)
+            bar.update(tasks[desc], completed=done, total=total)
 
+        try:
             yield update
+        finally:
+            if bar is not None:
+                bar.__exit__(None, None, None)
 
 
 class EventProgress:

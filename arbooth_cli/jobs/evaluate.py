@@ -221,6 +221,7 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     config.validate()
     info = resolve_subject(config.subject)
     resolved = session.resolve(config.model, [info], resolved=resolved)
+    session.check_device(config.device)
     spec = resolved.spec
     if spec.world not in (None, "toy"):
         raise InvalidInputError(f"model {spec.name} draws the {spec.world!r} world, which eval has no detectors for")

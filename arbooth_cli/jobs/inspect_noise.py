@@ -110,6 +110,7 @@ def inspect_noise(config: InspectNoiseConfig, *, on_event: EventFn | None = None
     params = session.sampling_params(spec, config)
     params.per_scale(len(scales))
     check_features(config.features, config.feature_weights)
+    session.check_device(config.device)
     paths = session.prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
     return _Analysis(config, resolved, subject, scales, chosen, params, paths, emit).run(components)
 

@@ -25,6 +25,7 @@ def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = 
     config.validate()
     info = session.subject_by_reference(config.subject)
     resolved = session.resolve(config.model, [info], resolved=resolved)
+    session.check_device(config.device)
     paths = session.prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
 
     from ..checkpoint_io import sha256_file

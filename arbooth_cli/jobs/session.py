@@ -125,6 +125,11 @@ def resolve(model: str | None, subjects: Iterable[SubjectInfo | None] = (), *,
     return resolved
 
 
+def check_device(device: str) -> None:
+    """Refuse, before any work, a device this machine does not have."""
+    pick_device(device)
+
+
 def open_model(resolved: ResolvedModel, device: str, dtype: str, emit: EventFn, *,
                components: Components | None = None,
                roles: tuple[str, ...] = ("transformer", "vae", "text_encoder"),

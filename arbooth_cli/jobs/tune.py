@@ -168,7 +168,7 @@ class _Run:
         self.components = components
         self.store = SubjectStore()
         self.name = config.subject_name
-        self.run_dir = Path(config.run_dir) if config.run_dir else paths.home() / "runs" / self.name
+        self.run_dir = Path(config.run_dir) if config.run_dir else paths.runs_dir(paths.home()) / self.name
         self.size = resolve_size(self.spec, config.resolution)
         self.scales = model_scales(self.size, num_scales=self.spec.num_scales or None)
         self.h, self.w = pixel_size(self.scales, self.spec.vae.token_stride)
@@ -186,10 +186,11 @@ class _Run:
         name, with or without --overwrite, fails at once instead of clobbering this one."""
         from filelock import FileLock, Timeout
 
-        ldir = paths.locks_dir(paths.home())
+        path = paths.run_lock(paths.home(), self.name)
+        ldir = path.parent
         try:
             ldir.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(ldir / f"tune-{self.name}.lock"))
+            lock = FileLock(str(path))
             lock.acquire(timeout=0)
         except Timeout:
             raise RunBusyError(f"another arbooth tune of {self.name!r} is running (its run folder is {self.run_dir})",
@@ -214,6 +215,8 @@ class _Run:
         except ValueError as exc:
             raise InvalidInputError(f"--blocks: {exc}") from None
         _scale_weights(c, self.scales)
+        if self.components is None:
+            session.check_device(c.device)
         self._prepare_run_dir()
         ckpt = find_checkpoint(self.run_dir)
         if c.resume:
