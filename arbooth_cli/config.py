@@ -354,7 +354,8 @@ class TuneConfig(_Checked):
     drop_path: float | None = None  #: --drop-path: stochastic depth (default: the model's, 0.1)
     seed: int = 0  #: --seed
     validate_every: int = 100  #: --validate-every N steps (0: never)
-    validation_prompts: tuple[str, ...] = ("a {token} {cls} on the beach",)  #: --validation-prompt (repeatable)
+    #: --validation-prompt (repeatable); None: the model's (prompts it can draw)
+    validation_prompts: tuple[str, ...] | None = None
     checkpoint_every: int = 100  #: --checkpoint-every N steps (0: only on Ctrl-C and at the end)
     resume: bool = False  #: --resume the run of this name from its last checkpoint
     overwrite: bool = False  #: --overwrite a subject (and run) of the same name
@@ -366,6 +367,8 @@ class TuneConfig(_Checked):
     device: str = "auto"  #: --device
     dtype: str = "auto"  #: --dtype of the transformer blocks (auto: bf16 on GPU, fp32 on CPU)
     run_dir: str | None = None  #: --run-dir for checkpoints, validation images and the prior pool
+    #: --allow-common-token: accept a token the model already reads as a word (it then means the subject everywhere)
+    allow_common_token: bool = False
     log_every: int = 10  #: --log-every N steps (the loss is read from the GPU this often)
 
     @property

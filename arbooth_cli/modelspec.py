@@ -139,6 +139,8 @@ class TuningDefaults:
 
     #: constant learning rate; the official ARBooth value, tuned for Infinity-2B
     lr: float = 2.34375e-5
+    #: prompts of the validation images ({token} and {cls} filled in): ones the model can draw
+    validation_prompts: tuple[str, ...] = ("a {token} {cls} on the beach",)
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ class ModelSpec:
     #: the procedural world a model draws, when it has one ("toy": ``arbooth_cli.toyworld``);
     #: ``arbooth eval`` then measures with that world's exact detectors
     world: str | None = None
+    #: the aspect ratios (h/w) the model was trained on; None: every template of the schedule
+    aspects: tuple[float, ...] | None = None
     plugin: str | None = None  # distribution that registered it, for `models info`
 
     @property

@@ -106,8 +106,20 @@ def mount(app: typer.Typer, rec: plugins.PluginRecord, obj: Any) -> plugins.Plug
     return rec
 
 
+#: options of the root command that may also be written after the subcommand
+GLOBAL_FLAGS = ("--quiet", "-q")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """``arbooth gen ... --quiet`` means ``arbooth --quiet gen ...`` (no command has a -q of its own;
+    everything after ``--`` is left as written)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    return flags + [a for a in argv[:end] if a not in GLOBAL_FLAGS] + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     app = build_app()
-    app(args=argv if argv is not None else sys.argv[1:], prog_name="arbooth")
+    app(args=hoist_global_flags(argv if argv is not None else sys.argv[1:]), prog_name="arbooth")
 
 

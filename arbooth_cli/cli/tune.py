@@ -51,7 +51,7 @@ def tune_cmd(
     drop_path: Annotated[Optional[float], _opt("--drop-path", help="Stochastic depth rate (default: the model's, 0.1).")] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of every random choice (default: 0).")] = None,
     validate_every: Annotated[Optional[int], _opt("--validate-every", help="Write validation images every N steps; 0: never (default: 100).")] = None,
-    validation_prompt: Annotated[Optional[list[str]], _opt("--validation-prompt", help="A validation prompt ({token}, {cls} filled in); repeatable (default: 'a {token} {cls} on the beach').")] = None,
+    validation_prompt: Annotated[Optional[list[str]], _opt("--validation-prompt", help="A validation prompt ({token}, {cls} filled in); repeatable (default: the model's, e.g. 'a {token} {cls} on the beach').")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("--checkpoint-every", help="Checkpoint every N steps (also on Ctrl-C); 0: only on Ctrl-C (default: 100).")] = None,
     resume: Annotated[Optional[bool], _opt("--resume", help="Continue the run of this name from its last checkpoint.")] = None,
     overwrite: Annotated[Optional[bool], _opt("--overwrite", help="Replace a subject (and a run) of the same name.")] = None,
@@ -62,6 +62,7 @@ def tune_cmd(
     device: Annotated[Optional[str], _opt("--device", help=f"{DEVICE_HELP[:-1]} (default: auto).")] = None,
     dtype: Annotated[Optional[str], _opt("--dtype", help="Transformer weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (default: auto).")] = None,
     run_dir: Annotated[Optional[Path], _opt("--run-dir", help="Folder of checkpoints, validation images and the prior pool (default: <home>/runs/NAME).")] = None,
+    allow_common_token: Annotated[Optional[bool], _opt("--allow-common-token", help="Accept a --token the model already knows as a word (it then draws the subject wherever the word appears).")] = None,
     log_every: Annotated[Optional[int], _opt("--log-every", help="Read and show the losses every N steps (default: 10).")] = None,
     config_file: Annotated[Optional[Path], _opt("--config", help="A TOML file of these settings (keys as the option names, e.g. steps = 300); options given here win.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
@@ -92,6 +93,7 @@ def tune_cmd(
         "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite, "save_rank": save_rank,
         "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "compile": compile_, "device": device,
         "dtype": dtype, "run_dir": str(run_dir) if run_dir is not None else None, "log_every": log_every,
+        "allow_common_token": allow_common_token,
     }
     settings = read_tune_file(config_file) if config_file is not None else {}
     if isinstance(settings.get("layers"), str):
@@ -107,8 +109,12 @@ def tune_cmd(
             result = tune(config, on_event=progress.event)
         except TuneInterrupted as exc:
             progress.close()
-            out.warn(f"interrupted at step {exc.step}; checkpoint in {exc.checkpoint}. "
-                     f"Continue with the same command and --resume")
+            if exc.pool is not None:
+                out.warn(f"interrupted while drawing the prior pool: {exc.pool[0]} of {exc.pool[1]} samples kept. "
+                         "Continue with the same command and --resume")
+            else:
+                out.warn(f"interrupted at step {exc.step}; checkpoint in {exc.checkpoint}. "
+                         "Continue with the same command and --resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_:
         out.json(result.to_dict())

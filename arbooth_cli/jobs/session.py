@@ -207,6 +207,22 @@ def free_text_encoder(comps: Components) -> None:
         torch.cuda.empty_cache()
 
 
+def common_word(spec: ModelSpec, token: str, tokenizer: Any = None) -> str | None:
+    """Why ``token`` is a word the model already reads as something (None when it is free): a
+    word of its world's vocabulary, or one whole piece of its text tokenizer's vocabulary. Such a
+    token would take over every prompt that uses the word."""
+    if spec.world == "toy":
+        from ..toyworld.scene import VOCABULARY
+
+        if token.lower() in VOCABULARY:
+            return f"{token!r} is a word the toy model's captions use"
+    if tokenizer is not None and hasattr(tokenizer, "tokenize") and type(tokenizer).__name__ != "ByT5Tokenizer":
+        pieces = tokenizer.tokenize(" " + token)
+        if len(pieces) == 1 and pieces[0].lstrip("\u2581 ").lower() == token.lower():
+            return f"{token!r} is a whole word of the text encoder's vocabulary"
+    return None
+
+
 # ---- settings and outputs ----------------------------------------------------------------------
 
 

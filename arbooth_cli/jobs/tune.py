@@ -31,7 +31,7 @@ from torch import Tensor
 from .. import paths
 from .._version import __version__
 from ..atomic import raise_if_disk_full, remove_partials
-from ..checkpoint_io import write_safetensors
+from ..checkpoint_io import sha256_file, write_safetensors
 from ..config import MODULE_TYPES, SCALE_SCHEDULES, TuneConfig
 from ..errors import (ArboothError, CheckpointError, InvalidInputError, ResourceError, RunBusyError,
                       TrainingDivergedError)
@@ -62,15 +62,16 @@ from .session import EventFn
 
 #: settings a resumed run may change (the rest must equal the checkpoint's)
 RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
-                     "log_every", "device", "save_rank", "run_dir", "name", "compile"}
+                     "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token"}
 
 
 class TuneInterrupted(KeyboardInterrupt):
-    """Ctrl-C during tuning; a checkpoint was written (``checkpoint``) unless it says None."""
+    """Ctrl-C during tuning; a checkpoint was written (``checkpoint``) unless it says None.
+    ``pool``: (samples kept, samples wanted) when it came while the prior pool was drawn."""
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, step: int, checkpoint: Path | None, *, pool: tuple[int, int] | None = None) -> None:
         super().__init__(f"interrupted at step {step}")
-        self.step, self.checkpoint = step, checkpoint
+        self.step, self.checkpoint, self.pool = step, checkpoint, pool
 
 
 @dataclass
@@ -164,6 +165,10 @@ class _Run:
         self.spec = resolved.spec
         if config.lr is None:  # the model's default, recorded in checkpoints and the subject's metadata
             config = config.with_(lr=self.spec.tuning.lr)
+        if config.validation_prompts is None:
+            config = config.with_(validation_prompts=self.spec.tuning.validation_prompts)
+        # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
+        config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
         self.components = components
         self.store = SubjectStore()
@@ -210,6 +215,7 @@ class _Run:
         c = self.config
         if self.store.has(self.name) and not (c.overwrite or c.resume):
             raise SubjectExistsError(self.name)
+        self._check_token()
         try:
             parse_blocks(c.blocks, self.spec.transformer.depth)
         except ValueError as exc:
@@ -243,6 +249,13 @@ class _Run:
                                     hint="pass --resume to continue it, --overwrite to start again, "
                                          "or --name to tune under another name")
         return None
+
+    def _check_token(self, tokenizer: Any = None) -> None:
+        """Refuse a token the model already reads as a word (it would hijack every prompt using it)."""
+        why = None if self.config.allow_common_token else session.common_word(self.spec, self.config.token, tokenizer)
+        if why:
+            raise InvalidInputError(f"--token {self.config.token}: {why}, so every prompt with that word would "
+                                    "draw the subject", hint="pick a rare word (e.g. sks), or pass --allow-common-token")
 
     def _prepare_run_dir(self) -> None:
         """Make the run folder, check that it takes files, and clear what a killed run left half-written."""
@@ -281,6 +294,7 @@ class _Run:
         # Text features and photo features once; then the text encoder and the tokenizer's
         # encoder leave the device.
         tokenizer = comps.text_encoder.tokenizer
+        self._check_token(tokenizer)
         captions = [im.caption for im in self.images]
         if c.flip:
             captions = captions + captions
@@ -300,6 +314,8 @@ class _Run:
             torch.cuda.empty_cache()
 
     def build_pool(self) -> PriorPool | None:
+        """The prior pool: read from the run folder when it was drawn (or begun) with the same
+        settings, else drawn; Ctrl-C keeps what was drawn, and --resume goes on from there."""
         c = self.config
         if not c.prior:
             return None
@@ -307,16 +323,18 @@ class _Run:
         key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts)
         path = self.run_dir / POOL_FILE
         pool = load_pool(path, key)
-        if pool is not None:
+        if pool is not None and pool.complete:
             self.emit("pool", {"done": n, "total": n, "cached": True})
             return pool
-        batch = pool_batch(self.transformer, self.scales)
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
-                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=batch,
-                                 compile=self.compiled and n >= POOL_COMPILE_MIN,
+                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales),
+                                 compile=self.compiled and n >= POOL_COMPILE_MIN, start_from=pool,
+                                 stop=lambda: self._stop,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
         save_pool(path, pool, key)
+        if not pool.complete:
+            raise TuneInterrupted(0, None, pool=(pool.done, n))
         return pool
 
     def setup_training(self) -> None:
@@ -574,6 +592,7 @@ class _Run:
             "seed": str(c.seed), "arbooth_version": __version__, "created": _now(),
             "resolution": f"{self.w}x{self.h}", "config": json.dumps(c.to_dict(), sort_keys=True),
             "photos": json.dumps([im.path.name for im in self.images]),
+            "photo_sha256": json.dumps({im.path.name: sha256_file(im.path) for im in self.images}, sort_keys=True),
         }
 
     def save_subject(self) -> tuple[SubjectInfo, dict[str, Tensor] | None, LowRankReport | None]:
@@ -665,19 +684,20 @@ def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn)
     ckpt = run.preflight()
     t0 = time.perf_counter()
     run.load()
-    pool = run.build_pool()
-    run.setup_training()
-    resumed = None
-    if ckpt is not None:
-        run.load_checkpoint(ckpt)
-        resumed = run.step
-    elif config.overwrite:
-        shutil.rmtree(run.run_dir / CHECKPOINT_DIR, ignore_errors=True)
-        shutil.rmtree(run.run_dir / (CHECKPOINT_DIR + ".old"), ignore_errors=True)
+    # Ctrl-C from here on stops at the next pool batch or step boundary and keeps the work done
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, run.request_stop) if main else None
     try:
         try:
+            pool = run.build_pool()
+            run.setup_training()
+            resumed = None
+            if ckpt is not None:
+                run.load_checkpoint(ckpt)
+                resumed = run.step
+            elif config.overwrite:
+                shutil.rmtree(run.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+                shutil.rmtree(run.run_dir / (CHECKPOINT_DIR + ".old"), ignore_errors=True)
             run.loop(pool)
         finally:
             if main:

@@ -66,13 +66,15 @@ TOY = ModelSpec(
     sampling=SamplingDefaults(cfg=4.0, tau=0.5, top_p=0.97, size="toy"),  # best of the training script's sweep
     # 4x the official rate: the best of a sweep on the toy subjects (docs/embedded-model.md); at the
     # official rate a 4 M-parameter model learns most subjects only in part in 500 steps
-    tuning=TuningDefaults(lr=1e-4),
+    tuning=TuningDefaults(lr=1e-4, validation_prompts=("a {token} {cls} on the left, white background",
+                                                       "a small {token} {cls} at the top, black background")),
     sizes=("toy",),
     num_scales=5,
     license="MIT",
     source="trained by tools/train_toy.py on the toy world",
     packaged=TOY_WEIGHTS,
     world="toy",
+    aspects=(1.0,),  # trained on square images only
 )
 
 

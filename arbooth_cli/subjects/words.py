@@ -14,7 +14,8 @@ def fill(template: str, *, token: str, cls: str) -> str:
 
 
 def _word(token: str) -> str:
-    return rf"(?<![\w]){re.escape(token)}(?![\w])"
+    # a whole word, in any case: "SKS dog" names subject sks as "sks dog" does
+    return rf"(?i:(?<![\w]){re.escape(token)}(?![\w]))"
 
 
 def token_in_prompt(token: str, prompt: str) -> bool:

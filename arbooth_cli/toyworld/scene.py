@@ -150,6 +150,8 @@ _KNOWN_WORDS = set(CLASSES) | set(COLOURS) | set(SIZES) | {
     "a", "an", "the", "on", "at", "in", "near", "of", "with", "and", "over", "side", "middle", "center",
     "centre", "left", "right", "top", "bottom", "background", "striped", "stripes", "picture", "photo",
 }
+#: every word the toy model's captions use (a subject token must be none of them)
+VOCABULARY = frozenset(_KNOWN_WORDS)
 _POS_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "middle": "center",
               "center": "center", "centre": "center"}
 

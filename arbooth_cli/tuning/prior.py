@@ -38,9 +38,19 @@ class PriorPool:
     bits_NLd: Tensor
     logits_NLV: Tensor
     prompt_N: Tensor
+    #: samples drawn so far (the first ``done`` rows); less than N for a pool cut short by Ctrl-C
+    done: int = -1
+
+    def __post_init__(self) -> None:
+        if self.done < 0:
+            self.done = len(self)
 
     def __len__(self) -> int:
         return self.bits_NLd.shape[0]
+
+    @property
+    def complete(self) -> bool:
+        return self.done == len(self)
 
 
 def pool_key(config: TuneConfig, model_hash: str, scales: tuple[Scale, ...], n: int,
@@ -78,10 +88,13 @@ def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> i
 
 def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequence[TextCond],
                       scales: tuple[Scale, ...], n: int, *, seed: int, tau: float, top_p: float, batch: int,
-                      compile: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PriorPool:
+                      compile: bool = False, on_progress: Callable[[int, int], None] | None = None,
+                      start_from: PriorPool | None = None, stop: Callable[[], bool] | None = None) -> PriorPool:
     """``n`` samples of the one-prompt ``texts`` in turn (sample i: prompt i mod P), each drawn
     from its own generator (seed + i), so the pool does not depend on the batch size it was
-    drawn with."""
+    drawn with, nor on being drawn in several goes: ``start_from`` (a pool cut short) gives its
+    samples and drawing goes on after them; ``stop()`` true after a batch ends drawing early
+    (the pool's ``done`` says how far it got)."""
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
     dev = transformer.device
@@ -92,10 +105,18 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequ
     bits = torch.empty((n, L, d), dtype=torch.uint8, pin_memory=dev.type == "cuda")
     logits = torch.empty((n, L, V), dtype=torch.bfloat16, pin_memory=dev.type == "cuda")
     prompt_N = torch.arange(n) % len(texts)
+    first = 0
+    if start_from is not None:
+        first = start_from.done
+        bits[:first].copy_(start_from.bits_NLd[:first])
+        logits[:first].copy_(start_from.logits_NLV[:first])
+    done = first
     was_training = transformer.training
     transformer.eval()
     try:
-        for start in range(0, n, batch):
+        for start in range(first, n, batch):
+            if stop is not None and done > first and stop():
+                break
             b = min(batch, n - start)
             gens = [torch.Generator(device=dev).manual_seed(seed + start + i) for i in range(b)]
             text = TextCond.cat([texts[int(k)] for k in prompt_N[start:start + b]])
@@ -104,15 +125,16 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequ
             bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
             assert maps.logits_BLV is not None
             logits[start:start + b].copy_(maps.logits_BLV.to(torch.bfloat16), non_blocking=True)
+            done = start + b
             if on_progress:
-                on_progress(start + b, n)
+                on_progress(done, n)
     finally:
         transformer.train(was_training)
         if engine is not None:
             engine.release()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return PriorPool(bits, logits, prompt_N)
+    return PriorPool(bits, logits, prompt_N, done)
 
 
 def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -> Tensor:
@@ -133,14 +155,17 @@ def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -
 
 
 def save_pool(path: Path, pool: PriorPool, key: str) -> None:
-    """Write ``pool`` with its :func:`pool_key` (atomically)."""
+    """Write ``pool`` (its samples drawn so far) with its :func:`pool_key` (atomically)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    k = pool.done
     write_file_atomic(path, lambda tmp: write_safetensors(
-        tmp, {"bits": pool.bits_NLd, "logits": pool.logits_NLV, "prompt": pool.prompt_N}, {"key": key}))
+        tmp, {"bits": pool.bits_NLd[:k], "logits": pool.logits_NLV[:k], "prompt": pool.prompt_N},
+        {"key": key, "done": str(k)}))
 
 
 def load_pool(path: Path, key: str) -> PriorPool | None:
-    """The pool stored at ``path`` if it was drawn with the same :func:`pool_key`, else None."""
+    """The pool stored at ``path`` if it was drawn with the same :func:`pool_key` (perhaps cut
+    short: see ``done``), else None."""
     if not path.is_file():
         return None
     from safetensors import SafetensorError, safe_open
@@ -151,8 +176,13 @@ def load_pool(path: Path, key: str) -> PriorPool | None:
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
-            return PriorPool(f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt"))
+            bits, logits, prompt_N = f.get_tensor("bits"), f.get_tensor("logits"), f.get_tensor("prompt")
     except SafetensorError as exc:  # a damaged cache file (also one lacking a tensor)
         first = str(exc).splitlines()[0] if str(exc) else "corrupt"
         raise CheckpointError(f"{path} is not a readable prior pool: {first}",
                               hint="delete it: the pool is drawn again") from None
+    done, n = bits.shape[0], prompt_N.shape[0]
+    if done < n:  # cut short: room for the rest
+        bits = torch.cat([bits, bits.new_zeros((n - done, *bits.shape[1:]))])
+        logits = torch.cat([logits, logits.new_zeros((n - done, *logits.shape[1:]))])
+    return PriorPool(bits, logits, prompt_N, done)

@@ -128,3 +128,26 @@ def test_a_subject_file_of_another_kind_is_a_checkpoint_error(tmp_path):
     config = GenConfig(prompts=(PromptJob("a red star"),), delta=str(bogus), out_dir=str(tmp_path / "o"))
     with pytest.raises(CheckpointError, match="not an arbooth subject file"):
         generate(config)
+
+
+def test_export_into_a_folder_that_cannot_be_made_is_a_resource_error(cli, tuned, tmp_path):
+    (tmp_path / "file.txt").write_text("in the way")
+    r = cli("subjects", "export", "sks", str(tmp_path / "file.txt" / "sks.safetensors"))
+    assert r.exit_code == 5 and r.stderr.startswith("error: cannot write") and "ARBOOTH_HOME" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_full_disk_while_writing_output_names_the_output_in_its_hint(tmp_path):
+    import errno
+
+    from arbooth_cli.atomic import write_file_atomic
+    from arbooth_cli.errors import DiskFullError
+    from arbooth_cli.sampling.writers import OUT_HINT
+
+    def full(tmp: Path) -> None:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as info:
+        write_file_atomic(tmp_path / "x.png", full, hint=OUT_HINT)
+    assert info.value.exit_code == 5 and "--out" in (info.value.hint or "") and not list(tmp_path.iterdir())

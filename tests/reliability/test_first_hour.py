@@ -1,0 +1,115 @@
+"""A newcomer's first hour, as tests: tokens that would hijack prompts, validation prompts the
+model can draw, eval from another folder, Ctrl-C while the prior pool is drawn, --quiet anywhere."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from arbooth_cli import paths
+from arbooth_cli.cli import hoist_global_flags
+from arbooth_cli.config import TuneConfig
+from arbooth_cli.jobs.tune import TuneInterrupted, tune
+
+REPO = Path(__file__).resolve().parents[2]
+SPLIT_HEART = REPO / "examples" / "subjects" / "split-heart"
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
+        im = Image.new("RGB", (96, 96), colour)
+        im.paste((20, 20, 20), (10 + 20 * i, 30, 50 + 20 * i, 70))
+        im.save(d / f"p{i}.png")
+    return d
+
+
+@pytest.mark.parametrize("token", ["red", "Star", "left", "background"])
+def test_a_token_the_toy_model_reads_as_a_word_is_refused_unless_allowed(cli, token, tmp_path):
+    args = ["tune", str(SPLIT_HEART), "--token", token, "--class", "heart", "--steps", "1", "--validate-every", "0",
+            "--checkpoint-every", "0", "--prior-pool", "2"]
+    r = cli(*args)
+    assert r.exit_code == 4 and "--allow-common-token" in r.stderr and "toy model" in r.stderr, r.output
+    assert cli(*args, "--allow-common-token").exit_code == 0
+
+
+def test_a_subject_is_named_by_its_token_in_any_case(cli, photos, tmp_path):
+    r = cli("tune", str(photos), "--token", "sks", "--class", "dog", "-m", "tiny-infinity", "--steps", "1",
+            "--validate-every", "0", "--checkpoint-every", "0")
+    assert r.exit_code == 0, r.output
+    r = cli("gen", "a SKS dog", "--json", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0 and '"subject": "sks"' in r.stdout, r.output
+
+
+def test_the_toy_models_validation_prompts_are_in_its_world(photos):
+    from arbooth_cli.toyworld.scene import parse_caption
+
+    result = tune(TuneConfig(photos=str(SPLIT_HEART), token="sks", cls="heart", steps=2, validate_every=2,
+                             checkpoint_every=0, prior_pool=4))
+    prompts = [str(p) for p in result.validation_images]
+    assert len(prompts) == 2
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    for path in result.validation_images:
+        text = read_png_metadata(Path(path))["prompt"]
+        parsed = parse_caption(text, names={"sks": "heart"})
+        assert not parsed.unknown and parsed.background and parsed.shapes[0]["position"], text
+
+
+def test_eval_finds_the_photos_from_any_folder(cli, tmp_path, monkeypatch):
+    photos = tmp_path / "somewhere" / "photos"
+    photos.parent.mkdir()
+    import shutil
+
+    shutil.copytree(SPLIT_HEART, photos)
+    monkeypatch.chdir(photos.parent)
+    r = cli("tune", "photos", "--token", "sks", "--class", "heart", "--steps", "2", "--validate-every", "0",
+            "--checkpoint-every", "0", "--prior-pool", "4")
+    assert r.exit_code == 0, r.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = cli("eval", "sks", "--seeds", "1", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def _config(photos: Path, name: str, **kw) -> TuneConfig:
+    return TuneConfig(photos=str(photos), token="sks", cls="dog", model="tiny-infinity", name=name, steps=6,
+                      validate_every=0, checkpoint_every=0, log_every=1, prior_pool=12, **kw)
+
+
+def test_ctrl_c_while_the_prior_pool_is_drawn_keeps_it_and_resume_goes_on(photos):
+    """The pool is drawn 4 samples a batch on a CPU: Ctrl-C after the first batch keeps those 4,
+    --resume draws the other 8, and the subject is bit for bit that of an uninterrupted run."""
+    whole = tune(_config(photos, "whole"))
+
+    def interrupt(kind, data):
+        if kind == "pool" and data["done"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TuneInterrupted) as info:
+        tune(_config(photos, "cut"), on_event=interrupt)
+    assert info.value.pool == (4, 12) and info.value.checkpoint is None
+    seen: list[dict] = []
+    cut = tune(_config(photos, "cut", resume=True), on_event=lambda k, d: seen.append(d) if k == "pool" else None)
+    assert [d["done"] for d in seen] == [8, 12]
+    a, b = load_file(whole.subject), load_file(cut.subject)
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_global_options_may_follow_the_subcommand(cli, tmp_path):
+    assert hoist_global_flags(["gen", "x", "--quiet", "--", "-q"]) == ["--quiet", "gen", "x", "--", "-q"]
+    from arbooth_cli.cli import build_app
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(build_app(), hoist_global_flags(["gen", "a red star on the left, blue background",
+                                                            "--out", str(tmp_path / "o"), "-q"]), prog_name="arbooth")
+    assert r.exit_code == 0 and r.stderr == "" and r.stdout.strip().endswith(".png"), r.output
