@@ -129,6 +129,33 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
+ENV_THREADS = "ARBOOTH_THREADS"
+
+
+def cpu_threads(env: Mapping[str, str] | None = None, cores: int | None = None) -> int | None:
+    """Threads for CPU work: ``$ARBOOTH_THREADS``; else None (torch's own choice) when
+    ``$OMP_NUM_THREADS`` is set; else half the cores, at most 8. Half, because an OpenMP thread per
+    core slows to a crawl as soon as anything else runs (measured in docs/benchmarks.md)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_THREADS, "").strip():
+        try:
+            return max(1, int(env[ENV_THREADS]))
+        except ValueError:
+            raise ConfigError([f"{ENV_THREADS} must be a whole number, got {env[ENV_THREADS]!r}"]) from None
+    if env.get("OMP_NUM_THREADS", "").strip():
+        return None
+    return max(1, min(8, (cores or os.cpu_count() or 1) // 2))
+
+
+def use_cpu_threads(device: torch.device) -> None:
+    """Apply :func:`cpu_threads` when the work runs on the CPU."""
+    n = cpu_threads() if device.type == "cpu" else None
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     import torch
 

@@ -95,9 +95,12 @@ class EventProgress:
         if self.out.quiet:
             return None
         if self._bar is None:
-            from rich.progress import Progress
+            if self.out.err.is_terminal:
+                from rich.progress import Progress
 
-            self._bar = Progress(*self.columns(), console=self.out.err, transient=self.transient)
+                self._bar = Progress(*self.columns(), console=self.out.err, transient=self.transient)
+            else:  # a log file or a pipe: plain lines, since a live display shows nothing until the end
+                self._bar = PlainProgress(self.out.err)
             self._bar.__enter__()
         return self._bar
 
@@ -114,6 +117,83 @@ class EventProgress:
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+class PlainProgress:
+    """What :class:`rich.progress.Progress` offers the progress displays (add_task, update, advance,
+    console), as one plain line per tenth of a task (and at least one a minute) with the elapsed
+    time and an estimate of the rest, for stderr that is not a terminal."""
+
+    #: a line at least this often (seconds) while a task moves
+    EVERY_S = 60.0
+
+    def __init__(self, console: Console, clock: Any = None) -> None:
+        import time
+
+        self.console, self.clock = console, clock or time.monotonic
+        self.tasks: dict[int, dict[str, Any]] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for tid, t in self.tasks.items():
+            if t["visible"] and not t.get("inner") and t["completed"] != t["shown"]:
+                self._line(tid)
+
+    def add_task(self, description: str, total: float | None = None, visible: bool = True, **fields: Any) -> int:
+        tid = len(self.tasks)
+        now = self.clock()
+        self.tasks[tid] = {"description": description, "total": total, "completed": 0, "visible": visible,
+                           "fields": fields, "start": now, "last": now, "shown": None}
+        return tid
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + advance)
+
+    def update(self, task: int, *, completed: float | None = None, total: float | None = None,
+               visible: bool | None = None, **fields: Any) -> None:
+        t = self.tasks[task]
+        if total is not None:
+            t["total"] = total
+        if visible is not None:
+            t["visible"] = visible
+        t["fields"].update(fields)
+        if completed is None or completed == t["completed"] and t["shown"] is not None:
+            return
+        before, t["completed"] = t["completed"], completed
+        if "t0" not in t:  # the rate is measured from the first update (not from loading the model)
+            t["t0"], t["d0"] = self.clock(), completed
+        if completed < before:  # a task that starts over (the scales of each image) is shown once only
+            t["inner"] = True
+        if not t["visible"] or t.get("inner"):
+            return
+        total_ = t["total"]
+        step = max(1.0, (total_ or 0) / 10)
+        crossed = total_ and (int(completed // step) > int(before // step) or completed >= total_)
+        if crossed or self.clock() - t["last"] >= self.EVERY_S or t["shown"] is None:
+            self._line(task)
+
+    def _line(self, task: int) -> None:
+        t = self.tasks[task]
+        now = self.clock()
+        t["last"], t["shown"] = now, t["completed"]
+        done, total = t["completed"], t["total"]
+        elapsed = now - t["start"]
+        text = f"{t['description']} {done:g}/{total:g}" if total else f"{t['description']} {done:g}"
+        text += f" {_clock(elapsed)} elapsed"
+        rate_s, rate_n = now - t.get("t0", now), done - t.get("d0", done)
+        if total and 0 < done < total and rate_n > 0 and rate_s > 0:
+            text += f", about {_clock(rate_s / rate_n * (total - done))} left"
+        info = t["fields"].get("info")
+        if info:
+            text += f"  {info}"
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def get_output(ctx: Any) -> Output:

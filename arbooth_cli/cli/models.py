@@ -50,7 +50,7 @@ def list_cmd(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
     Examples:\n
       arbooth models list\n
-      arbooth models list --json | jq -r 'select(.status=="ready") | .name'
+      arbooth models list --json | jq -r 'select(.usable) | .name'
     """
     out = get_output(ctx)
     reg = default_registry()
@@ -70,8 +70,8 @@ def list_cmd(ctx: typer.Context, json_: JsonOpt = False) -> None:
             "(interrupted imports or downloads); 'arbooth models prune' removes them"
         )
     if json_:
-        for row in rows:
-            out.json(row)
+        for row in rows:  # usable: runs now, without a download (built in, or complete in the cache)
+            out.json({**row, "usable": row["status"] == "built in" or row["status"].startswith("ready")})
         return
     from rich.table import Table
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError, ResourceError
-from ..loading import ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model
+from ..loading import (ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model,
+                       use_cpu_threads)
 from ..modelspec import ModelSpec
 from ..subjects import SubjectInfo, SubjectStore, subject_info, token_in_prompt
 from ..subjects.store import DamagedSubjectError
@@ -138,6 +139,7 @@ def open_model(resolved: ResolvedModel, device: str, dtype: str, emit: EventFn, 
     ``components`` already built) and announce them with a "loaded" event (plus ``details``)."""
     if components is None:
         dev = pick_device(device)
+        use_cpu_threads(dev)
         components = load_components(resolved, device=dev, dtype=pick_dtype(dtype, dev), roles=roles)
     emit("loaded", {"model": resolved.spec.name, "device": str(components.device),
                     "dtype": str(components.dtype).replace("torch.", ""), **(details or {})})

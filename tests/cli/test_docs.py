@@ -46,3 +46,23 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
     assert sorted(p.name for p in (tmp_path / "stars").glob("*.png")) == [
         "0000-a-red-star-on-the-left-blue-background-0.png", "0000-a-red-star-on-the-left-blue-background-1.png"]
+
+
+def test_the_readme_scripting_example_prints_what_it_says(tmp_path):
+    """The README's scripting pipe, run by a shell as written, with a fresh home."""
+    import os
+    import shutil
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Scripting"):readme.index("## From Python")]
+    (command,) = re.findall(r"```bash\n(.*?)\n```", section, re.S)
+    expected = re.search(r"\(`(\[.*?\])` on a fresh install\)", section).group(1)
+    arbooth = shutil.which("arbooth")
+    env = {**os.environ, "ARBOOTH_HOME": str(tmp_path / "home"), "PATH": os.path.dirname(sys.executable) + os.pathsep
+           + os.environ.get("PATH", "")}
+    if arbooth is None:  # not installed as a script: call the module the script calls
+        command = command.replace("arbooth ", f"{sys.executable} -m arbooth_cli ", 1)
+    command = command.replace("python -c", f"{sys.executable} -c")
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected

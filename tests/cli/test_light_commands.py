@@ -51,3 +51,30 @@ def test_light_commands_do_not_import_torch(args):
 def test_console_script_and_module_entry_points_agree():
     a = subprocess.run([sys.executable, "-m", "arbooth_cli", "--version"], capture_output=True, text=True)
     assert a.returncode == 0 and a.stdout.startswith("arbooth ")
+
+
+def test_progress_without_a_terminal_is_plain_lines_with_an_estimate():
+    """A log file gets one line per tenth of a task with the time left; a task that starts over
+    (per-image scales) shows only its first round."""
+    import io
+
+    from rich.console import Console
+
+    from arbooth_cli.cli._output import PlainProgress
+
+    now = [0.0]
+    buf = io.StringIO()
+    bar = PlainProgress(Console(file=buf, width=200), clock=lambda: now[0])
+    with bar:
+        images = bar.add_task("images", total=20)
+        scales = bar.add_task("scales", total=3)
+        for i in range(20):
+            for k in range(3):
+                bar.update(scales, completed=k + 1)
+            now[0] += 2.0
+            bar.advance(images)
+    lines = buf.getvalue().splitlines()
+    assert [ln.split()[1] for ln in lines if ln.startswith("images")] == [f"{n}/20" for n in range(1, 21, 1)
+                                                                           if n == 1 or n % 2 == 0]
+    assert sum(ln.startswith("scales") for ln in lines) == 3
+    assert "images 10/20 0:20 elapsed, about 0:20 left" in lines

@@ -106,3 +106,15 @@ def _write(path, tensors):
 def _write_bytes(path, data):
     path.write_bytes(data)
     return path
+
+
+def test_cpu_threads_default_to_half_the_cores_unless_told():
+    from arbooth_cli.errors import ConfigError
+    from arbooth_cli.loading import cpu_threads
+
+    assert cpu_threads({}, cores=2) == 1 and cpu_threads({}, cores=1) == 1
+    assert cpu_threads({}, cores=16) == 8 and cpu_threads({}, cores=64) == 8
+    assert cpu_threads({"OMP_NUM_THREADS": "2"}, cores=2) is None  # the user's OpenMP setting stands
+    assert cpu_threads({"ARBOOTH_THREADS": "3", "OMP_NUM_THREADS": "2"}, cores=2) == 3
+    with pytest.raises(ConfigError, match="ARBOOTH_THREADS"):
+        cpu_threads({"ARBOOTH_THREADS": "many"})
