@@ -44,6 +44,11 @@ def locks_dir(root: Path) -> Path:
     return root / "locks"
 
 
+def pools_dir(root: Path) -> Path:
+    """Prior pools kept for reuse: ``pools/<key>.safetensors``."""
+    return root / "pools"
+
+
 def runs_dir(root: Path) -> Path:
     """Tuning runs: ``runs/<name>/`` holding checkpoints, validation images and the prior pool."""
     return root / "runs"

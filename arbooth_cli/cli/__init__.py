@@ -60,6 +60,7 @@ BUILTIN_COMMANDS = {
     "gen": "arbooth_cli.cli.gen:register",
     "tune": "arbooth_cli.cli.tune:register",
     "subjects": "arbooth_cli.cli.subjects:register",
+    "pools": "arbooth_cli.cli.pools:register",
     "inspect": "arbooth_cli.cli.inspect:register",
     "eval": "arbooth_cli.cli.eval:register",
     "models": "arbooth_cli.cli.models:register",

@@ -51,6 +51,7 @@ from ..tuning.data import load_subject_images, to_tensor
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.lowrank import LowRankReport, compress
 from ..tuning.optim import TuningAdamW
+from ..tuning.pool_store import PoolStore
 from ..tuning.prior import (POOL_COMPILE_MIN, POOL_FILE, PriorPool, inputs_from_bits, load_pool, pool_batch,
                             pool_key, prior_class_prompts, sample_prior_pool, save_pool)
 from ..tuning.selection import parse_blocks, select_params
@@ -314,27 +315,34 @@ class _Run:
             torch.cuda.empty_cache()
 
     def build_pool(self) -> PriorPool | None:
-        """The prior pool: read from the run folder when it was drawn (or begun) with the same
-        settings, else drawn; Ctrl-C keeps what was drawn, and --resume goes on from there."""
+        """The prior pool: one kept from an earlier tune with the same settings (model files, class
+        prompts, seed, size, sampling), else drawn; Ctrl-C keeps what was drawn in the run folder,
+        and --resume goes on from there. A complete pool is kept for later tunes."""
         c = self.config
         if not c.prior:
             return None
         n = c.prior_pool or c.steps * c.batch_size
         key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts)
-        path = self.run_dir / POOL_FILE
-        pool = load_pool(path, key)
-        if pool is not None and pool.complete:
+        store = PoolStore(paths.home())
+        pool = store.get(key)
+        if pool is not None:
             self.emit("pool", {"done": n, "total": n, "cached": True})
+            self.emit("note", {"message": f"reused the prior pool {key} of {', '.join(map(repr, self.class_prompts))}"
+                                          f" ({n} samples; 'arbooth pools' lists and removes kept pools)"})
             return pool
+        partial = self.run_dir / POOL_FILE
+        pool = load_pool(partial, key)
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
                                  tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales),
                                  compile=self.compiled and n >= POOL_COMPILE_MIN, start_from=pool,
                                  stop=lambda: self._stop,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
-        save_pool(path, pool, key)
         if not pool.complete:
+            save_pool(partial, pool, key)
             raise TuneInterrupted(0, None, pool=(pool.done, n))
+        store.put(key, pool, model=self.spec.name, class_prompts=self.class_prompts, created=_now())
+        partial.unlink(missing_ok=True)
         return pool
 
     def setup_training(self) -> None:

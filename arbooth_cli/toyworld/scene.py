@@ -215,6 +215,27 @@ def parse_caption(text: str, *, names: dict[str, str] | None = None) -> ParsedCa
     return out
 
 
+def prompt_problems(text: str, *, names: dict[str, str] | None = None) -> list[str]:
+    """What the toy model cannot draw as ``text`` asks: words outside its vocabulary, no shape,
+    and what a shape or the background leaves unsaid (a subject named in ``names`` brings its own
+    colours). Empty when the toy model was trained on prompts like it."""
+    parsed = parse_caption(text, names=names)
+    out = []
+    if parsed.unknown:
+        out.append(f"words the toy model does not know: {', '.join(parsed.unknown)}")
+    if not parsed.shapes:
+        out.append(f"no shape ({', '.join(CLASSES)})")
+    for shape in parsed.shapes:
+        what = shape["name"] or shape["cls"]
+        if shape["colour"] is None and shape["name"] is None:
+            out.append(f"no colour for the {what}")
+        if shape["position"] is None:
+            out.append(f"no position for the {what} (on the left, at the top, in the middle, ...)")
+    if parsed.background is None:
+        out.append("no background colour (e.g. 'blue background')")
+    return out
+
+
 def scene_of(parsed: ParsedCaption) -> Scene | None:
     """The scene a fully specified caption describes (None when something is left unsaid)."""
     if parsed.background is None or not parsed.shapes:

@@ -154,13 +154,14 @@ def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -
     return torch.cat(inputs, dim=1) if inputs else bits_BLd.new_zeros((B, 0, bits_BLd.shape[-1]), dtype=torch.float32)
 
 
-def save_pool(path: Path, pool: PriorPool, key: str) -> None:
-    """Write ``pool`` (its samples drawn so far) with its :func:`pool_key` (atomically)."""
+def save_pool(path: Path, pool: PriorPool, key: str, info: dict[str, str] | None = None) -> None:
+    """Write ``pool`` (its samples drawn so far) with its :func:`pool_key` (atomically); ``info``:
+    more metadata (what :class:`PoolStore` lists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     k = pool.done
     write_file_atomic(path, lambda tmp: write_safetensors(
         tmp, {"bits": pool.bits_NLd[:k], "logits": pool.logits_NLV[:k], "prompt": pool.prompt_N},
-        {"key": key, "done": str(k)}))
+        {**(info or {}), "key": key, "done": str(k)}))
 
 
 def load_pool(path: Path, key: str) -> PriorPool | None:

@@ -36,7 +36,7 @@ def _store_a_subject() -> None:
                                   ["plugins", "list"], ["models", "info", "infinity-2b"],
                                   ["subjects", "list"], ["subjects", "list", "--json"],
                                   ["inspect", "--help"], ["inspect", "noise", "--help"],
-                                  ["inspect", "weights", "--help"]])
+                                  ["inspect", "weights", "--help"], ["pools", "list"], ["pools", "list", "--json"]])
 def test_light_commands_do_not_import_torch(args):
     if args[0] == "subjects":
         _store_a_subject()  # so the listing reads a header

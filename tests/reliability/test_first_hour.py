@@ -89,7 +89,7 @@ def _config(photos: Path, name: str, **kw) -> TuneConfig:
 def test_ctrl_c_while_the_prior_pool_is_drawn_keeps_it_and_resume_goes_on(photos):
     """The pool is drawn 4 samples a batch on a CPU: Ctrl-C after the first batch keeps those 4,
     --resume draws the other 8, and the subject is bit for bit that of an uninterrupted run."""
-    whole = tune(_config(photos, "whole"))
+    from arbooth_cli.tuning.pool_store import PoolStore
 
     def interrupt(kind, data):
         if kind == "pool" and data["done"] == 4:
@@ -101,8 +101,35 @@ def test_ctrl_c_while_the_prior_pool_is_drawn_keeps_it_and_resume_goes_on(photos
     seen: list[dict] = []
     cut = tune(_config(photos, "cut", resume=True), on_event=lambda k, d: seen.append(d) if k == "pool" else None)
     assert [d["done"] for d in seen] == [8, 12]
+    store = PoolStore(paths.home())
+    for kept in store.list():  # the uninterrupted run draws its own pool
+        store.remove(kept.key)
+    drawn: list[dict] = []
+    whole = tune(_config(photos, "whole"), on_event=lambda k, d: drawn.append(d) if k == "pool" else None)
+    assert not any(d.get("cached") for d in drawn)
     a, b = load_file(whole.subject), load_file(cut.subject)
     assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_second_tune_of_the_same_class_reuses_the_kept_pool_bit_for_bit(cli, photos, tmp_path):
+    """Two subjects of one class: the second tune skips drawing the pool and says so; removing the
+    pool and tuning again (drawn afresh) gives the same subject bit for bit."""
+    from arbooth_cli.tuning.pool_store import PoolStore
+
+    first = tune(_config(photos, "first"))
+    assert Path(first.run_dir).is_dir() and not (Path(first.run_dir) / "prior-pool.safetensors").exists()
+    notes: list[str] = []
+    second = tune(_config(photos, "second"), on_event=lambda k, d: notes.append(d["message"]) if k == "note" else None)
+    assert any("reused the prior pool" in n for n in notes)
+    store = PoolStore(paths.home())
+    (kept,) = store.list()
+    assert kept.samples == 12 and kept.model == "tiny-infinity" and kept.class_prompts == ["a photo of dog"]
+    r = cli("pools", "list", "--json")
+    assert r.exit_code == 0 and kept.key in r.stdout
+    assert cli("pools", "rm", kept.key).exit_code == 0 and store.list() == []
+    fresh = tune(_config(photos, "fresh"))
+    a, b = load_file(second.subject), load_file(fresh.subject)
+    assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_global_options_may_follow_the_subcommand(cli, tmp_path):

@@ -188,7 +188,7 @@ def test_checkpoints_come_whole_on_the_main_thread_and_a_resume_is_exact(photos)
     with pytest.raises(TuneInterrupted):
         tune(config(photos, name="b", steps=6, checkpoint_every=2), on_event=on_event)
     assert events == [(2, 2), (4, 4), (5, 5)]
-    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_DIR, POOL_FILE]  # no .partial, no .old
+    assert sorted(p.name for p in run_dir.iterdir()) == [CHECKPOINT_DIR]  # no .partial, no .old
     ckpt = run_dir / CHECKPOINT_DIR
     assert set(load_file(str(ckpt / "weights.safetensors"))) == set(load_file(a.subject))
     b = tune(config(photos, name="b", steps=6, checkpoint_every=2, resume=True))
@@ -433,7 +433,8 @@ def test_validation_images_carry_provenance(photos):
 
 
 def test_a_finished_run_leaves_no_checkpoint_or_prior_pool(photos):
-    """A checkpoint and the pool exist during the run and are removed after the subject is saved."""
+    """A checkpoint exists during the run and is removed after the subject is saved; the prior
+    pool is kept in the store (for later tunes of the class), not in the run folder."""
     run_dir = paths.home() / "runs" / "sks"
     during = []
 
@@ -442,7 +443,7 @@ def test_a_finished_run_leaves_no_checkpoint_or_prior_pool(photos):
             during.append((Path(data["path"]).is_dir(), (run_dir / POOL_FILE).is_file()))
 
     result = tune(config(photos, steps=4, checkpoint_every=2), on_event=on_event)
-    assert during == [(True, True)]
+    assert during == [(True, False)]
     assert Path(result.run_dir) == run_dir and run_dir.is_dir()
     for leftover in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", POOL_FILE):
         assert not (run_dir / leftover).exists(), leftover
