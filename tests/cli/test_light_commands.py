@@ -32,6 +32,19 @@ def _store_a_subject() -> None:
     (d / "subject.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4)
 
 
+def _store_a_pool() -> None:
+    """A minimal kept prior pool (written by hand, as above)."""
+    meta = {"key": "0123456789abcdef", "done": "1", "model": "tiny-infinity", "class_prompts": '["a photo of dog"]',
+            "created": "2026-01-01T00:00:00+00:00"}
+    header = json.dumps({"__metadata__": meta,
+                         "bits": {"dtype": "U8", "shape": [1, 1, 1], "data_offsets": [0, 1]},
+                         "logits": {"dtype": "BF16", "shape": [1, 1, 2], "data_offsets": [1, 5]},
+                         "prompt": {"dtype": "I64", "shape": [1], "data_offsets": [5, 13]}}).encode()
+    d = Path(os.environ["ARBOOTH_HOME"]) / "pools"
+    d.mkdir(parents=True)
+    (d / "0123456789abcdef.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 13)
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["models", "list"], ["models", "list", "--json"],
                                   ["plugins", "list"], ["models", "info", "infinity-2b"],
                                   ["subjects", "list"], ["subjects", "list", "--json"],
@@ -40,12 +53,16 @@ def _store_a_subject() -> None:
 def test_light_commands_do_not_import_torch(args):
     if args[0] == "subjects":
         _store_a_subject()  # so the listing reads a header
+    if args[0] == "pools":
+        _store_a_pool()
     proc = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True,
                           env=dict(os.environ), timeout=120)
     assert "HEAVY=\n" in proc.stderr or proc.stderr.rstrip().endswith("HEAVY="), proc.stderr
     assert proc.stdout.strip()
     if args[0] == "subjects":
         assert "sks" in proc.stdout
+    if args[0] == "pools":
+        assert "0123456789abcdef" in proc.stdout
 
 
 def test_console_script_and_module_entry_points_agree():
