@@ -176,6 +176,8 @@ class GenConfig(_Checked):
     stream: Literal["per-image", "batch"] = "per-image"  #: --rng-stream
     #: --compile: CUDA graphs + compiled kernels on a GPU; auto: on for jobs of >= 64 images
     compile: Literal["auto", "on", "off"] = "auto"
+    #: --strict: a prompt or setting the model cannot draw is an error, not a warning
+    strict: bool = False
 
     def problems(self) -> list[str]:
         out = []

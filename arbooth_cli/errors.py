@@ -129,16 +129,18 @@ class ModelExistsError(InvalidInputError):
 
 
 class NoToySubjectError(InvalidInputError):
-    """`arbooth eval` on a toy-world model: the subject's photos show none of the toy subjects."""
+    """`arbooth eval` on a toy-world model: the subject's photos show none of the toy subjects
+    eval has detectors for."""
 
     def __init__(self, folder: str, hits: dict[str, int], photos: int, needed: int) -> None:
         self.folder, self.hits = folder, dict(hits)
         best = max(self.hits, key=lambda n: self.hits[n]) if any(self.hits.values()) else None
+        closest = f" (closest: {best}, on {self.hits[best]} of {photos} photos; {needed} needed)" if best else ""
         super().__init__(
-            f"the photos in {folder} show none of the toy world's subjects; eval measures toy subjects only "
-            "on the toy model",
-            hint=(f"the closest, {best}, shows on {self.hits[best]} of {photos} photos ({needed} needed); " if best
-                  else "") + "pass --photos DIR if the subject's photos are elsewhere",
+            f"the {photos} photos in {folder} show none of the {len(self.hits)} toy subjects eval can "
+            f"read{closest}",
+            hint="eval scores the toy subjects of examples/subjects/ (docs/eval.md); a subject of another "
+                 "pattern cannot be scored yet",
         )
 
 

@@ -156,12 +156,12 @@ def test_the_photos_name_the_toy_subject(tmp_path):
     flat_photos = [np.asarray(Image.open(p)) for p in sorted(flat.glob("*.png"))]
     with pytest.raises(NoToySubjectError) as e:
         identify_toy_subject(flat_photos, flat)
-    assert e.value.exit_code == 4 and str(flat) in str(e.value) and "--photos" in e.value.hint
+    assert e.value.exit_code == 4 and str(flat) in str(e.value) and "cannot be scored yet" in e.value.hint
     assert not any(e.value.hits.values())
     two = [np.asarray(Image.open(REPO / "examples/subjects/twotone-star" / f"0{i}.png").convert("RGB")) for i in (1, 2)]
     with pytest.raises(NoToySubjectError) as e:  # two photos of the star are not enough
         identify_toy_subject(two + flat_photos[:3], flat)
-    assert "the closest, twotone-star, shows on 2 of 5 photos (3 needed)" in e.value.hint
+    assert "(closest: twotone-star, on 2 of 5 photos; 3 needed)" in str(e.value)
 
 
 # ---- a tuned toy subject, end to end -----------------------------------------------------------
@@ -292,7 +292,7 @@ def test_eval_table_and_out(toy_subject, tmp_path):
 
 
 @pytest.mark.parametrize("case, code, message", [
-    ("not-toy", 4, "show none of the toy world's subjects; eval measures toy subjects only on the toy model"),
+    ("not-toy", 4, "toy subjects eval can read"),
     ("gone", 3, "is gone"),
     ("other-model", 4, "was tuned on toy, not tiny-infinity"),
     ("no-token", 4, "does not name the subject's token 'sks'"),

@@ -121,6 +121,8 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     app = build_app()
+    # (a stdout closed early, `arbooth gen --json | head -3`, ends the job quietly with exit 1: the
+    # command-line parser's own handling)
     app(args=hoist_global_flags(argv if argv is not None else sys.argv[1:]), prog_name="arbooth")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -9,7 +12,7 @@ import typer
 
 from ..config import GenConfig, PromptJob, parse_number_list, read_prompts_file
 from ._options import DeviceOpt, DtypeOpt, PromptModelOpt
-from ._output import EventProgress, get_output
+from ._output import EventProgress, Output, get_output
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +43,7 @@ def gen_cmd(
     dtype: DtypeOpt = "auto",
     rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
+    strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
 ) -> None:
     """Generate images from prompts.
@@ -69,22 +73,49 @@ def gen_cmd(
         grid=grid, overwrite=overwrite, skip_existing=skip_existing, device=device, dtype=dtype,
         stream=rng_stream,  # type: ignore[arg-type]
         compile=compile_,  # type: ignore[arg-type]
+        strict=strict,
     ).validate()
-    with _GenProgress(out_) as progress:
+    # Each image's line goes out (flushed) as soon as its file is written, so a killed or still
+    # running job has a record of every file it wrote. While the progress bar is drawn on a terminal,
+    # rich sends sys.stdout to stderr (above the bar): that is right when stdout is that terminal,
+    # but a piped or redirected stdout must get its lines itself.
+    stdout = sys.stdout
+
+    def show(rec: Any) -> None:
+        with contextlib.redirect_stdout(sys.stdout if stdout.isatty() else stdout):
+            if json_:
+                out_.json({"path": rec.path, **rec.metadata})
+            else:
+                print(rec.path, flush=True)
+
+    with _GenProgress(out_, show) as progress:
         result = generate(config, on_event=progress.event)
-    for rec in result.images:
-        if json_:
-            out_.json({"path": rec.path, **rec.metadata})
-        else:
-            out_.result(rec.path)
     if result.grid and not json_:
         out_.result(result.grid)
 
 
+#: jobs of more images than this say how many before they start
+PLAN_NOTE_IMAGES = 1000
+
+
 class _GenProgress(EventProgress):
-    """Images (and, for big jobs, scales) on stderr."""
+    """Each image's result as it is written (``show``); images (and, for big jobs, scales) on stderr."""
+
+    def __init__(self, out: Output, show: Callable[[Any], None]) -> None:
+        super().__init__(out)
+        self.show = show
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "warning":
+            self.out.warn(data["message"])
+        elif kind == "subject":
+            self.out.note(f"subject {data['name']!r} in {data['images']} images ({data['why']}; --subject none "
+                          "draws without it)")
+        if kind == "image":
+            self.show(data["record"])
+        elif kind == "plan" and data["total"] > PLAN_NOTE_IMAGES:
+            share = f" (this process's share of {data['all']})" if data["world"] > 1 else ""
+            self.out.note(f"{data['total']} images to draw{share}")
         if self.bar is None:
             return
         if kind == "plan":

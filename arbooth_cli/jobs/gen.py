@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from . import session
 from .session import EventFn
 
 if TYPE_CHECKING:
+    from ..models.build import Components
+    from ..models.text_encoder import TextCond
     from ..subjects.use import LoadedSubject
 
 # on_event kinds: "plan" (total images), "loaded", "scale" (index, scales), "image" (record)
@@ -118,6 +121,40 @@ def plan_images(spec: ModelSpec, config: GenConfig,
     return items
 
 
+def _check_drawable(spec: ModelSpec, items: list[ImageItem], strict: bool, emit: EventFn) -> None:
+    """Prompts or aspects the model cannot draw: one warning for the job (an error with --strict)."""
+    problems: dict[str, list[str]] = {}
+    for it in items:
+        key = f"{it.prompt!r}" + (f" at h/w {it.h_div_w:.3g}" if it.h_div_w != 1.0 else "")
+        if key not in problems:
+            found = session.drawing_problems(spec, it.prompt, h_div_w=it.h_div_w,
+                                             subjects=[it.subject] if it.subject is not None else [])
+            if found:
+                problems[key] = found
+    if not problems:
+        return
+    first, what = next(iter(problems.items()))
+    more = f" (and {len(problems) - 1} more prompts)" if len(problems) > 1 else ""
+    message = f"{spec.name} cannot draw {first} as asked: {'; '.join(what)}{more}"
+    known = session.what_it_draws(spec)
+    if strict:
+        raise InvalidInputError(message, hint=known)
+    emit("warning", {"message": message + (f". {known}" if known else ""), "prompts": problems})
+
+
+def _announce_subjects(config: GenConfig, items: list[ImageItem], emit: EventFn) -> None:
+    """Which subject each prompt gets, and why: no prompt uses a tuned subject unawares."""
+    used: dict[str, tuple[SubjectInfo, int]] = {}
+    for it in items:
+        if it.subject is not None:
+            info, n = used.get(it.subject.name, (it.subject, 0))
+            used[it.subject.name] = (info, n + 1)
+    for name, (info, n) in used.items():
+        why = ("--delta" if config.delta else "--subject") if config.delta or config.subject else \
+            f"the prompt names its token {info.token!r}"
+        emit("subject", {"name": name, "token": info.token, "images": n, "why": why})
+
+
 def _schedule(spec: ModelSpec, item: ImageItem):
     return model_scales(item.size, item.h_div_w, num_scales=spec.num_scales or None)
 
@@ -150,6 +187,9 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     resolved = session.resolve(config.model, subjects, resolved=resolved)
     spec = resolved.spec
     items = plan_images(spec, config, subjects)
+    session.check_device(config.device)
+    _check_drawable(spec, items, config.strict, emit)
+    _announce_subjects(config, items, emit)
     for it in items:
         params = session.sampling_params(spec, it)
         if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
@@ -167,7 +207,6 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     import torch
 
     from ..loading import pick_device
-    from ..models.text_encoder import TextCond
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_images
     from ..subjects.use import SubjectSwitch
 
@@ -194,9 +233,6 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     def subject_of(it: ImageItem) -> LoadedSubject | None:
         return None if it.subject is None else loaded[str(it.subject.path)]
 
-    # text features first, then the text encoder leaves the device before sampling
-    text_of = session.encode(comps, [(it.prompt, subject_of(it)) for it in mine])
-
     use_engine = device.type == "cuda" and (
         config.compile == "on" or (config.compile == "auto" and len(mine) >= COMPILE_AUTO_MIN_IMAGES))
     engine = SamplingEngine() if use_engine else None
@@ -204,6 +240,15 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     groups: dict[tuple, list[ImageItem]] = {}
     for it in mine:
         groups.setdefault(it.batch_key(), []).append(it)
+    # Text features batch by batch, the text encoder loaded for the whole job: a batch's features
+    # live only until it is sampled, so host and GPU memory stay flat from the first image to the
+    # 10,000th (bench/gen_memory.py). Encoding every prompt up front, then freeing the encoder, kept
+    # the features of all prompts: about 0.2 MB of RSS a prompt on toy, far more with flan-t5-xl's
+    # 2048 channels, and on the GPU. The encoder's own memory is fixed, and the official pipeline
+    # keeps it loaded too. Images do not change: a prompt's features do not depend on the prompts
+    # sharing its encode call (padded to max_length; bit for bit on toy and tiny-infinity, on the
+    # CPU and in fp16 on an H100).
+    batch_text = _BatchText(comps, subject_of)
     for group in groups.values():
         for b in range(0, len(group), config.batch_size):
             batch = group[b:b + config.batch_size]
@@ -211,7 +256,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
             scales = _schedule(spec, first)
             params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p)
             switch.use(subject_of(first))
-            text = TextCond.cat([text_of[session.text_key(it.prompt, subject_of(it))] for it in batch]).to(device)
+            text = batch_text(batch).to(device)
             if config.stream == "batch":
                 gens = [torch.Generator(device=device).manual_seed(first.seed)]
             else:
@@ -227,6 +272,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
                 rec = ImageRecord(str(path), it.prompt, it.seed, meta)
                 result.images.append(rec)
                 emit("image", {"record": rec})
+    batch_text.close()
     if dist is not None:
         dist.barrier()
     if config.grid and rank == 0:
@@ -237,6 +283,33 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
                          "images": [p.name for p in paths]}
             result.grid = str(contact_sheet(paths, cols, out_dir / "grid.png", grid_meta))
     return result
+
+
+class _BatchText:
+    """The text features of one batch at a time, the text encoder kept loaded: a batch's prompts
+    that the previous batch had (a prompt's images are consecutive in a group) keep their features,
+    the others are encoded, and every other prompt's features are let go first, so at most one
+    batch's prompts have features alive at once."""
+
+    def __init__(self, comps: Components, subject_of: Callable[[ImageItem], LoadedSubject | None]) -> None:
+        self.comps = comps
+        self.subject_of = subject_of
+        self.feats: dict[tuple[str, str | None], TextCond] = {}
+
+    def __call__(self, batch: list[ImageItem]) -> TextCond:
+        from ..models.text_encoder import TextCond
+
+        pairs = {session.text_key(it.prompt, self.subject_of(it)): (it.prompt, self.subject_of(it)) for it in batch}
+        self.feats = {key: self.feats[key] for key in pairs if key in self.feats}
+        missing = [pair for key, pair in pairs.items() if key not in self.feats]
+        if missing:
+            self.feats.update(session.encode(self.comps, missing, keep_encoder=True))
+        return TextCond.cat([self.feats[session.text_key(it.prompt, self.subject_of(it))] for it in batch])
+
+    def close(self) -> None:
+        """Drop the last features and the text encoder (on a GPU its memory goes back at once)."""
+        self.feats = {}
+        session.free_text_encoder(self.comps)
 
 
 def _metadata(it: ImageItem, resolved: ResolvedModel, config: GenConfig, scales, shape, device, dtype,

@@ -225,6 +225,33 @@ def common_word(spec: ModelSpec, token: str, tokenizer: Any = None) -> str | Non
     return None
 
 
+def what_it_draws(spec: ModelSpec) -> str | None:
+    """One line on what ``spec``'s model can draw, when that is known (a procedural world)."""
+    if spec.world == "toy":
+        from ..toyworld.scene import CLASSES, COLOURS
+
+        return (f"{spec.name} draws one or two shapes ({', '.join(CLASSES)}) in a colour ({', '.join(COLOURS)}), "
+                "small or large, on the left, right, top, bottom or in the middle, on a plain or striped "
+                "background, square images: e.g. 'a red star on the left, blue background'")
+    return None
+
+
+def drawing_problems(spec: ModelSpec, prompt: str, *, h_div_w: float = 1.0,
+                     subjects: Iterable[SubjectInfo] = ()) -> list[str]:
+    """What ``spec``'s model cannot draw as asked (empty when nothing is known to be wrong): for
+    a model of a procedural world, words and attributes outside it; an aspect it was not trained
+    on. ``subjects``: tuned subjects the prompt may name (their tokens are words it knows)."""
+    out = []
+    if spec.world == "toy":
+        from ..toyworld.scene import prompt_problems
+
+        out += prompt_problems(prompt, names={s.token.lower(): s.cls for s in subjects})
+    if spec.aspects is not None and not any(abs(h_div_w - a) / a < 0.01 for a in spec.aspects):
+        shown = ", ".join(f"{a:g}" for a in spec.aspects)
+        out.append(f"aspect h/w {h_div_w:.3g}: {spec.name} was trained on h/w {shown} only")
+    return out
+
+
 # ---- settings and outputs ----------------------------------------------------------------------
 
 

@@ -140,3 +140,32 @@ def test_global_options_may_follow_the_subcommand(cli, tmp_path):
     r = CliRunner().invoke(build_app(), hoist_global_flags(["gen", "a red star on the left, blue background",
                                                             "--out", str(tmp_path / "o"), "-q"]), prog_name="arbooth")
     assert r.exit_code == 0 and r.stderr == "" and r.stdout.strip().endswith(".png"), r.output
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["a photo of a dog on a surfboard"], "words the toy model does not know: dog, surfboard"),
+    (["a red star"], "no position for the star"),
+    (["a red star on the left, blue background", "--aspect", "16:9"], "trained on h/w 1 only"),
+])
+def test_gen_warns_once_about_what_the_model_cannot_draw_and_strict_refuses(cli, tmp_path, args, needle):
+    r = cli("gen", *args, "-n", "2", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0 and r.stderr.count("warning:") == 1 and needle in r.stderr, r.output
+    assert "e.g. 'a red star on the left, blue background'" in r.stderr
+    r = cli("gen", *args, "--strict", "--out", str(tmp_path / "s"))
+    assert r.exit_code == 4 and needle in r.stderr and not (tmp_path / "s").exists(), r.output
+
+
+def test_gen_does_not_warn_about_prompts_of_the_toy_world(cli, tmp_path):
+    r = cli("gen", "a small blue heart at the top, yellow background", "a red star on the left and a green circle "
+            "on the right, white and black striped background", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+
+
+def test_gen_says_which_subject_it_applies_and_why(cli, photos, tmp_path):
+    r = cli("tune", str(photos), "--token", "sks", "--class", "dog", "-m", "tiny-infinity", "--steps", "1",
+            "--validate-every", "0", "--checkpoint-every", "0")
+    assert r.exit_code == 0, r.output
+    r = cli("gen", "a sks dog", "a dog", "--out", str(tmp_path / "o"))
+    assert r.exit_code == 0 and "subject 'sks' in 1 images (the prompt names its token 'sks'" in r.stderr, r.output
+    r = cli("gen", "a sks dog", "--subject", "none", "--out", str(tmp_path / "n"))
+    assert r.exit_code == 0 and "subject 'sks'" not in r.stderr
