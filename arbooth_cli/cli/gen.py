@@ -31,7 +31,7 @@ def gen_cmd(
     tau: Annotated[Optional[str], typer.Option(help="Temperature: a number or one per scale. Default: the model's.")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Top-k per bit (0 keeps all).")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="Top-p per bit. Default: the model's (0.97).")] = None,
-    size: Annotated[Optional[str], typer.Option(help="A size of the model: 1M (1024x1024 at 1:1), 0.25M, 0.06M.")] = None,
+    size: Annotated[Optional[str], typer.Option(help="A size of the model (its default if not given): for Infinity 1M (1024x1024 at 1:1), 0.25M or 0.06M; toy has one, 'toy' (64x64).")] = None,
     aspect: Annotated[str, typer.Option(help="Aspect as W:H (16:9) or h/w (0.5625), matched to the model's templates.")] = "1:1",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together.")] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("arbooth-out"),
@@ -94,8 +94,15 @@ def gen_cmd(
         out_.result(result.grid)
 
 
-#: jobs of more images than this say how many before they start
+#: jobs of more images than this say how many before they start, and how long, once the first
+#: ESTIMATE_AFTER images (after the first) have set the pace
 PLAN_NOTE_IMAGES = 1000
+ESTIMATE_AFTER = 8
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds + 0.5), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
 class _GenProgress(EventProgress):
@@ -104,6 +111,9 @@ class _GenProgress(EventProgress):
     def __init__(self, out: Output, show: Callable[[Any], None]) -> None:
         super().__init__(out)
         self.show = show
+        self.total = 0
+        self.written = 0
+        self.first_at: float | None = None
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "warning":
@@ -113,9 +123,12 @@ class _GenProgress(EventProgress):
                           "draws without it)")
         if kind == "image":
             self.show(data["record"])
-        elif kind == "plan" and data["total"] > PLAN_NOTE_IMAGES:
-            share = f" (this process's share of {data['all']})" if data["world"] > 1 else ""
-            self.out.note(f"{data['total']} images to draw{share}")
+            self._estimate()
+        elif kind == "plan":
+            self.total = data["total"]
+            if self.total > PLAN_NOTE_IMAGES:
+                share = f" (this process's share of {data['all']})" if data["world"] > 1 else ""
+                self.out.note(f"{self.total} images to draw{share}; the time they take follows the first ones")
         if self.bar is None:
             return
         if kind == "plan":
@@ -127,3 +140,17 @@ class _GenProgress(EventProgress):
             self.bar.update(self.scales, completed=data["index"] + 1, total=data["scales"], visible=True)
         elif kind == "image":
             self.bar.advance(self.images)
+
+    def _estimate(self) -> None:
+        """For a large job, once the first images set the pace: how long the whole job will take."""
+        import time
+
+        self.written += 1
+        if self.total <= PLAN_NOTE_IMAGES:
+            return
+        if self.first_at is None:
+            self.first_at = time.monotonic()  # the first image paid for loading and warm-up
+        elif self.written == 1 + ESTIMATE_AFTER:
+            per_image = (time.monotonic() - self.first_at) / ESTIMATE_AFTER
+            self.out.note(f"about {_duration(per_image * (self.total - self.written))} left for "
+                          f"{self.total - self.written} images at {per_image:.2f} s an image")

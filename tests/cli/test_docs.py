@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -66,3 +68,25 @@ def test_the_readme_scripting_example_prints_what_it_says(tmp_path):
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.slow
+def test_the_readme_toy_commands_run_as_written(tmp_path):
+    """Every README block that runs on the embedded model (no Infinity, no install), in order, in a
+    fresh home: each command exits 0 and says nothing is wrong with its prompt (about 4 minutes)."""
+    import os
+    import shutil
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)[1:]  # the first is the install block
+    lines = [ln.split("  #")[0].strip() for b in blocks if "infinity" not in b and "pip " not in b
+             for ln in b.splitlines() if ln.startswith("arbooth ") and "|" not in ln]
+    assert any(ln.startswith("arbooth tune examples/") for ln in lines) and len(lines) >= 8
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    env = {**os.environ, "ARBOOTH_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    arbooth = shutil.which("arbooth")
+    for line in lines:
+        cmd = line if arbooth else line.replace("arbooth ", f"{sys.executable} -m arbooth_cli ", 1)
+        out = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, f"{line}\n{out.stderr}"
+        assert "warning:" not in out.stderr, f"{line}\n{out.stderr}"

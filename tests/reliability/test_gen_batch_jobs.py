@@ -2,6 +2,7 @@
 ``--skip-existing`` resumes it), and text features kept for one batch at a time (flat memory)."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -79,6 +80,7 @@ def test_gen_json_prints_a_line_per_image_in_plan_order(cli, tmp_path, monkeypat
     out = tmp_path / "out"
     prompts = toy_prompts(3)
     monkeypatch.setattr(gen_cli, "PLAN_NOTE_IMAGES", 2)  # as a job of more than 1000 images would
+    monkeypatch.setattr(gen_cli, "ESTIMATE_AFTER", 1)  # and the pace set by its first images
     r = cli("gen", *prompts, *TOY, "--out", str(out), "--json")
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -87,6 +89,7 @@ def test_gen_json_prints_a_line_per_image_in_plan_order(cli, tmp_path, monkeypat
     assert all(Path(row["path"]).is_file() for row in rows)
     assert [row["prompt"] for row in rows] == prompts
     assert "3 images to draw" in r.stderr
+    assert re.search(r"about \d+ min \d\d s left for 1 images at [\d.]+ s an image", r.stderr), r.stderr
 
     monkeypatch.undo()
     r = cli("gen", *prompts, *TOY, "--out", str(tmp_path / "small"))
