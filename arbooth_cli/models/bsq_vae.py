@@ -184,7 +184,9 @@ class _BitPlaces(nn.Module):
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        self.register_buffer("mask", 2 ** torch.arange(bits - 1, -1, -1))
+        # the same int64 values as ``2 ** torch.arange(bits - 1, -1, -1)``, from a factory call: on
+        # the meta device (models.skeleton) ``2 ** tensor`` runs a Python kernel that imports torch._dynamo
+        self.register_buffer("mask", torch.tensor([1 << i for i in range(bits - 1, -1, -1)], dtype=torch.int64))
 
 
 class _Quantizer(nn.Module):

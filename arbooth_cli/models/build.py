@@ -1,7 +1,8 @@
 """Build a spec's components (transformer, tokenizer, text encoder) and load their weights strictly.
 
-* Modules are created on the meta device and each tensor is then read from the checkpoint (a
-  memory-mapped safetensors file through ``safe_open``, a sharded safetensors index, or a pickled
+* Modules are created on the meta device with their random init skipped (:func:`.skeleton.skeleton`:
+  no memory, no wasted draws, no ``torch._dynamo`` import) and each tensor is then read from the
+  checkpoint (a memory-mapped safetensors file through ``safe_open``, a sharded safetensors index, or a pickled
   ``.pth`` opened with ``mmap=True, weights_only=True``), cast, moved and assigned one at a time:
   a 2B transformer in bf16 never exists as a second full copy in RAM.
 * Loading is strict: a missing, unexpected or mis-shaped tensor raises :class:`CheckpointError`
@@ -30,6 +31,7 @@ from ..checkpoint_io import find_state_dict, load_pth_weights_only
 from ..errors import CheckpointError, InvalidInputError, ModelFilesError
 from ..registry import ROLES, ModelSpec, TransformerConfig, VAEConfig
 from .bsq_vae import BSQVAE
+from .skeleton import skeleton
 from .text_encoder import T5TextEncoder
 from .transformer import InfinityTransformer
 
@@ -551,7 +553,7 @@ def build_transformer(
 ) -> InfinityTransformer:
     """An eval-mode, frozen transformer with ``weights`` loaded strictly, or a seeded init."""
     _check_dtype(dtype)
-    with torch.device("meta"):
+    with skeleton():
         model = InfinityTransformer(cfg)
     return _fill(model, "transformer checkpoint", weights, transformer_tensor_shapes(cfg), generator,
                  state_dict_keys=state_dict_keys, device=torch.device(device), dtype_of=transformer_dtype_of(dtype))
@@ -568,7 +570,7 @@ def build_vae(
 ) -> BSQVAE:
     """An eval-mode, frozen tokenizer with ``weights`` loaded strictly, or a seeded init."""
     _check_dtype(dtype)
-    with torch.device("meta"):
+    with skeleton():
         model = BSQVAE(cfg)
     return _fill(model, "VAE checkpoint", weights, vae_tensor_shapes(cfg), generator, state_dict_keys=state_dict_keys,
                  device=torch.device(device), dtype_of=lambda n: dtype, vae_aliases=True)

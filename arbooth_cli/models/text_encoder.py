@@ -13,7 +13,10 @@ The official code packs the prompts into one (sum of lengths, Ct) tensor for fla
 kernel; arbooth keeps them padded (:class:`TextCond`) and masks the padding, which computes the same
 attention with plain SDPA. :meth:`TextCond.pack` / :meth:`TextCond.from_packed` convert.
 
-``transformers`` is imported lazily: building a :class:`TextCond` does not need it.
+``transformers`` is imported lazily, for hub encoders only: building a :class:`TextCond` does not
+need it, and the built-in tiny encoders (toy, tiny-infinity) are :mod:`.byte_t5`'s plain-torch T5
+and byte tokenizer, whose outputs are bit-identical to transformers' (its T5 import alone takes
+longer than a toy image).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from ..registry import TextEncoderConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase, T5EncoderModel
+
+    from .byte_t5 import ByT5Tokenizer, T5Encoder
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -163,8 +168,8 @@ class T5TextEncoder:
 
     def __init__(
         self,
-        model: T5EncoderModel,
-        tokenizer: PreTrainedTokenizerBase,
+        model: T5EncoderModel | T5Encoder,
+        tokenizer: PreTrainedTokenizerBase | ByT5Tokenizer,
         *,
         max_length: int,
         pad_to_max_length: bool = True,
@@ -232,20 +237,36 @@ class T5TextEncoder:
     ) -> T5TextEncoder:
         """A small T5 encoder from ``cfg.tiny_config`` with the byte-level tokenizer (no files).
 
-        The module is created on the meta device (so transformers' own random init touches no
-        global RNG) and ``init`` fills every tensor in place (e.g. a seeded init); without ``init``
-        its weights are zero.
+        The module is created on the meta device without its random init (so no global RNG is
+        touched), materialised as zeros on the CPU, and ``init`` fills every tensor in place (e.g. a
+        seeded init); without ``init`` its weights are zero. Configs :mod:`.byte_t5` covers (the
+        built-in ones) use its plain-torch T5 and tokenizer; others use transformers' classes.
         """
-        from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+        from . import byte_t5
+        from .skeleton import skeleton, zeros_
 
         if cfg.tiny_config is None:
             raise InvalidInputError("this text encoder is not a built-in tiny one (it has no tiny_config)")
-        config = T5Config(**dict(cfg.tiny_config))
+        params = dict(cfg.tiny_config)
+        own = byte_t5.supports(params)
+        if own:
+            config: Any = byte_t5.T5EncoderConfig(**params)
+        else:
+            from transformers import T5Config
+
+            config = T5Config(**params)
         if config.d_model != cfg.width:
             raise InvalidInputError(f"tiny T5 d_model {config.d_model} differs from the configured width {cfg.width}")
-        with torch.device("meta"):
-            model = T5EncoderModel(config)
-        model.to_empty(device="cpu")
+        if own:
+            with skeleton():
+                model: Any = byte_t5.T5Encoder(config)
+            zeros_(model)
+        else:
+            from transformers import T5EncoderModel
+
+            with torch.device("meta"):
+                model = T5EncoderModel(config)
+            model.to_empty(device="cpu")
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 t.zero_()
@@ -254,7 +275,13 @@ class T5TextEncoder:
         model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         if cfg.tokenizer != "byt5":
             raise InvalidInputError(f"tiny text encoders use the byt5 tokenizer, not {cfg.tokenizer!r}")
-        return cls(model, ByT5Tokenizer(), max_length=cfg.max_length)
+        if own:
+            tokenizer: Any = byte_t5.ByT5Tokenizer()
+        else:
+            from transformers import ByT5Tokenizer
+
+            tokenizer = ByT5Tokenizer()
+        return cls(model, tokenizer, max_length=cfg.max_length)
 
     def tokenize(self, prompts: Sequence[str]) -> Any:
         """Token ids and attention mask (CPU), with a warning for every prompt that was cut."""

@@ -239,3 +239,38 @@ def test_real_specs_need_files() -> None:
         build_components(INFINITY_2B, roles=("transformer",))
     with pytest.raises(ModelFilesError, match="unknown roles"):
         build_components(TINY_INFINITY, weights={"unet": "x"})
+
+
+# ---- start-up: building a model imports nothing heavy --------------------------------------------
+
+_BUILD_PROBE = """
+import sys
+import torch
+from arbooth_cli.loading import load_components, resolve_model
+from arbooth_cli.models.bsq_vae import BSQVAE
+from arbooth_cli.models.build import build_components
+from arbooth_cli.models.skeleton import skeleton
+from arbooth_cli.models.transformer import InfinityTransformer
+from arbooth_cli.registry import get_spec
+
+rng = torch.get_rng_state()
+comps = load_components(resolve_model("toy"), device=torch.device("cpu"), dtype=torch.float32)
+text = comps.text_encoder.encode(["a red star on the left, blue background", "x"])
+build_components(get_spec("tiny-infinity"), seed=0).text_encoder.encode(["a photo of sks dog"])
+for name in ("infinity-2b", "infinity-8b"):
+    with skeleton():
+        InfinityTransformer(get_spec(name).transformer), BSQVAE(get_spec(name).vae)
+assert torch.equal(rng, torch.get_rng_state()), "the global RNG was used"
+print("LOADED=" + ",".join(m for m in ("torch._dynamo", "sympy", "transformers") if m in sys.modules))
+"""
+
+
+def test_building_models_imports_no_dynamo_sympy_or_transformers() -> None:
+    # The meta-device skeleton skips random inits and Python meta kernels, and the tiny text encoders
+    # are plain torch: a toy image's start-up pays for none of these imports (about 3 s together).
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _BUILD_PROBE], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED=\n" in proc.stdout, proc.stdout

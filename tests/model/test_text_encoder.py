@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -103,3 +105,117 @@ def test_from_pretrained_folder(tmp_path) -> None:
         text = te.encode(["a dog", "abcdefghijklmnop"])
     assert text.lens_B.tolist() == [7, 8]  # "▁a ▁ d o g </s>" and a cut prompt
     assert text.feats_BTC.shape == (2, 8, 16)
+
+
+# ---- the plain-torch tiny T5 and byte tokenizer match transformers bit for bit ---------------------
+
+
+def _transformers_tiny(cfg, init):
+    """The tiny encoder as it was built with transformers (meta device, zeros, ``init``)."""
+    from transformers import T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config(**dict(cfg.tiny_config)))
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.zero_()
+        init(model)
+    return model.eval().requires_grad_(False)
+
+
+def _seeded(seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return lambda m: seeded_init_(m, gen)
+
+
+PARITY_PROMPTS = ["a red star on the left, blue background", "x", "", "y" * 170, "z" * 159, "w" * 160,
+                  "a photo of sks dog", "Ünïcödé 中文 🙂\tand\nnewlines", "</s> and <pad> and <extra_id_3> inside"]
+
+
+@pytest.mark.parametrize("which", ["toy", "tiny"])
+def test_tiny_t5_matches_transformers_bit_for_bit(which) -> None:
+    from transformers import ByT5Tokenizer as Reference
+
+    from arbooth_cli.loading import packaged_path
+    from arbooth_cli.models.build import load_text_encoder_state_, read_bundle
+    from arbooth_cli.models.byte_t5 import T5Encoder
+    from arbooth_cli.registry import get_spec
+
+    if which == "toy":
+        spec = get_spec("toy")
+        state = read_bundle(packaged_path(spec))["text_encoder"]
+        cfg, make_init = spec.text_encoder, lambda: (lambda m: load_text_encoder_state_(m, state))
+    else:
+        cfg, make_init = TINY_TEXT, lambda: _seeded(5)
+    ref = _transformers_tiny(cfg, make_init())
+    ours = T5TextEncoder.tiny(cfg, init=make_init())
+    assert isinstance(ours.model, T5Encoder)
+    # same names, order (bundles, seeded inits) and values
+    assert [n for n, _ in ours.model.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert list(ours.model.state_dict()) == list(ref.state_dict())
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in ours.model.state_dict().items())
+    reference = Reference()
+    batches = [PARITY_PROMPTS[:2], PARITY_PROMPTS[2:6], PARITY_PROMPTS[4:5], PARITY_PROMPTS[6:]]
+    for dtype in (torch.float32, torch.bfloat16):
+        r, m = ref.to(dtype), ours.model.to(dtype)
+        for padding in ("max_length", "longest"):
+            for batch in batches:
+                kw = {"max_length": cfg.max_length, "padding": padding, "truncation": True, "return_tensors": "pt"}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # transformers: "This sequence already has </s>"
+                    a, b = reference(batch, **kw), ours.tokenizer(batch, **kw)
+                    assert reference(batch, max_length=9, truncation=True)["input_ids"] == \
+                        ours.tokenizer(batch, max_length=9, truncation=True)["input_ids"]
+                assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["attention_mask"], b["attention_mask"])
+                with torch.no_grad():
+                    x = r(input_ids=a["input_ids"], attention_mask=a["attention_mask"]).last_hidden_state
+                    y = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+                assert x.dtype == y.dtype and torch.equal(x, y), (dtype, padding, batch)
+
+
+def test_byte_tokenizer_matches_transformers() -> None:
+    import random
+
+    from transformers import ByT5Tokenizer as Reference
+
+    from arbooth_cli.models.byte_t5 import ByT5Tokenizer
+
+    reference, ours = Reference(), ByT5Tokenizer()
+    # every special token of the reference is sent to it (the fast path never sees one)
+    assert all(t.startswith(ours.SPECIAL_PREFIXES) for t in reference.added_tokens_encoder)
+    rng = random.Random(0)
+    pieces = ["a", " ", "\t", "\n", "é", "中", "🙂", "<", ">", "/", "s", "</s>", "<pad>", "<unk>", "<extra_id_0>",
+              "<extra_id_125>", " </s> ", "x" * 40, "\u0301", "\x00", "\ufeff"]
+    for _ in range(300):
+        batch = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 10))) for _ in range(rng.randint(1, 3))]
+        max_length = rng.choice([1, 2, 16, 161])
+        for kw in ({}, {"padding": "max_length", "return_tensors": "pt"}, {"padding": "longest", "return_tensors": "pt"},
+                   {"padding": "longest"}):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a = reference(batch, max_length=max_length, truncation=True, **kw)
+                b = ours(batch, max_length=max_length, truncation=True, **kw)
+            for key in ("input_ids", "attention_mask"):
+                if isinstance(a[key], torch.Tensor):
+                    assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (batch, kw)
+                else:
+                    assert a[key] == b[key], (batch, kw)
+
+
+def test_other_tiny_configs_use_transformers() -> None:
+    import dataclasses
+
+    from transformers import T5EncoderModel
+
+    from arbooth_cli.models.byte_t5 import T5Encoder
+
+    silu = dataclasses.replace(TINY_TEXT, tiny_config=(*TINY_TEXT.tiny_config[:-1], ("feed_forward_proj", "gated-silu")))
+    relu = dataclasses.replace(TINY_TEXT, tiny_config=(*TINY_TEXT.tiny_config[:-1], ("feed_forward_proj", "relu")))
+    assert isinstance(T5TextEncoder.tiny(silu).model, T5EncoderModel)
+    assert isinstance(T5TextEncoder.tiny(relu).model, T5Encoder)
+    ref = _transformers_tiny(relu, _seeded(1))
+    ours = T5TextEncoder.tiny(relu, init=_seeded(1))
+    tokens = ours.tokenizer(["a relu", "b"], max_length=64, padding="longest", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(ref(**tokens).last_hidden_state, ours.model(**tokens).last_hidden_state)
