@@ -121,7 +121,7 @@ def plan_images(spec: ModelSpec, config: GenConfig,
     return items
 
 
-def _check_drawable(spec: ModelSpec, items: list[ImageItem], strict: bool, emit: EventFn) -> None:
+def _drawing_warning(spec: ModelSpec, items: list[ImageItem], strict: bool) -> str | None:
     """Prompts or aspects the model cannot draw: one warning for the job (an error with --strict)."""
     problems: dict[str, list[str]] = {}
     for it in items:
@@ -132,14 +132,14 @@ def _check_drawable(spec: ModelSpec, items: list[ImageItem], strict: bool, emit:
             if found:
                 problems[key] = found
     if not problems:
-        return
+        return None
     first, what = next(iter(problems.items()))
     more = f" (and {len(problems) - 1} more prompts)" if len(problems) > 1 else ""
     message = f"{spec.name} cannot draw {first} as asked: {'; '.join(what)}{more}"
     known = session.what_it_draws(spec)
     if strict:
         raise InvalidInputError(message, hint=known)
-    emit("warning", {"message": message + (f". {known}" if known else ""), "prompts": problems})
+    return message + (f". {known}" if known else "")
 
 
 def _announce_subjects(config: GenConfig, items: list[ImageItem], emit: EventFn) -> None:
@@ -188,22 +188,21 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     spec = resolved.spec
     items = plan_images(spec, config, subjects)
     session.check_device(config.device)
-    _check_drawable(spec, items, config.strict, emit)
-    _announce_subjects(config, items, emit)
     for it in items:
         params = session.sampling_params(spec, it)
         if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
             params.per_scale(len(_schedule(spec, it)))
+    warning = _drawing_warning(spec, items, config.strict)  # with --strict, an error before any work
     rank, world, dist, started = _distributed()
     try:
-        return _run(config, spec, resolved, items, rank, world, dist, emit)
+        return _run(config, spec, resolved, items, rank, world, dist, emit, warning)
     finally:
         if started:
             dist.destroy_process_group()
 
 
 def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: list[ImageItem], rank: int,
-         world: int, dist: Any, emit: EventFn) -> GenResult:
+         world: int, dist: Any, emit: EventFn, warning: str | None = None) -> GenResult:
     import torch
 
     from ..loading import pick_device
@@ -217,6 +216,10 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
         out_dir = Path(config.out_dir)
     if dist is not None:
         dist.barrier()
+    if rank == 0:  # every input is checked: now what the user should know before the work
+        if warning:
+            emit("warning", {"message": warning})
+        _announce_subjects(config, items, emit)
     mine = items[rank::world]
     if config.skip_existing:
         mine = [it for it in mine if not (out_dir / it.filename).exists()]
