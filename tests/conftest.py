@@ -40,6 +40,20 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Three small coloured photos (100x120) with a dark square each: a subject folder to tune on."""
+    from PIL import Image
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
+        im = Image.new("RGB", (100, 120), colour)
+        im.paste((20, 20, 20), (10 + 20 * i, 30, 50 + 20 * i, 70))
+        im.save(d / f"photo{i}.png")
+    return d
+
+
+@pytest.fixture
 def cli():
     """Run `arbooth ARGS...` in-process; returns the typer Result (stdout and stderr apart)."""
     from typer.testing import CliRunner

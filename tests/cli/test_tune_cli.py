@@ -17,17 +17,6 @@ FAST = ["--steps", "2", "--validate-every", "0", "--checkpoint-every", "0", "--l
 
 
 @pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    d = tmp_path / "photos"
-    d.mkdir()
-    for i, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
-        im = Image.new("RGB", (100, 120), colour)
-        im.paste((20, 20, 20), (10 + 20 * i, 30, 50 + 20 * i, 70))
-        im.save(d / f"photo{i}.png")
-    return d
-
-
-@pytest.fixture
 def tuned(cli, photos):
     """Tune subject 'sks' (class dog) for 2 steps through the CLI; returns its JSON summary."""
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from arbooth_cli import paths
@@ -19,17 +18,6 @@ from arbooth_cli.jobs.tune import TuneInterrupted, tune
 
 REPO = Path(__file__).resolve().parents[2]
 SPLIT_HEART = REPO / "examples" / "subjects" / "split-heart"
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    d = tmp_path / "photos"
-    d.mkdir()
-    for i, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
-        im = Image.new("RGB", (96, 96), colour)
-        im.paste((20, 20, 20), (10 + 20 * i, 30, 50 + 20 * i, 70))
-        im.save(d / f"p{i}.png")
-    return d
 
 
 @pytest.mark.parametrize("token", ["red", "Star", "left", "background"])

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
-from PIL import Image
 from safetensors.torch import load_file
 
 from arbooth_cli import paths
@@ -23,17 +22,6 @@ from arbooth_cli.config import TuneConfig
 from arbooth_cli.errors import ResourceError, RunBusyError
 from arbooth_cli.jobs.tune import tune
 from arbooth_cli.tuning.checkpoints import CHECKPOINT_DIR
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    d = tmp_path / "photos"
-    d.mkdir()
-    for i, colour in enumerate([(200, 40, 40), (40, 180, 60), (50, 60, 210)]):
-        im = Image.new("RGB", (96, 96), colour)
-        im.paste((20, 20, 20), (10 + 20 * i, 30, 50 + 20 * i, 70))
-        im.save(d / f"p{i}.png")
-    return d
 
 
 def config(photos: Path, **kw) -> TuneConfig:
