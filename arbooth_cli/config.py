@@ -363,7 +363,12 @@ class TuneConfig(_Checked):
     overwrite: bool = False  #: --overwrite a subject (and run) of the same name
     save_rank: int = 0  #: --save-rank R: also save a rank-R compressed subject
     optimizer_state: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  #: --optimizer-state
-    grad_checkpointing: Literal["auto", "on", "off"] = "auto"  #: --grad-checkpointing of the blocks
+    #: --grad-checkpointing of the blocks: on (every block), off (none), auto (as --memory decides)
+    grad_checkpointing: Literal["auto", "on", "off"] = "auto"
+    #: --memory: low (recompute every block: the least memory), auto (measure one block's activations
+    #: in the first two steps, then keep as many as fit and recompute the rest), high (recompute
+    #: none; refused if it cannot fit). low stays the default until auto is measured at real size.
+    memory: Literal["auto", "low", "high"] = "low"
     #: --compile: fused kernels for the blocks' element-wise stages (training and prior sampling); auto: on a GPU
     compile: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"  #: --device
@@ -446,6 +451,8 @@ class TuneConfig(_Checked):
             out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
         if self.grad_checkpointing not in ("auto", "on", "off"):
             out.append("--grad-checkpointing must be auto, on or off")
+        if self.memory not in ("auto", "low", "high"):
+            out.append("--memory must be auto, low or high")
         if self.compile not in ("auto", "on", "off"):
             out.append("--compile must be auto, on or off")
         if self.dtype not in ("auto", "fp32", "bf16"):

@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--validate-every", type=int, default=100)
     ap.add_argument("--optimizer-state", default="auto")
     ap.add_argument("--grad-checkpointing", default="auto")
+    ap.add_argument("--memory", default="auto", help="auto, low or high (see docs/tuning.md)")
     ap.add_argument("--compile", default="auto")
     ap.add_argument("--photos", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -112,6 +113,7 @@ def main() -> None:
                         batch_size=args.batch_size, prior=not args.no_prior, prior_pool=args.prior_pool,
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
+                        memory=args.memory,
                         compile=args.compile,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)
@@ -131,7 +133,7 @@ def main() -> None:
             marks["pool_end"] = now
         if kind == "trainable":
             info.update({k: data[k] for k in ("params", "tensors", "optimizer_state", "optimizer_bytes",
-                                               "grad_checkpointing")})
+                                               "grad_checkpointing", "recomputed_blocks", "blocks")})
         if kind == "start":
             marks["loop_start"] = now
         if kind == "step":

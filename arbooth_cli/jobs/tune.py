@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import signal
@@ -49,6 +50,7 @@ from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot
                                   read_checkpoint, read_state)
 from ..tuning.data import load_subject_images, to_tensor
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
+from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
 from ..tuning.optim import TuningAdamW
 from ..tuning.pool_store import PoolStore
@@ -63,7 +65,8 @@ from .session import EventFn
 
 #: settings a resumed run may change (the rest must equal the checkpoint's)
 RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
-                     "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token"}
+                     "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token",
+                     "memory", "grad_checkpointing"}
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -380,7 +383,10 @@ class _Run:
                                compile=self.compiled)
         self.opt_kind = kind
         self.remove_hooks = self.opt.step_in_backward()
-        self.ckpt_blocks = c.grad_checkpointing == "on" or (c.grad_checkpointing == "auto" and self.device.type == "cuda")
+        self.ckpt_blocks = self._recomputed_blocks()
+        # --memory auto on a GPU measures one block's activations in its first two steps
+        self.probe: list[int] | None = (
+            [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
         self.train_ops = compiled_block_ops() if self.compiled else EAGER_OPS
         self.w_L = token_weights(self.scales, _scale_weights(c, self.scales)).to(self.device)
         self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
@@ -390,7 +396,23 @@ class _Run:
         tr.train()
         self.emit("trainable", {"tensors": len(self.tuned), "params": self.trainable_params, "by_type": by_type,
                                 "optimizer_state": kind, "optimizer_bytes": self.opt.state_bytes(),
-                                "grad_checkpointing": self.ckpt_blocks})
+                                "grad_checkpointing": self.ckpt_blocks > 0, "recomputed_blocks": self.ckpt_blocks,
+                                "blocks": tr.cfg.depth})
+
+    def _recomputed_blocks(self) -> int:
+        """``--memory``: how many blocks recompute their activations (see tuning.memory)."""
+        c, tr = self.config, self.transformer
+        on_gpu = self.device.type == "cuda"
+        free = total = 0
+        if on_gpu:
+            torch.cuda.empty_cache()
+            free, total = torch.cuda.mem_get_info(self.device)
+        if c.memory == "auto" and c.grad_checkpointing == "auto" and on_gpu:
+            return tr.cfg.depth  # measured in the first steps (train_step) before any block keeps more
+        L = sum(math.prod(s) for s in self.scales)
+        rows = c.batch_size * (2 if c.prior else 1)
+        return recomputed_blocks(c.memory, c.grad_checkpointing, tr.cfg.depth, on_gpu=on_gpu,
+                                 per_block=activation_bytes(rows, L, tr.cfg.embed_dim), free=free, total=total)
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -498,11 +520,30 @@ class _Run:
         idx = self.next_indices()
         rows = [(self.step * c.batch_size + k) % len(pool) for k in range(c.batch_size)] if pool is not None else []
         loss, ce, prior = self.objective(idx, pool, rows, train=True)
+        if self.probe is not None:  # --memory auto: what this forward left allocated for the backward
+            self.probe.append(torch.cuda.memory_allocated(self.device))
         # the optimizer updates each tensor inside the backward pass, as its gradient completes
         self.opt.begin_step()
         loss.backward()
         self.history.append(torch.stack([loss.detach(), ce.detach(), prior.detach()]).float())
         self.step += 1
+        if self.probe is not None:
+            self._memory_probe_step()
+
+    def _memory_probe_step(self) -> None:
+        """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
+        assert self.probe is not None
+        depth = self.transformer.cfg.depth
+        if len(self.probe) == 1:
+            self.ckpt_blocks = depth - 1
+            return
+        per_block = max(self.probe[1] - self.probe[0], 1)
+        _, total = torch.cuda.mem_get_info(self.device)
+        keep = blocks_to_keep(depth, per_block=per_block, peak=torch.cuda.max_memory_allocated(self.device),
+                              total=total)
+        self.ckpt_blocks, self.probe = depth - keep, None
+        self.emit("note", {"message": f"--memory auto: one block's activations take {per_block / 2**30:.2f} GiB; "
+                                      f"{keep} of {depth} blocks keep them, {depth - keep} recompute"})
 
     def check_finite(self) -> dict[str, float]:
         """Read the losses since the last read (one device sync); stop on a NaN or inf."""

@@ -720,7 +720,7 @@ class InfinityTransformer(nn.Module):
         scales: Sequence[Scale],
         *,
         frame_hw: tuple[int, int] | None = None,
-        checkpoint_blocks: bool = False,
+        checkpoint_blocks: bool | int = False,
         drop_path_generator: torch.Generator | None = None,
         prefix_attention: bool = False,
         ops: BlockOps = EAGER_OPS,
@@ -732,7 +732,8 @@ class InfinityTransformer(nn.Module):
         is the SOS token made from the pooled text. Token i of scale s sees every token of scales
         <= s. ``drop_path_generator`` turns on stochastic depth (training mode only).
         ``checkpoint_blocks`` recomputes each block's activations in the backward pass and keeps
-        only each block's input, in the blocks' dtype;
+        only each block's input, in the blocks' dtype (True: every block; a number N: the first N
+        blocks, the others keep their activations: the same values, less recomputation);
         ``prefix_attention`` attends scale by scale (:class:`ScalePrefixes`) instead of through an
         (L, L) mask: faster on a GPU, equal up to rounding. ``ops``: the blocks' element-wise
         stages (e.g. :func:`compiled_block_ops`, whose fused kernels also serve the backward pass).
@@ -754,15 +755,18 @@ class InfinityTransformer(nn.Module):
         cos_LP, sin_LP = rope_tables(scales, frame_hw, self.cfg.head_dim, self.cfg.rope_theta, dev)
         mask_LL = ScalePrefixes.of(scales, dev) if prefix_attention else block_causal_mask(scales, dev)
         keeps = self._drop_path_keep(B, drop_path_generator)
-        for block, keep in zip(self.blocks, keeps):
+        recompute = len(self.blocks) if checkpoint_blocks is True else int(checkpoint_blocks)
+        for bi, (block, keep) in enumerate(zip(self.blocks, keeps)):
             text_kv = block.ca.text_kv(cond.text_BTD)
             rope = (cos_LP[:, None], sin_LP[:, None])
             args = (x_BLC, cond.ada_B16C, text_kv, cond.text_mask_BT, *rope, mask_LL, None, keep)
-            if checkpoint_blocks and torch.is_grad_enabled():
-                # the block's input is what the checkpoint keeps: stored in the blocks' dtype
-                # (bf16 halves the largest training buffer; the official bf16 training keeps the
-                # whole residual stream in bf16), the block itself adds in float32
+            if torch.is_grad_enabled():
+                # in training a block's input is stored in the blocks' dtype, what a checkpoint
+                # keeps (bf16 halves the largest training buffer; the official bf16 training keeps
+                # the whole residual stream in bf16), so recomputing any number of blocks gives the
+                # same numbers; the block itself adds in float32
                 args = (x_BLC.to(self.compute_dtype), *args[1:])
+            if bi < recompute and torch.is_grad_enabled():
                 x_BLC = checkpoint(block, *args, ops=ops, use_reentrant=False)
             else:
                 x_BLC = block(*args, ops=ops)

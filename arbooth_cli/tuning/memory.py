@@ -1,0 +1,61 @@
+"""How many blocks a tuning step recomputes (``--memory``).
+
+Keeping a block's activations for the backward pass costs memory; recomputing them costs a second
+forward of the block. ``low`` recomputes every block (only each block's input is kept), ``high``
+none, and ``auto`` measures: its first step recomputes every block, its second keeps one block's
+activations, and the difference of what the two forwards left allocated is one block's
+activations; from the third step on it keeps as many blocks as the GPU's memory holds beside the
+peak so far (:func:`blocks_to_keep`). The loss and the updates are the same whatever is recomputed
+(tests/tuning/test_memory.py).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import ResourceError
+
+#: bytes one block keeps for its backward pass per element of its input (batch x tokens x width):
+#: infinity-2b in bf16 kept about 86 GB for 32 blocks at 4 x 10,521 x 2048 (docs/benchmarks.md)
+ACTIVATION_BYTES_PER_ELEMENT = 32
+#: share of the GPU's memory left free for what a step allocates besides the kept activations
+MARGIN_SHARE = 0.10
+
+Policy = Literal["auto", "low", "high"]
+
+
+def activation_bytes(batch: int, tokens: int, width: int) -> int:
+    """Estimated bytes one block keeps for the backward pass when it is not recomputed."""
+    return ACTIVATION_BYTES_PER_ELEMENT * batch * tokens * width
+
+
+def recomputed_blocks(policy: Policy, grad_checkpointing: str, depth: int, *, on_gpu: bool, per_block: int,
+                      free: int, total: int) -> int:
+    """Blocks to recompute (the first ones), from ``--memory``, ``--grad-checkpointing`` (on/off
+    override it), the activations of one block (``per_block`` bytes) and the GPU's free and total
+    memory just before the first step. On a CPU the policy does not apply: nothing is recomputed
+    (memory is the host's) unless ``--grad-checkpointing on``."""
+    if grad_checkpointing == "on":
+        return depth
+    if grad_checkpointing == "off" or not on_gpu:
+        return 0
+    if policy == "low":
+        return depth
+    room = free - int(MARGIN_SHARE * total) - per_block  # one block's recomputation runs at a time
+    if policy == "high":
+        if depth * per_block > room:
+            need, have = depth * per_block / 2**30, max(room, 0) / 2**30
+            raise ResourceError(f"--memory high keeps every block's activations: about {need:.1f} GiB, but about "
+                                f"{have:.1f} GiB of the GPU is free for them",
+                                hint="use --memory auto (recompute what does not fit) or a smaller --batch-size")
+        return 0
+    keep = max(0, min(depth, room // max(per_block, 1)))
+    return depth - keep
+
+
+def blocks_to_keep(depth: int, *, per_block: int, peak: int, total: int) -> int:
+    """``auto`` after its two measuring steps: how many blocks may keep their activations, given
+    one block's activations (``per_block`` bytes, measured), the peak memory of the run so far and
+    the GPU's total memory; a share of it (:data:`MARGIN_SHARE`) and a sixth of the estimate stay free."""
+    room = int((1 - MARGIN_SHARE) * total) - peak
+    return max(0, min(depth, room // max(per_block + per_block // 6, 1)))

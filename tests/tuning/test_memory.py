@@ -1,0 +1,45 @@
+"""--memory: which blocks recompute their activations, and that it changes no number."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arbooth_cli.config import TuneConfig
+from arbooth_cli.errors import ResourceError
+from arbooth_cli.jobs.tune import tune
+from arbooth_cli.tuning.memory import MARGIN_SHARE, activation_bytes, blocks_to_keep, recomputed_blocks
+
+GiB = 2**30
+
+
+def test_the_policy_chooses_how_many_blocks_recompute():
+    kw = dict(on_gpu=True, per_block=2 * GiB, total=80 * GiB)
+    room = lambda free: free - MARGIN_SHARE * 80 * GiB - 2 * GiB  # noqa: E731
+    assert recomputed_blocks("low", "auto", 32, free=70 * GiB, **kw) == 32
+    assert recomputed_blocks("auto", "auto", 32, free=70 * GiB, **kw) == 32 - int(room(70 * GiB) // (2 * GiB))
+    assert recomputed_blocks("auto", "auto", 32, free=200 * GiB, **kw) == 0  # everything fits
+    assert recomputed_blocks("auto", "auto", 32, free=5 * GiB, **kw) == 32  # nothing fits
+    assert recomputed_blocks("auto", "on", 32, free=200 * GiB, **kw) == 32  # --grad-checkpointing wins
+    assert recomputed_blocks("low", "off", 32, free=1 * GiB, **kw) == 0  # --grad-checkpointing off wins too
+    assert recomputed_blocks("high", "auto", 32, free=200 * GiB, **kw) == 0
+    with pytest.raises(ResourceError, match="--memory high"):
+        recomputed_blocks("high", "auto", 32, free=40 * GiB, **kw)
+    for policy in ("auto", "low", "high"):  # on a CPU nothing is recomputed unless asked
+        assert recomputed_blocks(policy, "auto", 32, on_gpu=False, per_block=1, free=0, total=0) == 0
+    assert blocks_to_keep(32, per_block=2 * GiB, peak=19 * GiB, total=80 * GiB) == (72 * GiB - 19 * GiB) // (
+        2 * GiB + 2 * GiB // 6)
+    assert blocks_to_keep(32, per_block=2 * GiB, peak=79 * GiB, total=80 * GiB) == 0
+    assert 32 * activation_bytes(4, 10521, 2048) == pytest.approx(86e9, rel=0.05)  # infinity-2b: measured ~86 GB
+
+
+@pytest.mark.parametrize("policy", [{"grad_checkpointing": "on"}, {"memory": "low"}, {"memory": "high"}])
+def test_every_memory_policy_gives_the_same_subject(photos, policy):
+    """The same loss and weights whatever is recomputed (here: every block, or none)."""
+    base = dict(photos=str(photos), token="sks", cls="dog", model="tiny-infinity", steps=3, validate_every=0,
+                checkpoint_every=0, log_every=1)
+    plain = tune(TuneConfig(**base, name="plain"))
+    other = tune(TuneConfig(**base, name="other", **policy))
+    a, b = load_file(plain.subject), load_file(other.subject)
+    assert all(torch.equal(a[n], b[n]) for n in a) and plain.losses == other.losses
