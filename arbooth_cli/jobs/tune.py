@@ -325,7 +325,10 @@ class _Run:
         if not c.prior:
             return None
         n = c.prior_pool or c.steps * c.batch_size
-        key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts)
+        compiled = self.compiled and n >= POOL_COMPILE_MIN
+        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        numerics = f"{where}/{str(self.dtype).replace('torch.', '')}/{'compiled' if compiled else 'eager'}"
+        key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts, numerics)
         store = PoolStore(paths.home())
         pool = store.get(key)
         if pool is not None:
@@ -338,7 +341,7 @@ class _Run:
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
                                  tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales),
-                                 compile=self.compiled and n >= POOL_COMPILE_MIN, start_from=pool,
+                                 compile=compiled, start_from=pool,
                                  stop=lambda: self._stop,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
         if not pool.complete:

@@ -54,10 +54,12 @@ class PriorPool:
 
 
 def pool_key(config: TuneConfig, model_hash: str, scales: tuple[Scale, ...], n: int,
-             class_prompts: Sequence[str]) -> str:
-    """A digest of everything that determines a pool: equal keys, equal pools."""
+             class_prompts: Sequence[str], numerics: str = "") -> str:
+    """A digest of everything that determines a pool: equal keys, equal pools. ``numerics``: what
+    changes the float rounding of the teacher (device type, dtype, compiled kernels)."""
     data = {"model_hash": model_hash, "seed": config.seed, "n": n, "scales": scales,
-            "class_prompts": list(class_prompts), "tau": config.prior_tau, "top_p": config.prior_top_p}
+            "class_prompts": list(class_prompts), "tau": config.prior_tau, "top_p": config.prior_top_p,
+            "numerics": numerics}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
