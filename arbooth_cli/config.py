@@ -59,7 +59,9 @@ class _Checked:
         raise NotImplementedError
 
     def validate(self: _C) -> _C:
-        problems = self.problems()
+        # the types first (a config built in Python may hold anything); then the values
+        problems = field_type_problems(type(self), {f.name: getattr(self, f.name) for f in fields(self)},  # type: ignore[arg-type]
+                                       "config", literals=False) or self.problems()
         if problems:
             raise ConfigError(problems)
         return self
@@ -97,30 +99,40 @@ def _is_number(v: Any) -> bool:
 def _finite(v: Any) -> bool:
     import math
 
-    return all(math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,)))
+    try:
+        return all(math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,)))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
-def _type_problem(value: Any, hint: Any) -> str | None:
-    """What is wrong with ``value`` for the field type ``hint`` (None: nothing)."""
+def _type_problem(value: Any, hint: Any, literals: bool = True) -> str | None:
+    """What is wrong with ``value`` for the field type ``hint`` (None: nothing); ``literals=False``
+    leaves choices among names to the config's own ``problems()`` (which names the option)."""
     import typing
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, __import__("types").UnionType):
         if value is None and type(None) in args:
             return None
-        problems = [_type_problem(value, a) for a in args if a is not type(None)]
-        return None if any(p is None for p in problems) else problems[0]
+        arms = [a for a in args if a is not type(None)]
+        problems = [_type_problem(value, a, literals) for a in arms]
+        if any(p is None for p in problems):
+            return None
+        # say what is wrong inside the arm of the value's own kind ("item must be finite", not "must be a number")
+        same_kind = [p for a, p in zip(arms, problems)
+                     if (typing.get_origin(a) is tuple) == isinstance(value, (list, tuple))]
+        return (same_kind or problems)[0]
     if origin is typing.Literal:
-        return None if value in args else f"must be one of {', '.join(map(str, args))}"
+        return None if value in args or not literals else f"must be one of {', '.join(map(str, args))}"
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return "must be a list"
         if len(args) == 2 and args[1] is Ellipsis:
-            bad = [_type_problem(v, args[0]) for v in value]
+            bad = [_type_problem(v, args[0], literals) for v in value]
         elif len(value) != len(args):
             return f"must be a list of {len(args)} values"
         else:
-            bad = [_type_problem(v, a) for v, a in zip(value, args)]
+            bad = [_type_problem(v, a, literals) for v, a in zip(value, args)]
         return next((f"item {b}" for b in bad if b), None)
     if hint is bool:
         return None if isinstance(value, bool) else "must be true or false"
@@ -129,20 +141,20 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     if hint is float:
         if not _is_number(value):
             return "must be a number"
-        return None if _finite(float(value)) else "must be a finite number"
+        return None if _finite(value) else "must be a finite number"
     if hint is str:
         return None if isinstance(value, str) else "must be text"
     return None
 
 
-def field_type_problems(cls: type, data: dict[str, Any], where: str) -> list[str]:
+def field_type_problems(cls: type, data: dict[str, Any], where: str, *, literals: bool = True) -> list[str]:
     """Every value of ``data`` whose type does not fit its field of the dataclass ``cls``."""
     import typing
 
     hints = typing.get_type_hints(cls)
     out = []
     for key, value in data.items():
-        problem = _type_problem(value, hints[key]) if key in hints else None
+        problem = _type_problem(value, hints[key], literals) if key in hints else None
         if problem:
             out.append(f"{where}: {key} {problem}, got {value!r}")
     return out
@@ -192,10 +204,12 @@ class GenConfig(_Checked):
                 out.append(f"{where}n must be >= 1")
         if self.num_images < 1:
             out.append("-n/--num-images must be >= 1")
-        for flag, seed in [("--seed", self.seed)] + [(f"prompts file line {j.line}: seed", j.seed) for j in self.prompts
-                                                     if j.seed is not None]:
-            problem = seed_problem(seed, flag)
-            if problem:
+        for job in self.prompts:  # the last image of a prompt has seed + n - 1
+            n = job.num_images or self.num_images
+            flag = f"prompts file line {job.line}: seed" if job.seed is not None else "--seed"
+            seed = self.seed if job.seed is None else job.seed
+            problem = seed_problem(seed, flag) or seed_problem(seed + max(n, 1) - 1, f"{flag} + n - 1")
+            if problem and problem not in out:
                 out.append(problem)
         for where, src in [("--", self)] + [(f"prompts file line {j.line}: ", j) for j in self.prompts]:
             for key in ("cfg", "tau", "top_p"):
@@ -476,7 +490,7 @@ class TuneConfig(_Checked):
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
                     "text_dropout", "drop_path"):
             if _is_number(kw.get(key)):
-                kw[key] = float(kw[key])
+                kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:
             kw["betas"] = tuple(float(b) for b in kw["betas"])
         try:

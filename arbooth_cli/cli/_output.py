@@ -25,11 +25,13 @@ class Output:
     def note(self, message: str) -> None:
         """Progress or informational line on stderr (silenced by --quiet)."""
         if not self.quiet:
-            self.err.print(message, highlight=False)
+            self.err.print(message, highlight=False, markup=False)  # prompts and paths are not markup
 
     def warn(self, message: str) -> None:
         """Warnings go to stderr even with --quiet."""
-        self.err.print(f"[yellow]warning:[/] {message}", highlight=False)
+        from rich.markup import escape
+
+        self.err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
     def result(self, renderable: Any) -> None:
         self.out.print(renderable, highlight=False)
@@ -188,7 +190,7 @@ class PlainProgress:
         info = t["fields"].get("info")
         if info:
             text += f"  {info}"
-        self.console.print(text, highlight=False, soft_wrap=True)
+        self.console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
 def _clock(seconds: float) -> str:

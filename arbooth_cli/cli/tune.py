@@ -163,7 +163,9 @@ class _TuneProgress(EventProgress):
             return
         if self.bar is None:
             return
-        note = self.bar.console.print
+        def note(text: str, **kw: Any) -> None:
+            self.bar.console.print(text, markup=False, **kw)
+
         if kind == "loaded":
             note(f"{data['model']} on {data['device']} ({data['dtype']}), {data['photos']} photos at "
                  f"{data['resolution']}, {data['scales']} scales", highlight=False)

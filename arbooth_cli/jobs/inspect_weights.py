@@ -28,7 +28,6 @@ def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = 
     session.check_device(config.device)
     paths = session.prepare_report_dir(config.out_dir, REPORT_FILES, config.overwrite)
 
-    from ..checkpoint_io import sha256_file
     from ..subjects.use import read_subject_values
 
     t0 = time.perf_counter()
@@ -39,13 +38,14 @@ def inspect_weights(config: InspectWeightsConfig, *, on_event: EventFn | None = 
     for i, block in enumerate(tr.blocks):
         for local, p in block.named_parameters():
             block_of[by_id[id(p)]] = (i, local)
+    subject_hash = session.verified_hash(info)  # a damaged subject is refused here as gen refuses it
     tuned, emb = read_subject_values(info.path, params)
     changes = compare(params, tuned, block_of)
     both: dict[str, dict[str, GroupChange]] = {}
     for (blk, grp), g in aggregate([c for c in changes if c.block is not None], lambda c: (c.block, c.group)).items():
         both.setdefault(str(blk), {})[grp] = g
     report = WeightsReport(
-        subject=info.name, subject_hash=sha256_file(info.path), subject_file=str(info.path),
+        subject=info.name, subject_hash=subject_hash, subject_file=str(info.path),
         model=resolved.spec.name, model_hash=resolved.model_hash, tensors=changes,
         by_type={g: v for g, v in sorted(aggregate(changes, lambda c: c.group).items(), key=lambda kv: GROUPS.index(kv[0]))},
         by_block=dict(sorted(aggregate([c for c in changes if c.block is not None], lambda c: c.block).items())),

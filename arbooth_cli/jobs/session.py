@@ -157,9 +157,26 @@ def load_subject(comps: Components, resolved: ResolvedModel, info: SubjectInfo |
     except FileNotFoundError:
         raise NotFoundError(f"subject {info.name!r} was removed ({info.path} is gone)",
                             hint="tune it again, or run without it (--subject none)") from None
-    if info.sha256 is not None and loaded.sha256 != info.sha256:
-        raise DamagedSubjectError(info.name, f"{info.path} does not match the checksum the store recorded")
+    check_hash(info, loaded.sha256)
     return loaded
+
+
+def check_hash(info: SubjectInfo, sha256: str) -> None:
+    """Refuse a subject file whose sha256 is not the one the store recorded for it."""
+    if info.sha256 is not None and sha256 != info.sha256:
+        raise DamagedSubjectError(info.name, f"{info.path} does not match the checksum the store recorded")
+
+
+def verified_hash(info: SubjectInfo) -> str:
+    """The sha256 of a subject's file, checked against the store's record."""
+    from ..checkpoint_io import sha256_file
+
+    try:
+        sha = sha256_file(info.path)
+    except FileNotFoundError:
+        raise NotFoundError(f"subject {info.name!r} was removed ({info.path} is gone)") from None
+    check_hash(info, sha)
+    return sha
 
 
 def load_subjects(comps: Components, resolved: ResolvedModel,

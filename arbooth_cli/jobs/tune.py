@@ -177,7 +177,8 @@ class _Run:
         self.components = components
         self.store = SubjectStore()
         self.name = config.subject_name
-        self.run_dir = Path(config.run_dir) if config.run_dir else paths.runs_dir(paths.home()) / self.name
+        self.run_dir = Path(config.run_dir) if config.run_dir else paths.store_entry(
+            paths.runs_dir(paths.home()), self.name, "run")
         self.size = resolve_size(self.spec, config.resolution)
         self.scales = model_scales(self.size, num_scales=self.spec.num_scales or None)
         self.h, self.w = pixel_size(self.scales, self.spec.vae.token_stride)
@@ -185,6 +186,7 @@ class _Run:
         self.compiled = False  # set once the device is known
         self._stop = False
         self.writer = CheckpointWriter()
+        self.run_peak: int | None = None  # the GPU peak before --memory auto reset the statistics
         self.snapshot = HostSnapshot()  # host buffers of checkpoint snapshots (pinned on CUDA), reused
 
     # ---- checks before any heavy work -----------------------------------------------------
@@ -220,6 +222,9 @@ class _Run:
         if self.store.has(self.name) and not (c.overwrite or c.resume):
             raise SubjectExistsError(self.name)
         self._check_token()
+        if c.validate_every:
+            for p in c.validation_prompts or ():
+                word_char_span(fill(p, token=c.token, cls=c.cls), c.token)  # each must name the subject
         try:
             parse_blocks(c.blocks, self.spec.transformer.depth)
         except ValueError as exc:
@@ -327,7 +332,8 @@ class _Run:
         n = c.prior_pool or c.steps * c.batch_size
         compiled = self.compiled and n >= POOL_COMPILE_MIN
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        numerics = f"{where}/{str(self.dtype).replace('torch.', '')}/{'compiled' if compiled else 'eager'}"
+        numerics = (f"{where}/{str(self.dtype).replace('torch.', '')}/{'compiled' if compiled else 'eager'}/"
+                    f"arbooth {__version__}/torch {torch.__version__}/cuda {torch.version.cuda}")
         key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts, numerics)
         store = PoolStore(paths.home())
         pool = store.get(key)
@@ -347,8 +353,11 @@ class _Run:
         if not pool.complete:
             save_pool(partial, pool, key)
             raise TuneInterrupted(0, None, pool=(pool.done, n))
-        store.put(key, pool, model=self.spec.name, class_prompts=self.class_prompts, created=_now())
-        partial.unlink(missing_ok=True)
+        try:  # keeping the pool for later tunes is a bonus: a failure to keep it does not stop the run
+            store.put(key, pool, model=self.spec.name, class_prompts=self.class_prompts, created=_now())
+            partial.unlink(missing_ok=True)
+        except ResourceError as exc:
+            self.emit("note", {"message": f"the prior pool could not be kept for later tunes: {exc}"})
         return pool
 
     def setup_training(self) -> None:
@@ -390,6 +399,9 @@ class _Run:
         # --memory auto on a GPU measures one block's activations in its first two steps
         self.probe: list[int] | None = (
             [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
+        if self.probe is not None:  # the peak the probe reads is the training steps', not the pool's
+            self.run_peak = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.train_ops = compiled_block_ops() if self.compiled else EAGER_OPS
         self.w_L = token_weights(self.scales, _scale_weights(c, self.scales)).to(self.device)
         self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
@@ -541,9 +553,10 @@ class _Run:
             self.ckpt_blocks = depth - 1
             return
         per_block = max(self.probe[1] - self.probe[0], 1)
-        _, total = torch.cuda.mem_get_info(self.device)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
         keep = blocks_to_keep(depth, per_block=per_block, peak=torch.cuda.max_memory_allocated(self.device),
-                              total=total)
+                              total=usable)
         self.ckpt_blocks, self.probe = depth - keep, None
         self.emit("note", {"message": f"--memory auto: one block's activations take {per_block / 2**30:.2f} GiB; "
                                       f"{keep} of {depth} blocks keep them, {depth - keep} recompute"})
@@ -736,6 +749,8 @@ def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn)
     ckpt = run.preflight()
     t0 = time.perf_counter()
     run.load()
+    if config.memory == "high":  # refused before the prior pool is drawn if it cannot fit
+        run._recomputed_blocks()
     # Ctrl-C from here on stops at the next pool batch or step boundary and keeps the work done
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, run.request_stop) if main else None
@@ -768,6 +783,8 @@ def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn)
         p = run.run_dir / leftover
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     peak = torch.cuda.max_memory_allocated(run.device) if run.device.type == "cuda" else None
+    if peak is not None and run.run_peak is not None:
+        peak = max(peak, run.run_peak)  # --memory auto reset the peak statistics before its probe
     result = TuneResult(
         name=run.name, subject=str(info.path), token=config.token, cls=config.cls, model=run.spec.name,
         model_hash=resolved.model_hash, steps=run.step, seconds=time.perf_counter() - t0, losses=run.last_logged,

@@ -134,7 +134,11 @@ def read_record(folder: Path) -> dict[str, Any]:
         record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    files = record.get("files")
+    return {"token": record.get("token") if isinstance(record.get("token"), str) else None,
+            "files": {k: v for k, v in files.items() if isinstance(v, str)} if isinstance(files, dict) else {}}
 
 
 def write_record(folder: Path) -> None:
@@ -172,12 +176,13 @@ class SubjectStore:
         if not self.dir.is_dir():
             return ok, damaged
         for d in sorted(self.dir.iterdir()):
-            if not d.is_dir() or not paths.valid_name(d.name):
-                continue
+            if d.is_symlink() or not d.is_dir() or not paths.valid_name(d.name):
+                continue  # what 'get' and 'rm' would refuse is not used by token either
             try:
                 ok.append(self._read(d))
             except (CheckpointError, OSError) as exc:
-                damaged.append(DamagedSubject(d.name, read_record(d).get("token"), str(exc)))
+                # without a record, the name stands in for the token (the default name is the token)
+                damaged.append(DamagedSubject(d.name, read_record(d).get("token") or d.name, str(exc)))
         return ok, damaged
 
     def list(self) -> list[SubjectInfo]:

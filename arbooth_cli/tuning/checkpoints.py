@@ -114,12 +114,21 @@ def checkpoint_writer(weights: Mapping[str, Tensor], extra: Mapping[str, Tensor]
     return write
 
 
+#: what a checkpoint's state.json must hold, and of which type
+STATE_KEYS = {"step": int, "pos": int, "opt_steps": int, "config": dict, "model_hash": str}
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     try:
-        return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {ckpt / 'state.json'}: {exc}",
                               hint="start again with --overwrite") from None
+    bad = [k for k, t in STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), t)]
+    if bad:
+        raise CheckpointError(f"{ckpt / 'state.json'} is damaged (no valid {', '.join(bad)})",
+                              hint="start again with --overwrite")
+    return state
 
 
 def read_checkpoint(ckpt: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Tensor]]:
@@ -133,4 +142,7 @@ def read_checkpoint(ckpt: Path, device: torch.device) -> tuple[dict[str, Any], d
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise CheckpointError(f"cannot read the checkpoint in {ckpt}: {exc}",
                               hint="start again with --overwrite") from None
+    missing = [k for k in ("rng.data", "rng.noise", "order") if k not in extra]
+    if missing:
+        raise CheckpointError(f"the checkpoint in {ckpt} lacks {', '.join(missing)}", hint="start again with --overwrite")
     return state, weights, extra

@@ -55,7 +55,8 @@ def recomputed_blocks(policy: Policy, grad_checkpointing: str, depth: int, *, on
 
 def blocks_to_keep(depth: int, *, per_block: int, peak: int, total: int) -> int:
     """``auto`` after its two measuring steps: how many blocks may keep their activations, given
-    one block's activations (``per_block`` bytes, measured), the peak memory of the run so far and
-    the GPU's total memory; a share of it (:data:`MARGIN_SHARE`) and a sixth of the estimate stay free."""
+    one block's activations (``per_block`` bytes, measured), the peak memory of the training steps
+    so far and the GPU memory this process can use (``total``: free plus its own reserved memory);
+    a share of it (:data:`MARGIN_SHARE`) and a sixth of the estimate stay free."""
     room = int((1 - MARGIN_SHARE) * total) - peak
     return max(0, min(depth, room // max(per_block + per_block // 6, 1)))

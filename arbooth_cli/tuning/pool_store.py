@@ -46,9 +46,16 @@ class PoolStore:
         return paths.store_entry(self.dir, f"{key}.safetensors", "prior pool")
 
     def get(self, key: str) -> PriorPool | None:
+        """The kept pool of ``key``; None when there is none, or it is damaged (then it is removed:
+        the pool is drawn again)."""
         from .prior import load_pool
 
-        pool = load_pool(self.path(key), key)
+        path = self.path(key)
+        try:
+            pool = load_pool(path, key)
+        except CheckpointError:
+            path.unlink(missing_ok=True)
+            return None
         return pool if pool is not None and pool.complete else None
 
     def put(self, key: str, pool: PriorPool, *, model: str, class_prompts: list[str], created: str) -> Path:

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..atomic import write_file_atomic
+from ..atomic import raise_if_disk_full, write_file_atomic
 from ..checkpoint_io import write_safetensors
 from ..config import TuneConfig
+from ..errors import ResourceError
 from ..models.bsq_vae import BSQVAE
 from ..models.text_encoder import TextCond
 from ..models.transformer import InfinityTransformer, Scale
@@ -159,11 +160,18 @@ def inputs_from_bits(vae: BSQVAE, bits_BLd: Tensor, scales: tuple[Scale, ...]) -
 def save_pool(path: Path, pool: PriorPool, key: str, info: dict[str, str] | None = None) -> None:
     """Write ``pool`` (its samples drawn so far) with its :func:`pool_key` (atomically); ``info``:
     more metadata (what :class:`PoolStore` lists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     k = pool.done
-    write_file_atomic(path, lambda tmp: write_safetensors(
-        tmp, {"bits": pool.bits_NLd[:k], "logits": pool.logits_NLV[:k], "prompt": pool.prompt_N},
-        {**(info or {}), "key": key, "done": str(k)}))
+
+    def write(tmp: Path) -> None:
+        write_safetensors(tmp, {"bits": pool.bits_NLd[:k], "logits": pool.logits_NLV[:k], "prompt": pool.prompt_N},
+                          {**(info or {}), "key": key, "done": str(k)})
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise_if_disk_full(exc)
+        raise ResourceError(f"cannot write to {path.parent}: {exc.strerror or exc}") from None
+    write_file_atomic(path, write)
 
 
 def load_pool(path: Path, key: str) -> PriorPool | None:
