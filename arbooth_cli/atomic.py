@@ -78,6 +78,20 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> None:
         raise ResourceError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
+def writable_folder(folder: Path, what: str, hint: str) -> Path:
+    """Make ``folder`` (and its parents) and check that a file can be written in it, before any
+    work that would write there; ``what`` names it in the error ("the output directory")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".arbooth-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise_if_disk_full(exc, hint)
+        raise ResourceError(f"cannot write to {what} {folder}: {exc.strerror or exc}", hint=hint) from None
+    return folder
+
+
 def remove_partials(folder: Path) -> list[Path]:
     """Delete the temporary folders and files a killed :func:`write_dir_atomic` or
     :func:`write_file_atomic` left in ``folder``; returns what was removed."""

@@ -11,12 +11,12 @@ the model's sampling defaults; :func:`prepare_out_dir` probes the output folder 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError, ResourceError
+from ..atomic import writable_folder
+from ..errors import InvalidInputError, NotFoundError
 from ..loading import (ResolvedModel, load_components, pick_device, pick_dtype, remember_model, resolve_model,
                        use_cpu_threads)
 from ..modelspec import ModelSpec
@@ -307,15 +307,7 @@ def prepare_out_dir(out_dir: str | Path, names: Iterable[str], *, overwrite: boo
                     ) -> Path:
     """Create ``out_dir``, check that it is writable, and refuse files of ``names`` already there
     (unless ``overwrite`` or ``skip_existing``). Called before any heavy work."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".arbooth-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ResourceError(f"cannot write to the output directory {out}: {exc.strerror or exc}",
-                            hint="choose another --out directory") from None
+    out = writable_folder(Path(out_dir), "the output directory", hint="choose another --out directory")
     if not (overwrite or skip_existing):
         taken = [n for n in names if (out / n).exists()]
         if taken:

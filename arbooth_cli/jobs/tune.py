@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .. import paths
 from .._version import __version__
-from ..atomic import raise_if_disk_full, remove_partials
+from ..atomic import raise_if_disk_full, remove_partials, writable_folder
 from ..checkpoint_io import sha256_file, write_safetensors
 from ..config import MODULE_TYPES, SCALE_SCHEDULES, TuneConfig
 from ..errors import (ArboothError, CheckpointError, InvalidInputError, ResourceError, RunBusyError,
@@ -268,15 +268,8 @@ class _Run:
 
     def _prepare_run_dir(self) -> None:
         """Make the run folder, check that it takes files, and clear what a killed run left half-written."""
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / f".arbooth-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise_if_disk_full(exc)
-            raise ResourceError(f"cannot write to the run folder {self.run_dir}: {exc.strerror or exc}",
-                                hint="pass --run-dir DIR, or set ARBOOTH_HOME to a writable directory") from None
+        writable_folder(self.run_dir, "the run folder",
+                        hint="pass --run-dir DIR, or set ARBOOTH_HOME to a writable directory")
         for leftover in remove_partials(self.run_dir):
             self.emit("note", {"message": f"removed {leftover.name}, left half-written by an earlier run"})
 
