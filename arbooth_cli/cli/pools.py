@@ -43,10 +43,12 @@ def list_cmd(ctx: typer.Context, json_: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for col in ("KEY", "SAMPLES", "MODEL", "SIZE", "CLASS PROMPTS", "CREATED"):
+    for col in ("KEY", "SAMPLES", "MODEL", "SIZE", "CREATED", "CLASS PROMPTS"):
         table.add_column(col, no_wrap=col != "CLASS PROMPTS")
-    for p in pools:
-        table.add_row(p.key, str(p.samples), p.model, human_size(p.size), "; ".join(p.class_prompts), p.created)
+    for p in pools:  # every prompt is in --json; the table names the first and counts the rest
+        more = f" (+{len(p.class_prompts) - 1} more)" if len(p.class_prompts) > 1 else ""
+        first = p.class_prompts[0] if p.class_prompts else "-"
+        table.add_row(p.key, str(p.samples), p.model, human_size(p.size), p.created[:10], first + more)
     out.result(table)
 
 
