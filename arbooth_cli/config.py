@@ -41,6 +41,7 @@ class PromptJob:
     top_p: float | None = None
     size: str | None = None
     aspect: str | None = None
+    skip_scales: int | None = None
     line: int | None = None  # line in a prompts file, for messages
 
 
@@ -190,6 +191,8 @@ class GenConfig(_Checked):
     compile: Literal["auto", "on", "off"] = "auto"
     #: --strict: a prompt or setting the model cannot draw is an error, not a warning
     strict: bool = False
+    #: --skip-scales N: the last N scales are not sampled (faster; 0: exact sampling)
+    skip_scales: int = 0
 
     def problems(self) -> list[str]:
         out = []
@@ -219,6 +222,8 @@ class GenConfig(_Checked):
                     out.append(f"{where}{name} must be finite, got {v}")
         if self.batch_size < 1:
             out.append("--batch-size must be >= 1")
+        if self.skip_scales < 0 or any(j.skip_scales is not None and j.skip_scales < 0 for j in self.prompts):
+            out.append("--skip-scales must be >= 0")
         if self.overwrite and self.skip_existing:
             out.append("--overwrite and --skip-existing exclude each other")
         if self.subject is not None and self.delta is not None:
@@ -293,7 +298,7 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompts file {p} line {n}: \"prompt\" must be a string")
         kw: dict[str, Any] = {"prompt": prompt, "line": n}
-        for key in ("seed", "top_k"):
+        for key in ("seed", "top_k", "skip_scales"):
             if key in obj:
                 if not isinstance(obj[key], int) or isinstance(obj[key], bool):
                     raise InvalidInputError(f"prompts file {p} line {n}: {key} must be an integer")

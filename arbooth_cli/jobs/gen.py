@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +52,12 @@ class ImageItem:
     top_k: int
     top_p: float
     filename: str
+    skip_scales: int = 0
     subject: SubjectInfo | None = None
 
     def batch_key(self) -> tuple:
         subject = None if self.subject is None else str(self.subject.path)
-        return (subject, self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p)
+        return (subject, self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p, self.skip_scales)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tupl
     return size, ratio
 
 
+def _first_given(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
 def plan_subjects(config: GenConfig, store: SubjectStore | None = None) -> list[SubjectInfo | None]:
     """The subject of each prompt: ``--delta``'s file, ``--subject``'s, or the stored subject whose
     token the prompt contains (none for ``--subject none``)."""
@@ -113,6 +118,7 @@ def plan_images(spec: ModelSpec, config: GenConfig,
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
                 **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
+                skip_scales=_first_given(job.skip_scales, config.skip_scales),
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -190,8 +196,7 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     session.check_device(config.device)
     for it in items:
         params = session.sampling_params(spec, it)
-        if isinstance(it.cfg, tuple) or isinstance(it.tau, tuple):
-            params.per_scale(len(_schedule(spec, it)))
+        replace(params, skip_scales=it.skip_scales).per_scale(len(_schedule(spec, it)))
     warning = _drawing_warning(spec, items, config.strict)  # with --strict, an error before any work
     rank, world, dist, started = _distributed()
     try:
@@ -257,7 +262,8 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
             batch = group[b:b + config.batch_size]
             first = batch[0]
             scales = _schedule(spec, first)
-            params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p)
+            params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p,
+                                    skip_scales=first.skip_scales)
             switch.use(subject_of(first))
             text = batch_text(batch).to(device)
             if config.stream == "batch":
@@ -330,6 +336,7 @@ def _metadata(it: ImageItem, resolved: ResolvedModel, config: GenConfig, scales,
         "tau": it.tau,
         "top_k": it.top_k,
         "top_p": it.top_p,
+        "skip_scales": it.skip_scales,  # the last N scales not sampled (0: exact)
         "size": it.size,
         "h_div_w": it.h_div_w,
         "scales": len(scales),

@@ -43,6 +43,9 @@ class SamplingParams:
     tau: float | tuple[float, ...] = 0.5
     top_k: int = 0
     top_p: float = 0.97
+    #: the last N scales are not sampled: the image is decoded from the codes of the others, which
+    #: the accumulator already holds at the final size (FastVAR's scale skipping; 0: exact)
+    skip_scales: int = 0
 
     def per_scale(self, n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         def expand(v: float | tuple[float, ...], what: str) -> tuple[float, ...]:
@@ -52,6 +55,9 @@ class SamplingParams:
                 raise InvalidInputError(f"{what} has {len(v)} values but the schedule has {n} scales")
             return tuple(float(x) for x in v)
 
+        if not 0 <= self.skip_scales < n:
+            raise InvalidInputError(f"--skip-scales {self.skip_scales}: the schedule has {n} scales, so it must be "
+                                    f"in 0..{n - 1}")
         return expand(self.cfg, "cfg"), expand(self.tau, "tau")
 
     def problems(self) -> list[str]:
@@ -195,7 +201,8 @@ def sample_token_maps(
     x_Bld: Tensor | None = None
     bits: list[Tensor] = []
     kept: list[Tensor] = []
-    for si, (t, h, w) in enumerate(scales):
+    drawn = len(scales) - params.skip_scales
+    for si, (t, h, w) in enumerate(scales[:drawn]):
         l = t * h * w
         raw = forward_scale(x_Bld)
         if keep_logits:

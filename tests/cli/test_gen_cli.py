@@ -140,3 +140,19 @@ def test_torchrun_shards_the_work_and_writes_the_same_files(tmp_path):
     assert sorted(a) == sorted(b) and len(a) == 6
     for name in a:
         assert np.array_equal(np.asarray(Image.open(single / name)), np.asarray(Image.open(multi / name))), name
+
+
+def test_skip_scales_draws_fewer_scales_and_says_so(cli, tmp_path):
+    """--skip-scales 1: the last scale is not sampled; the image differs, its metadata records it;
+    a count the schedule does not have is refused before the model loads."""
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    prompt = "a red star on the left, blue background"
+    assert cli("gen", prompt, "--out", str(tmp_path / "exact")).exit_code == 0
+    r = cli("gen", prompt, "--skip-scales", "1", "--out", str(tmp_path / "skip"))
+    assert r.exit_code == 0, r.output
+    (exact,), (skip,) = (list((tmp_path / d).glob("*.png")) for d in ("exact", "skip"))
+    assert exact.read_bytes() != skip.read_bytes()
+    assert read_png_metadata(skip)["skip_scales"] == 1 and read_png_metadata(exact)["skip_scales"] == 0
+    r = cli("gen", prompt, "--skip-scales", "5", "--out", str(tmp_path / "bad"))
+    assert r.exit_code == 4 and "the schedule has 5 scales" in r.stderr and " on cpu (" not in r.stderr
