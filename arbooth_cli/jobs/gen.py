@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,13 @@ class ImageItem:
     skip_scales: int = 0
     subject: SubjectInfo | None = None
 
+    def params(self) -> Any:
+        """This image's :class:`SamplingParams`."""
+        from ..sampling.sample import SamplingParams
+
+        return SamplingParams(cfg=self.cfg, tau=self.tau, top_k=self.top_k, top_p=self.top_p,
+                              skip_scales=self.skip_scales)
+
     def batch_key(self) -> tuple:
         subject = None if self.subject is None else str(self.subject.path)
         return (subject, self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p, self.skip_scales)
@@ -90,10 +97,6 @@ def _size_and_aspect(spec: ModelSpec, job: PromptJob, config: GenConfig) -> tupl
     return size, ratio
 
 
-def _first_given(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
-
-
 def plan_subjects(config: GenConfig, store: SubjectStore | None = None) -> list[SubjectInfo | None]:
     """The subject of each prompt: ``--delta``'s file, ``--subject``'s, or the stored subject whose
     token the prompt contains (none for ``--subject none``)."""
@@ -118,7 +121,7 @@ def plan_images(spec: ModelSpec, config: GenConfig,
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
                 **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
-                skip_scales=_first_given(job.skip_scales, config.skip_scales),
+                skip_scales=config.skip_scales if job.skip_scales is None else job.skip_scales,
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -195,8 +198,8 @@ def generate(config: GenConfig, *, on_event: EventFn | None = None,
     items = plan_images(spec, config, subjects)
     session.check_device(config.device)
     for it in items:
-        params = session.sampling_params(spec, it)
-        replace(params, skip_scales=it.skip_scales).per_scale(len(_schedule(spec, it)))
+        session.sampling_params(spec, it)  # refuses values no sampler takes
+        it.params().per_scale(len(_schedule(spec, it)))
     warning = _drawing_warning(spec, items, config.strict)  # with --strict, an error before any work
     rank, world, dist, started = _distributed()
     try:
@@ -211,7 +214,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
     import torch
 
     from ..loading import pick_device
-    from ..sampling.sample import SamplingEngine, SamplingParams, sample_images
+    from ..sampling.sample import SamplingEngine, sample_images
     from ..subjects.use import SubjectSwitch
 
     if rank == 0:
@@ -262,8 +265,7 @@ def _run(config: GenConfig, spec: ModelSpec, resolved: ResolvedModel, items: lis
             batch = group[b:b + config.batch_size]
             first = batch[0]
             scales = _schedule(spec, first)
-            params = SamplingParams(cfg=first.cfg, tau=first.tau, top_k=first.top_k, top_p=first.top_p,
-                                    skip_scales=first.skip_scales)
+            params = first.params()
             switch.use(subject_of(first))
             text = batch_text(batch).to(device)
             if config.stream == "batch":

@@ -411,12 +411,12 @@ class _Run:
         """``--memory``: how many blocks recompute their activations (see tuning.memory)."""
         c, tr = self.config, self.transformer
         on_gpu = self.device.type == "cuda"
+        if c.memory == "auto" and c.grad_checkpointing == "auto" and on_gpu:
+            return tr.cfg.depth  # measured in the first steps (train_step) before any block keeps more
         free = total = 0
         if on_gpu:
             torch.cuda.empty_cache()
             free, total = torch.cuda.mem_get_info(self.device)
-        if c.memory == "auto" and c.grad_checkpointing == "auto" and on_gpu:
-            return tr.cfg.depth  # measured in the first steps (train_step) before any block keeps more
         L = sum(math.prod(s) for s in self.scales)
         rows = c.batch_size * (2 if c.prior else 1)
         return recomputed_blocks(c.memory, c.grad_checkpointing, tr.cfg.depth, on_gpu=on_gpu,
@@ -584,14 +584,14 @@ class _Run:
 
     @torch.no_grad()
     def validate(self) -> list[str]:
-        from ..sampling.sample import SamplingParams, sample_images
+        from ..sampling.sample import sample_images
         from ..sampling.writers import write_png
 
         c, tr = self.config, self.transformer
         out_dir = self.run_dir / "validation"
         out_dir.mkdir(parents=True, exist_ok=True)
         sp = self.spec.sampling
-        params = SamplingParams(cfg=sp.cfg, tau=sp.tau, top_k=sp.top_k, top_p=sp.top_p)
+        params = session.sampling_params(self.spec)  # the model's defaults
         written = []
         tr.eval()
         try:
