@@ -29,18 +29,13 @@ def raise_if_disk_full(exc: OSError, hint: str = HOME_HINT) -> None:
         raise DiskFullError(f"no space left on the device while writing: {exc}", hint=hint) from exc
 
 
-def temp_name(path: Path, suffix: str = ".tmp") -> Path:
-    """A fresh hidden name beside ``path``."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}")
-
-
 def write_file_atomic(path: Path, write: Callable[[Path], object], *, hint: str | None = None) -> None:
     """``write(tmp)`` a temporary file beside ``path``, then rename it to ``path``.
 
     ``hint``: what the user can do when the folder is not writable or full (default: about
     ARBOOTH_HOME)."""
     path = Path(path)
-    tmp = temp_name(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")  # hidden, beside it: one rename
     try:
         write(tmp)
         os.replace(tmp, path)
