@@ -129,18 +129,14 @@ class ModelExistsError(InvalidInputError):
 
 
 class NoToySubjectError(InvalidInputError):
-    """`arbooth eval` on a toy-world model: the subject's photos show none of the toy subjects
-    eval has detectors for."""
+    """`arbooth eval` on a toy-world model: no subject can be read from the subject's photos."""
 
-    def __init__(self, folder: str, hits: dict[str, int], photos: int, needed: int) -> None:
-        self.folder, self.hits = folder, dict(hits)
-        best = max(self.hits, key=lambda n: self.hits[n]) if any(self.hits.values()) else None
-        closest = f" (closest: {best}, on {self.hits[best]} of {photos} photos; {needed} needed)" if best else ""
+    def __init__(self, folder: str, reason: str, photos: int) -> None:
+        self.folder, self.reason = folder, reason
         super().__init__(
-            f"the {photos} photos in {folder} show none of the {len(self.hits)} toy subjects eval can "
-            f"read{closest}",
-            hint="eval scores the toy subjects of examples/subjects/ (docs/eval.md); a subject of another "
-                 "pattern cannot be scored yet",
+            f"cannot read a subject from the {photos} photos in {folder}: {reason}",
+            hint="eval reads a toy subject from photos of one shape of a toy class in two or more colours, "
+                 "on a plain or striped background (docs/eval.md)",
         )
 
 

@@ -15,11 +15,18 @@ from typer.testing import CliRunner
 from arbooth_cli.cli import build_app
 from arbooth_cli.config import EvalConfig, TuneConfig
 from arbooth_cli.errors import NoToySubjectError, NotFoundError
-from arbooth_cli.analysis.toy_scores import identify_toy_subject, pixel_diversity, toy_scores
+from arbooth_cli.analysis.toy_scores import pixel_diversity, read_toy_subject, toy_scores
 from arbooth_cli.jobs.evaluate import evaluate
 from arbooth_cli.toyworld.render import render
 from arbooth_cli.toyworld.scene import Background, Scene, Shape
-from arbooth_cli.toyworld.subjects import SUBJECTS, class_prompts, detect_subject, render_subject, subject_prompts
+from arbooth_cli.toyworld.subjects import (
+    SUBJECTS,
+    class_prompts,
+    detect_subject,
+    render_subject,
+    subject_photos,
+    subject_prompts,
+)
 from tiny_feature_models import save_clip, save_dino
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +101,12 @@ def _flat_photos(folder: Path) -> Path:
     return folder
 
 
+def report_photos(report) -> list[np.ndarray]:
+    from PIL import Image
+
+    return [np.asarray(Image.open(p).convert("RGB")) for p in sorted(Path(report.photos).glob("*.png"))]
+
+
 def _prompts_file(path: Path, *lines: str) -> str:
     path.write_text("\n".join(["# eval prompts", *lines]) + "\n", encoding="utf-8")
     return str(path)
@@ -143,25 +156,27 @@ def test_pixel_diversity_is_a_mean_absolute_difference():
     assert pixel_diversity(a[None]) == (None, 1)
 
 
-def test_the_photos_name_the_toy_subject(tmp_path):
+def test_a_toy_subject_is_read_from_its_photos(tmp_path):
     from PIL import Image
 
-    for name in SUBJECTS:
+    for name, subject in SUBJECTS.items():
         folder = REPO / "examples/subjects" / name
         photos = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
-        subject, hits = identify_toy_subject(photos, folder)
-        assert subject.name == name and hits[name] == 5
-        assert all(v == 0 for k, v in hits.items() if k != name)
+        look, hits = read_toy_subject(photos, folder)
+        assert look.cls == subject.cls and set(look.colours) == set(subject.pattern.colours)
+        assert hits == {look.name: 5}
+        others = [img for o in SUBJECTS.values() if o is not subject for img, _ in subject_photos(o)]
+        assert not any(look.find(img).found for img in others)
     flat = _flat_photos(tmp_path / "flat")
     flat_photos = [np.asarray(Image.open(p)) for p in sorted(flat.glob("*.png"))]
     with pytest.raises(NoToySubjectError) as e:
-        identify_toy_subject(flat_photos, flat)
-    assert e.value.exit_code == 4 and str(flat) in str(e.value) and "cannot be scored yet" in e.value.hint
-    assert not any(e.value.hits.values())
+        read_toy_subject(flat_photos, flat)
+    assert e.value.exit_code == 4 and str(flat) in str(e.value) and "a plain red star" in str(e.value)
+    assert "two or more colours" in e.value.hint and "--photos" not in e.value.hint
     two = [np.asarray(Image.open(REPO / "examples/subjects/twotone-star" / f"0{i}.png").convert("RGB")) for i in (1, 2)]
-    with pytest.raises(NoToySubjectError) as e:  # two photos of the star are not enough
-        identify_toy_subject(two + flat_photos[:3], flat)
-    assert "(closest: twotone-star, on 2 of 5 photos; 3 needed)" in str(e.value)
+    with pytest.raises(NoToySubjectError) as e:  # the star's pattern wins the vote, but shows in 2 photos only
+        read_toy_subject(two + flat_photos[:3], flat)
+    assert "found again in only 2 of 5 (3 needed)" in str(e.value)
 
 
 # ---- a tuned toy subject, end to end -----------------------------------------------------------
@@ -177,7 +192,8 @@ def test_eval_of_a_toy_subject_is_consistent_and_repeatable(toy_subject, tmp_pat
     events: list[str] = []
     report = evaluate(config, on_event=lambda kind, data: events.append(kind))
     assert events[:3] == ["photos", "loaded", "plan"] and events[-1] == "metrics"
-    assert report.mode == "toy" and report.toy_subject == "twotone-star" and report.photo_hits["twotone-star"] == 5
+    assert report.mode == "toy" and report.toy_subject.startswith("star of ")
+    assert report.photo_hits == {report.toy_subject: 5}
     assert report.token == "sks" and report.cls == "star" and report.seeds == [0, 1] and report.samples == 18
     assert [r.prompt for r in report.prompts] == list(PROMPTS)
     assert report.prompts[0].class_prompt == "a star on the left, green background"
@@ -193,7 +209,8 @@ def test_eval_of_a_toy_subject_is_consistent_and_repeatable(toy_subject, tmp_pat
     assert m["text_fidelity"].hits == sum(bool(i.checks["all"]) for i in recs["subject"])
     assert m["text_fidelity"].hits <= m["subject_fidelity"].hits
     assert m["drift"].hits == sum(i.found for i in recs["class"])
-    base = [detect_subject(report.pixels["base"][p, s], STAR).found for p in range(3) for s in range(2)]
+    look, _ = read_toy_subject(report_photos(report), report.photos)
+    base = [look.find(report.pixels["base"][p, s]).found for p in range(3) for s in range(2)]
     assert m["base_fidelity"].hits == sum(base) == sum(i.found for i in recs["base"])
     assert [i.found for i in recs["base"]] == base
     assert sum(r.subject_hits for r in report.prompts) == m["subject_fidelity"].hits
@@ -283,7 +300,7 @@ def test_eval_table_and_out(toy_subject, tmp_path):
     out = tmp_path / "out"
     r = cli("eval", str(toy_subject), "--prompts", prompts, "--seeds", "2", "--out", str(out))
     assert r.exit_code == 0, r.output
-    for word in ("subject fidelity", "text fidelity", "base fidelity", "drift", "diversity", "twotone-star"):
+    for word in ("subject fidelity", "text fidelity", "base fidelity", "drift", "diversity", "a star of", "read from its photos"):
         assert word in r.stdout
     assert "prompt 1: could not check: tree" in r.stderr
     assert str(out / "report.json") in r.stdout and (out / "subject.png").is_file()
@@ -292,7 +309,7 @@ def test_eval_table_and_out(toy_subject, tmp_path):
 
 
 @pytest.mark.parametrize("case, code, message", [
-    ("not-toy", 4, "toy subjects eval can read"),
+    ("not-toy", 4, "cannot read a subject from the 5 photos"),
     ("gone", 3, "is gone"),
     ("other-model", 4, "was tuned on toy, not tiny-infinity"),
     ("no-token", 4, "does not name the subject's token 'sks'"),
@@ -313,3 +330,27 @@ def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, case, code,
     assert message in r.stderr and "Traceback" not in r.output and LOADED_NOTE not in r.stderr
     if case == "gone":
         assert str(tmp_path / "moved") in r.stderr and "--photos" in r.stderr
+
+
+def test_eval_reads_a_subject_it_has_never_seen(tmp_path, monkeypatch):
+    """A new subject (a pattern of three bands, made here, in no list of the package) is tuned
+    from a fresh photos folder and scored: eval reads it from the photos."""
+    from arbooth_cli.toyworld.procedural import write_photos
+    from arbooth_cli.toyworld.subjects import Pattern, Subject
+
+    monkeypatch.setenv("ARBOOTH_HOME", str(tmp_path / "home"))
+    new = Subject("bands", "diamond", "a diamond of red, white and blue bands",
+                  Pattern("rows", ("red", "white", "blue"), cuts=(-0.3, 0.3)),
+                  ("black", "green", ("black", "yellow"), "yellow", "orange"))
+    folder = tmp_path / "my photos"
+    write_photos(new, folder)
+    r = cli("tune", str(folder), "--token", "zq", "--class", "diamond", "--steps", "2", "--no-prior",
+            "--validate-every", "0")
+    assert r.exit_code == 0, r.output
+    prompts = _prompts_file(tmp_path / "p.txt", "a small zq diamond at the top, black background")
+    r = cli("eval", "zq", "--prompts", prompts, "--seeds", "1", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["toy_subject"].startswith("diamond of ") and doc["photo_hits"] == {doc["toy_subject"]: 5}
+    assert all(colour in doc["toy_subject"] for colour in ("red", "white", "blue"))
+    assert doc["metrics"]["subject_fidelity"]["n"] == 1

@@ -16,10 +16,6 @@ import numpy as np
 
 from ..errors import NoToySubjectError
 
-#: photos the winning toy subject's detector must fire on
-MIN_TOY_PHOTOS = 3
-
-
 @dataclass(frozen=True)
 class Metric:
     """One number of the report. Shares (toy) have ``hits`` of ``n`` images; means (diversity, real
@@ -75,18 +71,18 @@ class ImageResult:
     checks: dict[str, bool | None] | None = None
 
 
-def identify_toy_subject(photos_HW3: Sequence[np.ndarray], folder: Path | str, prefer_cls: str | None = None
-                         ) -> tuple[Any, dict[str, int]]:
-    """The toy subject whose detector fires on most photos (at least :data:`MIN_TOY_PHOTOS`), and
-    each subject's count; ties go to ``prefer_cls``'s subject, then to the first listed."""
-    from ..toyworld.subjects import SUBJECTS, detect_subject
+def read_toy_subject(photos_HW3: Sequence[np.ndarray], folder: Path | str, prefer_cls: str | None = None
+                     ) -> tuple[Any, dict[str, int]]:
+    """The subject the photos show, read from them (``toyworld.reader.read_look``), and
+    ``{its description: photos it is found in again}``; :class:`NoToySubjectError` says why
+    there is none."""
+    from ..toyworld.reader import UnreadableSubject, read_look
 
-    hits = {name: sum(detect_subject(p, s).found for p in photos_HW3) for name, s in SUBJECTS.items()}
-    order = list(SUBJECTS)
-    best = max(order, key=lambda n: (hits[n], SUBJECTS[n].cls == prefer_cls, -order.index(n)))
-    if hits[best] < MIN_TOY_PHOTOS:
-        raise NoToySubjectError(str(folder), hits, len(photos_HW3), MIN_TOY_PHOTOS)
-    return SUBJECTS[best], hits
+    try:
+        look = read_look(photos_HW3, prefer_cls=prefer_cls)
+    except UnreadableSubject as exc:
+        raise NoToySubjectError(str(folder), str(exc), len(photos_HW3)) from None
+    return look, {look.name: look.read_back}
 
 
 def pixel_diversity(imgs_SHW3: np.ndarray) -> tuple[float | None, int]:
@@ -120,7 +116,7 @@ def toy_scores(subject: Any, token: str, prompts: Sequence[str], class_prompts: 
     """Every toy metric from the images of each set (``pixels[set]``: (prompts, seeds, H, W, 3)),
     with the per-prompt and per-image records they are counted from."""
     from ..toyworld.scene import parse_caption
-    from ..toyworld.subjects import check_subject, detect_subject
+    from ..toyworld.subjects import check_subject
     from .metrics import mean_and_spread
 
     names = {token.lower(): subject.cls}
@@ -133,7 +129,7 @@ def toy_scores(subject: Any, token: str, prompts: Sequence[str], class_prompts: 
         for set_name, set_prompt, counter in (("subject", prompt, "subject_hits"), ("base", prompt, "base_hits"),
                                               ("class", cprompt, "class_hits")):
             for si, seed in enumerate(seeds):
-                m = detect_subject(pixels[set_name][pi, si], subject)
+                m = subject.find(pixels[set_name][pi, si])
                 checks = check_subject(parsed, m) if set_name == "subject" else None
                 images.append(ImageResult(set_name, pi, set_prompt, seed, bool(m.found), float(m.score), m.position,
                                           m.size, None if m.background is None else list(m.background), m.cls,

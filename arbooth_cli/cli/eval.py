@@ -82,8 +82,8 @@ def metrics_table(report: Any) -> Any:
     from rich import box
     from rich.table import Table
 
-    what = (f"toy subject {report.toy_subject} (its detector fires on {report.photo_hits[report.toy_subject]} of "
-            f"{report.n_photos} photos)" if report.mode == "toy" else f"{report.n_photos} photos")
+    what = (f"a {report.toy_subject}, read from its photos (found again in {report.photo_hits[report.toy_subject]} "
+            f"of {report.n_photos})" if report.mode == "toy" else f"{report.n_photos} photos")
     t = Table(title=f"subject {report.subject!r} on {report.model}: {what}, {len(report.seeds)} seeds",
               box=box.SIMPLE_HEAD,
               caption="toy: exact counts from the toy world's detectors; real: DINO / CLIP cosines (docs/eval.md)")
@@ -135,8 +135,8 @@ class _Progress(EventProgress):
         if self.bar is None:
             return
         if kind == "photos" and data["toy_subject"]:
-            self.out.note(f"the photos in {data['folder']} show {data['toy_subject']} "
-                          f"({data['hits'][data['toy_subject']]} of {data['photos']})")
+            self.out.note(f"the photos in {data['folder']} show a {data['toy_subject']} "
+                          f"(found again in {data['hits'][data['toy_subject']]} of {data['photos']})")
         elif kind == "loaded":
             self.out.note(f"{data['model']} on {data['device']} ({data['dtype']})")
         elif kind == "plan":

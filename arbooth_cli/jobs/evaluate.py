@@ -9,8 +9,8 @@ Three questions, asked of images sampled with seeds 0..N-1 (per-image random str
 
 On a model of the toy world (``spec.world == "toy"``) every answer is exact: the world's pixel
 detectors say whether an image shows the subject, where, how large and on which background, so
-the numbers are counts of images. The subject's photos say which toy subject it is (the
-detector that fires on most of them). On real models the answers are feature similarities
+the numbers are counts of images. The subject is read from its own photos (its class and colour
+layout: ``toyworld.reader``), so any toy subject can be scored. On real models the answers are feature similarities
 (DINO, CLIP-I, CLIP-T; ``analysis.personalization``), which need local DINO and CLIP weights.
 
 Every input is checked before the model loads: subject, base model, photos, prompts, weights and
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..analysis.toy_scores import ImageResult, Metric, PromptResult, identify_toy_subject, toy_scores
+from ..analysis.toy_scores import ImageResult, Metric, PromptResult, read_toy_subject, toy_scores
 from ..config import EvalConfig, read_prompts_file
 from ..errors import InvalidInputError, NotFoundError
 from ..loading import ResolvedModel
@@ -74,7 +74,7 @@ class EvalReport:
     model_hash: str
     photos: str
     n_photos: int
-    toy_subject: str | None  # the toy subject the photos show
+    toy_subject: str | None  # the subject read from the photos (class and colours)
     photo_hits: dict[str, int]  # per toy subject, photos its detector fires on
     seeds: list[int]
     sets: dict[str, str]  # image set -> what it is
@@ -180,7 +180,7 @@ def _toy_plan(info: SubjectInfo, folder: Path, photos: list[np.ndarray], user_pr
     from ..subjects import class_prompt_of
     from ..toyworld.subjects import class_prompts, subject_prompts
 
-    toy, hits = identify_toy_subject(photos, folder, prefer_cls=info.cls)
+    toy, hits = read_toy_subject(photos, folder, prefer_cls=info.cls)
     notes = []
     if toy.cls != info.cls:
         notes.append(f"the subject was tuned as class {info.cls!r}; the prompts use the toy class {toy.cls!r}")

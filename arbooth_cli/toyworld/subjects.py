@@ -42,35 +42,66 @@ MIN_REGION_PIXELS = 4
 EDGE_MARGIN_PX = 0.75
 
 
+#: pattern kinds and their region counts (None: one region per colour, at least two)
+PATTERN_KINDS: dict[str, int | None] = {"rows": None, "columns": None, "diagonal": None, "antidiagonal": None,
+                                        "rings": None, "checker": 4}
+
+
 @dataclass(frozen=True)
 class Pattern:
     """Regions of a shape's normalised box (x right, y down, in [-1, 1]) and their colours.
 
-    ``kind``: ``"rows"`` (y < cut: region 0 above, region 1 below), ``"columns"`` (x < cut: 0
-    left, 1 right), ``"rings"`` (0 outside radius ``cut``, 1 inside) or ``"checker"`` (quadrants
-    split at ``cut`` on both axes: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+    ``kind``:
+      - ``"rows"``: bands from the top (region 0) down; ``"columns"``: from the left;
+        ``"diagonal"``: bands across the line x + y = c, from the top-left corner;
+        ``"antidiagonal"``: across x - y = c, from the bottom-left corner;
+      - ``"rings"``: from the outside (region 0) in, split at radii;
+      - ``"checker"``: quadrants split at ``cut`` on both axes: 0 top-left, 1 top-right, 2 bottom-left,
+        3 bottom-right.
+
+    Bands and rings have one region per colour (two or more; a colour may come back, as in
+    red-white-red). Their boundaries are ``cuts`` (rising coordinates; for rings, falling radii),
+    else ``(cut,)`` for two regions, else evenly spaced over the box (rings: radii 1 .. 0).
     """
 
     kind: str
     colours: tuple[str, ...]  # one per region
     cut: float = 0.0
+    cuts: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        n = {"rows": 2, "columns": 2, "rings": 2, "checker": 4}.get(self.kind)
-        if n is None or len(self.colours) != n or any(c not in COLOURS for c in self.colours):
+        if self.kind not in PATTERN_KINDS or any(c not in COLOURS for c in self.colours):
             raise ValueError(f"bad pattern {self.kind!r} with colours {self.colours}")
+        n = PATTERN_KINDS[self.kind]
+        if (n is not None and len(self.colours) != n) or len(self.colours) < 2:
+            raise ValueError(f"a {self.kind!r} pattern needs {n or 'two or more'} colours, got {len(self.colours)}")
         if len(set(self.colours)) < 2:
             raise ValueError("a pattern needs at least two colours, else it is a flat training shape")
+        if self.kind != "checker" and self.cuts and len(self.cuts) != len(self.colours) - 1:
+            raise ValueError(f"{len(self.colours)} regions need {len(self.colours) - 1} cuts, got {self.cuts}")
+        if any(a[0] == a[1] for a in zip(self.colours, self.colours[1:])) and self.kind != "checker":
+            raise ValueError(f"neighbouring regions of one colour are one region: {self.colours}")
+
+    def boundaries(self) -> tuple[float, ...]:
+        if self.cuts:
+            return self.cuts
+        n = len(self.colours)
+        if n == 2:
+            return (self.cut,)
+        if self.kind == "rings":
+            return tuple(1.0 - k / n for k in range(1, n))
+        return tuple(-1.0 + 2.0 * k / n for k in range(1, n))
 
     def region(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Region index of each point."""
-        if self.kind == "rows":
-            return (y >= self.cut).astype(np.int64)
-        if self.kind == "columns":
-            return (x >= self.cut).astype(np.int64)
+        if self.kind == "checker":
+            return 2 * (y >= self.cut).astype(np.int64) + (x >= self.cut).astype(np.int64)
         if self.kind == "rings":
-            return (x * x + y * y <= self.cut * self.cut).astype(np.int64)
-        return 2 * (y >= self.cut).astype(np.int64) + (x >= self.cut).astype(np.int64)
+            r2 = x * x + y * y
+            return sum((r2 <= c * c).astype(np.int64) for c in self.boundaries())
+        coord = {"rows": lambda: y, "columns": lambda: x, "diagonal": lambda: (x + y) / 2,
+                 "antidiagonal": lambda: (x - y) / 2}[self.kind]()
+        return sum((coord >= c).astype(np.int64) for c in self.boundaries())
 
     def paint(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(..., 3) RGB of each point: the ``paint`` hook of ``render.draw_shape``."""
@@ -86,7 +117,8 @@ class Subject:
     cls: str  # the toy class it belongs to (the class word of its prompts)
     description: str
     pattern: Pattern
-    photo_backgrounds: tuple[str, ...]  # plain backgrounds of its five photos
+    #: backgrounds of its five photos: a colour (plain) or two (stripes)
+    photo_backgrounds: tuple[str | tuple[str, str], ...]
 
     @property
     def colours(self) -> frozenset[str]:
@@ -97,6 +129,10 @@ class Subject:
         of two pattern colours look like (orange between red and yellow). The detector takes the
         border colours as background, so either would cut the subject apart."""
         return _safe_backgrounds(self.pattern.colours)
+
+    def find(self, img_HW3: np.ndarray) -> SubjectMatch:
+        """Whether an image shows this subject, and where (:func:`detect_subject`)."""
+        return detect_subject(img_HW3, self)
 
 
 @lru_cache(maxsize=None)
@@ -162,10 +198,11 @@ def subject_photos(subject: Subject) -> list[tuple[np.ndarray, dict]]:
     seed = zlib.crc32(subject.name.encode())  # stable across runs, unlike hash()
     out = []
     for i, ((position, size), bg) in enumerate(zip(PHOTO_LAYOUT, subject.photo_backgrounds)):
-        img_HW3 = render_subject(subject, position=position, size=size, background=(bg,),
+        bg_ = (bg,) if isinstance(bg, str) else tuple(bg)
+        img_HW3 = render_subject(subject, position=position, size=size, background=bg_,
                                  rng=np.random.default_rng([seed, i]))
         out.append((img_HW3, {"file": f"{i + 1:02d}.png", "position": position, "size": size,
-                              "background": (bg,)}))
+                              "background": bg_}))
     return out
 
 
@@ -203,28 +240,38 @@ def _class_box(cls: str) -> tuple[float, float, float, float]:
     return float(xs.min() - half), float(xs.max() + half), float(ys.min() - half), float(ys.max() + half)
 
 
-def region_shares(lab: np.ndarray, region: np.ndarray, subject: Subject) -> list[float]:
-    """Per pattern region, the share of its inner pixels labelled with its colour; the object is
-    taken to be a ``subject.cls`` shape filling the region's bounding box."""
+def layout_shares(lab: np.ndarray, region: np.ndarray, cls: str, expected, colours: tuple[str, ...]) -> list[float]:
+    """Per part of a layout, the share of its inner pixels labelled with its colour; the object is
+    taken to be a ``cls`` shape filling the region's bounding box.
+
+    ``expected(x, y)`` gives the part index of points of the normalised box (-1: no part, not
+    checked) and ``colours[k]`` part k's colour. A pixel is inner when points ``EDGE_MARGIN_PX``
+    away (8 directions) lie in the shape and in the same part."""
     rows, cols = np.nonzero(region)
     top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    x0, x1, y0, y1 = _class_box(subject.cls)
+    x0, x1, y0, y1 = _class_box(cls)
     sx, sy = (x1 - x0) / (right - left), (y1 - y0) / (bottom - top)  # one pixel, normalised
     nx = x0 + (cols + 0.5 - left) * sx
     ny = y0 + (rows + 0.5 - top) * sy
-    k = subject.pattern.region(nx, ny)
-    keep = shape_mask(subject.cls, nx, ny)
+    k = expected(nx, ny)
+    keep = shape_mask(cls, nx, ny) & (k >= 0)
     d = EDGE_MARGIN_PX
     for ox, oy in ((d, 0), (-d, 0), (0, d), (0, -d), (d, d), (d, -d), (-d, d), (-d, -d)):
         px_, py_ = nx + ox * sx, ny + oy * sy
-        keep &= shape_mask(subject.cls, px_, py_) & (subject.pattern.region(px_, py_) == k)
+        keep &= shape_mask(cls, px_, py_) & (expected(px_, py_) == k)
     got = lab[rows, cols]
     shares = []
-    for r, colour in enumerate(subject.pattern.colours):
+    for r, colour in enumerate(colours):
         sel = keep & (k == r)
         n = int(sel.sum())
         shares.append(float((got[sel] == _NAMES.index(colour)).mean()) if n >= MIN_REGION_PIXELS else 0.0)
     return shares
+
+
+def region_shares(lab: np.ndarray, region: np.ndarray, subject: Subject) -> list[float]:
+    """Per pattern region, the share of its inner pixels labelled with its colour (see
+    :func:`layout_shares`)."""
+    return layout_shares(lab, region, subject.cls, subject.pattern.region, subject.pattern.colours)
 
 
 def _hull_distance(img_HW3: np.ndarray, colours: list[str]) -> np.ndarray:
@@ -241,14 +288,15 @@ def _hull_distance(img_HW3: np.ndarray, colours: list[str]) -> np.ndarray:
     return best
 
 
-def detect_subject(img_HW3: np.ndarray, subject: Subject) -> SubjectMatch:
-    """Whether an RGB image (uint8 or float 0-255) shows ``subject``, and where.
+def find_layout(img_HW3: np.ndarray, cls: str, expected, colours: tuple[str, ...]) -> SubjectMatch:
+    """The best object of class ``cls`` painted with a layout (``expected``, ``colours``: see
+    :func:`layout_shares`) in an RGB image (uint8 or float 0-255).
 
     The background is the border's colours (``detect.border_background``); foreground is every
-    pixel nearer to the pattern's colours and their blends than to the background's. Each
+    pixel nearer to the layout's colours and their blends than to the background's. Each
     foreground region big enough is classified by template IoU (``detect.classify``) and, if it
-    is of the subject's class, its pattern is read (``region_shares``). Found: the class matches
-    and every pattern region is at least ``MIN_REGION_SHARE`` its colour.
+    is of class ``cls``, its layout is read (``layout_shares``). Found: the class matches and
+    every part is at least ``MIN_REGION_SHARE`` its colour.
     """
     lab = colour_labels(img_HW3)
     H, W = lab.shape
@@ -256,25 +304,31 @@ def detect_subject(img_HW3: np.ndarray, subject: Subject) -> SubjectMatch:
     if not bg:
         return SubjectMatch(False, 0.0)
     background_names = tuple(_NAMES[i] for i in bg)
-    # foreground: nearer to the pattern's colours (and their blends) than to the background's,
+    # foreground: nearer to the layout's colours (and their blends) than to the background's,
     # i.e. at least half covered, so blurred or anti-aliased rims neither fatten nor thin it
-    fg = _hull_distance(img_HW3, list(subject.pattern.colours)) < _hull_distance(img_HW3, list(background_names))
+    fg = _hull_distance(img_HW3, sorted(set(colours))) < _hull_distance(img_HW3, list(background_names))
     best: tuple | None = None
     for region in _components(fg):
         area = int(region.sum())
         if area < MIN_AREA * H * W:
             continue
-        cls, iou, radius = classify(region)
-        score = min(region_shares(lab, region, subject)) if cls == subject.cls else 0.0
-        found = cls == subject.cls and score >= MIN_REGION_SHARE
+        got_cls, iou, radius = classify(region)
+        score = min(layout_shares(lab, region, cls, expected, colours)) if got_cls == cls else 0.0
+        found = got_cls == cls and score >= MIN_REGION_SHARE
         key = (found, score, area)
         if best is None or key > best[0]:
-            best = (key, region, cls, iou, radius)
+            best = (key, region, got_cls, iou, radius)
     if best is None:
         return SubjectMatch(False, 0.0, background=background_names)
-    (found, score, _), region, cls, iou, radius = best
+    (found, score, _), region, got_cls, iou, radius = best
     position, size, box = place(region, radius)
-    return SubjectMatch(found, score, position, size, background_names, box, cls, iou)
+    return SubjectMatch(found, score, position, size, background_names, box, got_cls, iou)
+
+
+def detect_subject(img_HW3: np.ndarray, subject: Subject) -> SubjectMatch:
+    """Whether an RGB image (uint8 or float 0-255) shows ``subject``, and where: an object of its
+    class whose every pattern region is mostly its colour (:func:`find_layout`)."""
+    return find_layout(img_HW3, subject.cls, subject.pattern.region, subject.pattern.colours)
 
 
 # ---------------------------------------------------------------------------------------------
