@@ -22,7 +22,6 @@ from arbooth_cli.toyworld.scene import Background, Scene, Shape
 from arbooth_cli.toyworld.subjects import (
     SUBJECTS,
     class_prompts,
-    detect_subject,
     render_subject,
     subject_photos,
     subject_prompts,
