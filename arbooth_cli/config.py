@@ -369,6 +369,9 @@ class TuneConfig(_Checked):
     class_prompt: str | None = None
     resolution: str | None = None  #: --resolution: a size of the model (1M = 1024x1024); default: the model's
     flip: bool = False  #: --flip: also train on mirrored photos
+    augment: int = 0  #: --augment N: N shifted and rescaled copies of each photo (0: off)
+    augment_shift: float = 0.05  #: --augment-shift: largest move of a copy, a share of the side
+    augment_scale: float = 0.1  #: --augment-scale: largest rescale of a copy (0.1: 0.9x to 1.1x)
     bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
     bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
@@ -453,6 +456,10 @@ class TuneConfig(_Checked):
             out.append("--bsc-strength must be in [0, 1]")
         if not 0 <= self.text_dropout < 1:
             out.append("--text-dropout must be in [0, 1)")
+        if not 0 <= self.augment <= 64:
+            out.append("--augment must be from 0 to 64 copies a photo")
+        if not 0 <= self.augment_shift <= 0.25 or not 0 <= self.augment_scale <= 0.5:
+            out.append("--augment-shift must be in [0, 0.25] and --augment-scale in [0, 0.5]")
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
             out.append("--drop-path must be in [0, 1)")
         for flag, v in (("--validate-every", self.validate_every), ("--checkpoint-every", self.checkpoint_every),
@@ -493,7 +500,7 @@ class TuneConfig(_Checked):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
-                    "text_dropout", "drop_path"):
+                    "text_dropout", "drop_path", "augment_shift", "augment_scale"):
             if _is_number(kw.get(key)):
                 kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:

@@ -31,7 +31,7 @@ from tiny_feature_models import save_clip, save_dino
 REPO = Path(__file__).resolve().parents[1]
 STAR = SUBJECTS["twotone-star"]
 TOY_METRICS = {"subject_fidelity", "text_fidelity", "base_fidelity", "drift", "diversity", "distinct"}
-REAL_METRICS = {"dino", "clip_i", "clip_t", "diversity", "drift"}
+REAL_METRICS = {"dino", "clip_i", "clip_t", "diversity", "drift", "pres"}
 
 
 def _tune(root: Path, **kw) -> Path:
@@ -266,6 +266,7 @@ def test_real_subject_with_local_weights(tiny_subject, feature_folders, tmp_path
     assert m["clip_t"].value == pytest.approx(sum(r.clip_t for r in report.prompts) / 2, abs=1e-6)
     assert report.prompts[0].class_prompt == "a dog on the beach"
     assert m["drift"].value == pytest.approx(report.real["drift"]["drift"]) and 0 <= m["drift"].value <= 2
+    assert m["pres"].value == pytest.approx(report.real["pres"]["mean"]) and m["pres"].n == 2
     assert m["diversity"].n == 2 and m["dino"].n == 4 and report.real["counts"]["reference"] == 5
     json.dumps(report.to_dict())
     r = cli("eval", str(tiny_subject), "--prompts", prompts, "--seeds", "2", "--dino", str(feature_folders["dino"]),

@@ -9,6 +9,8 @@
   over prompts; the LPIPS-free variant, so only the two feature models above are needed.
 * Drift (language drift): DINO similarity, seed by seed, of the class prompt's images from the
   tuned and the base model; ``drift = 1 - similarity``.
+* PRES (ARBooth's language-drift number): mean DINO cosine of the tuned model's class-prompt
+  images ("a photo of {cls}") with the subject's photos; lower is less drift.
 
 Images are uint8 ``(B, 3, H, W)``. Features are computed in batches on the extractors' device and
 kept as float64 on the CPU, where the metrics are taken. Nothing here holds global state.
@@ -209,6 +211,7 @@ class RealMetrics:
     clip_t: Stat
     diversity: Stat | None
     drift_similarity: Stat | None
+    pres: Stat | None
     n_generated: int
     n_reference: int
     n_prompts: int
@@ -227,6 +230,7 @@ class RealMetrics:
             "diversity": None if self.diversity is None else self.diversity.to_dict(),
             "drift": None if self.drift_similarity is None else {
                 "similarity": self.drift_similarity.to_dict(), "drift": self.drift},
+            "pres": None if self.pres is None else self.pres.to_dict(),
             "counts": {"generated": self.n_generated, "reference": self.n_reference, "prompts": self.n_prompts},
             "extractors": dict(self.extractors),
         }
@@ -255,15 +259,16 @@ def real_metrics(models: RealMetricModels, *, generated_B3HW: Tensor, prompts: S
 
     n_prompts = len(set(prompts))
     div = diversity(dino_gen_BD, list(prompts)) if n_prompts < len(prompts) else None
-    drift = None
+    drift = pres = None
     if tuned_class_S3HW is not None and base_class_S3HW is not None:
-        drift = drift_similarity(extract_batched(models.dino, tuned_class_S3HW, batch_size),
-                                 extract_batched(models.dino, base_class_S3HW, batch_size))
+        tuned_class_SD = extract_batched(models.dino, tuned_class_S3HW, batch_size)
+        drift = drift_similarity(tuned_class_SD, extract_batched(models.dino, base_class_S3HW, batch_size))
+        pres = subject_fidelity(tuned_class_SD, dino_ref_ND)
     return RealMetrics(
         dino=subject_fidelity(dino_gen_BD, dino_ref_ND),
         clip_i=subject_fidelity(clip_gen_BD, clip_ref_ND),
         clip_t=text_alignment(clip_gen_BD, txt_BD),
-        diversity=div, drift_similarity=drift,
+        diversity=div, drift_similarity=drift, pres=pres,
         n_generated=generated_B3HW.shape[0], n_reference=reference_N3HW.shape[0], n_prompts=n_prompts,
         extractors={"dino": models.dino.name, "clip_image": models.clip_image.name,
                     "clip_text": models.clip_text.name})

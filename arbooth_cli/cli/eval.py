@@ -75,7 +75,7 @@ def _s(p: Path | None) -> str | None:
 
 LABELS = {"subject_fidelity": "subject fidelity", "text_fidelity": "text fidelity", "base_fidelity": "base fidelity",
           "drift": "drift", "diversity": "diversity", "distinct": "distinct", "dino": "DINO", "clip_i": "CLIP-I",
-          "clip_t": "CLIP-T"}
+          "clip_t": "CLIP-T", "pres": "PRES"}
 
 
 def metrics_table(report: Any) -> Any:

@@ -387,6 +387,9 @@ class _Evaluation:
             "drift": (Metric(m.drift, m.drift_similarity.n, None, m.drift_similarity.std, "images",
                              f"1 - DINO cosine of tuned and base images of {plan.class_prompts[0]!r}, seed by seed")
                       if m.drift_similarity is not None else Metric(None, 0)),
+            "pres": (mean(m.pres, "images", f"DINO cosine of the tuned model's {plan.class_prompts[0]!r} images "
+                                            "with each photo (ARBooth's PRES; low: kept class)")
+                     if m.pres is not None else Metric(None, 0)),
         }
         return metrics, rows, m.to_dict()
 

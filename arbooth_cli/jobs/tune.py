@@ -48,7 +48,7 @@ from ..subjects.embedding import splice_subject, word_token_span
 from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
-from ..tuning.data import load_subject_images, to_tensor
+from ..tuning.data import load_subject_images, to_tensor, with_augmented_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
@@ -297,7 +297,9 @@ class _Run:
         # encoder leave the device.
         tokenizer = comps.text_encoder.tokenizer
         self._check_token(tokenizer)
-        captions = [im.caption for im in self.images]
+        train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
+                                      seed=c.seed) if c.augment else self.images
+        captions = [im.caption for im in train]
         if c.flip:
             captions = captions + captions
         self.class_prompts = prior_class_prompts(c, captions)
@@ -309,7 +311,7 @@ class _Run:
         self.class_texts = [feats[(p, None)] for p in self.class_prompts]
         self.val_prompts = [(p, feats[(p, None)], word_token_span(tokenizer, p, c.token)) for p in vprompts]
         with torch.no_grad():
-            x = to_tensor(self.images, flip=c.flip)
+            x = to_tensor(train, flip=c.flip)
             self.raw = [self.vae.encode_features(x[i:i + 1].to(self.device)) for i in range(x.shape[0])]
         self.vae.encoder.to("meta")  # the photos are encoded: free its memory
         if self.device.type == "cuda":

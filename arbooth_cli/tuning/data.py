@@ -105,3 +105,34 @@ def to_tensor(images: list[SubjectImage], *, flip: bool = False):
 
     x = torch.from_numpy(np.stack([im.pixels_HW3 for im in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
     return torch.cat([x, x.flip(-1)]) if flip else x
+
+
+def augmented_copy(pixels_HW3: np.ndarray, rng: np.random.Generator, *, shift: float, scale: float) -> np.ndarray:
+    """A copy of a photo moved by up to ``shift`` of its side in each direction and rescaled by a
+    factor in [1 - scale, 1 + scale]; where it uncovers the frame, the photo's edge pixels are
+    extended. Size and dtype are kept."""
+    from PIL import Image
+
+    H, W = pixels_HW3.shape[:2]
+    zoom = float(rng.uniform(1 - scale, 1 + scale))
+    dx, dy = (float(v) for v in rng.uniform(-shift, shift, size=2))
+    pad = int(np.ceil(max(H, W) * (shift + max(1 / max(zoom, 1e-3) - 1, 0) / 2))) + 2
+    big = Image.fromarray(np.pad(pixels_HW3, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    # the window of the padded photo that becomes the copy: 1/zoom of the frame, centre moved
+    cx, cy = pad + W / 2 - dx * W, pad + H / 2 - dy * H
+    w, h = W / zoom, H / zoom
+    out = big.transform((W, H), Image.Transform.EXTENT, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2),
+                        Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def with_augmented_copies(images: list[SubjectImage], copies: int, *, shift: float, scale: float,
+                          seed: int) -> list[SubjectImage]:
+    """``images`` followed by ``copies`` augmented copies of each (same caption); deterministic in
+    ``seed``."""
+    out = list(images)
+    for i, im in enumerate(images):
+        for k in range(copies):
+            rng = np.random.default_rng([seed, i, k, 7])
+            out.append(SubjectImage(im.path, im.caption, augmented_copy(im.pixels_HW3, rng, shift=shift, scale=scale)))
+    return out

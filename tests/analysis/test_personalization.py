@@ -189,6 +189,12 @@ def test_real_metrics_put_the_parts_together(models):
     d_b = 1.0 - torch.nn.functional.cosine_similarity(dino_BD[2:3], dino_BD[3:4]).item()
     assert m.diversity.n == 2 and m.diversity.mean == pytest.approx((d_a + d_b) / 2, abs=1e-6) and d_b > 0
     assert m.drift == pytest.approx(0.0, abs=1e-6)  # tuned == base: no drift
+    # PRES: the tuned model's class images against the photos, in DINO features
+    pres = subject_fidelity(extract_batched(models.dino, tuned), extract_batched(models.dino, photos))
+    assert m.pres.mean == pytest.approx(pres.mean, abs=1e-9) and m.pres.n == 3
+    pres_of_photos = real_metrics(models, generated_B3HW=gen[:2], prompts=prompts[:2], reference_N3HW=photos,
+                                  token="sks", cls="dog", tuned_class_S3HW=photos, base_class_S3HW=photos)
+    assert pres_of_photos.pres.mean > m.pres.mean  # class images that are the photos: full drift
     assert (m.n_generated, m.n_reference, m.n_prompts) == (4, 2, 2)
 
     drifted = real_metrics(models, generated_B3HW=gen[:2], prompts=["a sks dog", "a photo of sks"],

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,3 +61,28 @@ def test_no_usable_photos_is_an_error(tmp_path):
         load_subject_images(empty, token="sks", cls="dog", height=8, width=8)
     with pytest.raises(InvalidInputError, match="not a folder"):
         load_subject_images(tmp_path / "nope", token="sks", cls="dog", height=8, width=8)
+
+
+def test_an_augmented_copy_moves_and_rescales_and_extends_the_edges():
+    from arbooth_cli.tuning.data import SubjectImage, augmented_copy, with_augmented_copies
+
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:] = (0, 0, 200)
+    img[15:25, 15:25] = (250, 250, 250)  # a white square in the middle of a blue photo
+    same = augmented_copy(img, np.random.default_rng(0), shift=0.0, scale=0.0)
+    assert (same == img).all()
+    for seed in range(20):
+        out = augmented_copy(img, np.random.default_rng(seed), shift=0.1, scale=0.2)
+        assert out.shape == img.shape and out.dtype == np.uint8
+        white = (out.min(-1) > 200)
+        rows, cols = np.nonzero(white)
+        side = max(np.ptp(rows), np.ptp(cols)) + 1
+        assert 7 <= side <= 13  # 10 px rescaled by 0.8 .. 1.2 (+1 for edge rounding)
+        assert abs(rows.mean() - 19.5) <= 4.5 + 1 and abs(cols.mean() - 19.5) <= 4.5 + 1  # moved <= 0.1 x 40
+        assert (out[0, 0] == (0, 0, 200)).all() and (out[-1, -1] == (0, 0, 200)).all()  # edges extended: blue
+    ims = [SubjectImage(Path("a.png"), "a {token}", img), SubjectImage(Path("b.png"), "b {token}", img)]
+    aug = with_augmented_copies(ims, 3, shift=0.1, scale=0.2, seed=5)
+    assert len(aug) == 8 and aug[:2] == ims and [a.caption for a in aug[2:]] == ["a {token}"] * 3 + ["b {token}"] * 3
+    again = with_augmented_copies(ims, 3, shift=0.1, scale=0.2, seed=5)
+    assert all((a.pixels_HW3 == b.pixels_HW3).all() for a, b in zip(aug, again))
+    assert not all((a.pixels_HW3 == aug[2].pixels_HW3).all() for a in aug[3:5])

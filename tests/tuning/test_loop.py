@@ -508,3 +508,20 @@ def test_the_learning_rate_defaults_to_the_models_and_is_recorded(photos):
         assert json.loads(meta["config"])["lr"] == expected
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
+
+
+def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
+    """--augment N: N moved and rescaled copies of each photo join the training set (the step's
+    photos come from the larger set), the subject's config records it, and bad amounts are
+    config errors."""
+    events: list[tuple[str, dict]] = []
+    res = tune(config(photos, steps=2, augment=2, prior=False, name="aug"), on_event=lambda k, d: events.append((k, d)))
+    meta, _ = read_subject_header(Path(res.subject))
+    cfg = json.loads(meta["config"])
+    assert (cfg["augment"], cfg["augment_shift"], cfg["augment_scale"]) == (2, 0.05, 0.1)
+    assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]  # the photos, not the copies
+    plain = tune(config(photos, steps=2, prior=False, name="plain"))
+    assert res.losses != plain.losses  # other images in the steps
+    for bad in ({"augment": -1}, {"augment": 65}, {"augment_shift": 0.3}, {"augment_scale": -0.1}):
+        with pytest.raises(ConfigError, match="--augment"):
+            config(photos, **bad).validate()

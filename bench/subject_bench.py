@@ -1,0 +1,200 @@
+"""The subject benchmark: how well `arbooth tune` learns subjects it has never seen, on the toy model.
+
+    python bench/subject_bench.py --quick --jobs 2 --out quick.jsonl          # 8 dev subjects, 1 seed
+    python bench/subject_bench.py --set dev --seeds 0 1 2 --jobs 2 --out dev.jsonl
+    python bench/subject_bench.py --set dev --variant aug='{"augment": "shift"}' --out ablation.jsonl
+    python bench/subject_bench.py --set held-out --seeds 0 1 2 --out held-out.jsonl   # once, when final
+    python bench/subject_bench.py --table-only --out dev.jsonl
+
+Subjects: ``toyworld.procedural.bench_subjects()``: 24 procedural subjects (two-colour splits
+along rows, columns and diagonals, three bands, rings of two and three, checkers, three-colour
+quadrants; every class), alternately in a development and a held-out set. Each has five photos
+(one small view, one striped background) written as a user's photos folder.
+
+Each (subject, variant, seed) runs `arbooth tune` on the folder (the model's defaults, the
+variant's changes, that seed), then `arbooth eval` with 8 held-out prompts (sizes said: four
+small, four large, at positions and on backgrounds its photos do not show, two striped) x 4
+seeds. Measured: fidelity (overall, small, large), text fidelity, drift, base rate (the untuned
+model), tune seconds; and how often eval's photo-read subject agrees with the exact detector of
+the subject's known pattern. Finished runs are appended to ``--out`` as JSON lines (a stopped
+run keeps them; a rerun skips them); then a per-subject table (means over seeds) and the
+aggregates with the targets are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import nullcontext
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from arbooth_cli.toyworld.procedural import bench_subjects  # noqa: E402
+
+TOKEN = "sks"
+EVAL_SEEDS = 4
+QUICK = 8  # --quick: the first 8 development subjects, seed 0
+#: (position, size, background slot): slot k is the k-th spare colour, a pair is stripes
+PROMPT_LAYOUT = (("left", "small", 0), ("right", "small", 1), ("bottom", "small", (0, 2)), ("center", "small", 2),
+                 ("top", "large", 0), ("center", "large", (1, 3)), ("left", "large", 3), ("bottom", "large", 1))
+TARGETS = {"dev_min": 0.85, "held_out_mean": 0.90, "held_out_min": 0.75, "small": 0.80, "text": 0.95,
+           "drift": 0.05, "base": 0.02, "tune_minutes_cpu": 3.0}
+
+
+def prompts_for(subject) -> list[tuple[str, str]]:
+    """(prompt, size) of the subject's 8 held-out prompts: backgrounds its photos do not show first."""
+    from arbooth_cli.toyworld.scene import _ONE, _POS_PHRASES, Background, Shape, _articles, shape_phrase
+
+    shown = {c for bg in subject.photo_backgrounds for c in ((bg,) if isinstance(bg, str) else bg)}
+    safe = subject.safe_backgrounds()
+    spare = [c for c in safe if c not in shown] + [c for c in safe if c in shown]
+    out = []
+    for i, (position, size, slot) in enumerate(PROMPT_LAYOUT):
+        bg = (spare[slot % len(spare)],) if isinstance(slot, int) else tuple(spare[k % len(spare)] for k in slot)
+        s = shape_phrase(Shape(subject.cls, "", position, size), with_size=True, name=f"{TOKEN} {subject.cls}")
+        pos = _POS_PHRASES[position][i % len(_POS_PHRASES[position])]
+        out.append((_articles(_ONE[i % len(_ONE)].format(s=s, pos=pos, bg=Background(bg).phrase())), size))
+    return out
+
+
+def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work: str, device: str,
+            threads: int | None) -> dict:
+    import torch
+
+    from arbooth_cli.config import EvalConfig, TuneConfig
+    from arbooth_cli.jobs.evaluate import evaluate
+    from arbooth_cli.jobs.tune import tune
+    from arbooth_cli.toyworld.procedural import write_photos
+
+    if threads:
+        torch.set_num_threads(threads)
+    photos = Path(work) / "photos" / subject.name
+    if not photos.exists():
+        tmp = photos.with_name(photos.name + f".tmp{os.getpid()}")
+        write_photos(subject, tmp)
+        try:
+            tmp.rename(photos)
+        except OSError:  # another process wrote it first
+            pass
+    name = f"{subject.name}-{variant}-s{seed}"
+    cfg = TuneConfig(photos=str(photos), token=TOKEN, cls=subject.cls, model="toy", name=name, seed=seed,
+                     overwrite=True, validate_every=0, checkpoint_every=0, device=device, dtype="fp32",
+                     compile="off", **fields)
+    t0 = time.perf_counter()
+    tune(cfg)
+    tune_s = time.perf_counter() - t0
+    prompts = prompts_for(subject)
+    pfile = Path(work) / f"{name}.prompts.txt"
+    pfile.write_text("\n".join(p for p, _ in prompts) + "\n", encoding="utf-8")
+    rep = evaluate(EvalConfig(subject=name, prompts_file=str(pfile), seeds=EVAL_SEEDS, device=device, dtype="fp32"))
+    hits = {"small": [0, 0], "large": [0, 0]}
+    for row, (_, size) in zip(rep.prompts, prompts):
+        hits[size][0] += row.subject_hits
+        hits[size][1] += row.images
+    imgs = rep.pixels["subject"].reshape(-1, *rep.pixels["subject"].shape[2:])
+    exact = [bool(subject.find(im).found) for im in imgs]
+    reader = [i.found for i in rep.images if i.set == "subject"]
+    m = rep.metrics
+    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": variant, "fields": fields,
+            "seed": seed, "tune_seconds": round(tune_s, 1), "fidelity": m["subject_fidelity"].value,
+            "fidelity_small": hits["small"][0] / hits["small"][1], "fidelity_large": hits["large"][0] / hits["large"][1],
+            "text_fidelity": m["text_fidelity"].value, "drift": m["drift"].value, "base": m["base_fidelity"].value,
+            "exact_fidelity": sum(exact) / len(exact), "reader_agrees": sum(a == b for a, b in zip(exact, reader)) / len(exact),
+            "images": len(exact), "device": rep.device, "threads": torch.get_num_threads()}
+
+
+METRICS = ("fidelity", "fidelity_small", "fidelity_large", "text_fidelity", "drift", "base", "exact_fidelity",
+           "reader_agrees", "tune_seconds")
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for variant in sorted({r["variant"] for r in rows}, key=lambda v: (v != "default", v)):
+        for set_name in ("dev", "held-out"):
+            sel = [r for r in rows if r["variant"] == variant and r["set"] == set_name]
+            if not sel:
+                continue
+            out += [f"\n### {set_name}, variant {variant}\n",
+                    "| subject | seeds | fidelity | small | large | text | drift | base | exact | agree | tune s |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            subjects = sorted({r["subject"] for r in sel})
+            for s in subjects:
+                rs = [r for r in sel if r["subject"] == s]
+                out.append(f"| {s} | {len(rs)} | " + " | ".join(
+                    f"{_mean(rs, k):.0f}" if k == "tune_seconds" else f"{_mean(rs, k):.2f}" for k in METRICS) + " |")
+            per_subject = [_mean([r for r in sel if r["subject"] == s], "fidelity") for s in subjects]
+            out.append(f"| **mean of {len(subjects)}** | | " + " | ".join(
+                f"{_mean(sel, k):.0f}" if k == "tune_seconds" else f"{_mean(sel, k):.3f}" for k in METRICS) + " |")
+            out.append(f"\nlowest subject fidelity {min(per_subject):.2f}; subjects at or above 0.85: "
+                       f"{sum(f >= 0.85 for f in per_subject)} of {len(per_subject)}; targets: {TARGETS}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("subject-bench.jsonl"))
+    ap.add_argument("--set", choices=("dev", "held-out"), default="dev")
+    ap.add_argument("--quick", action="store_true", help=f"the first {QUICK} development subjects, seed 0")
+    ap.add_argument("--subjects", nargs="+", default=None, help="only these subjects (names from the table)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help="TuneConfig fields as JSON, e.g. 'steps300={\"steps\": 300}' (default: the defaults)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    variants: dict[str, dict] = {}
+    for item in args.variant or ["default={}"]:
+        name, _, js = item.partition("=")
+        try:
+            fields = json.loads(js)
+        except json.JSONDecodeError as exc:
+            ap.error(f"--variant {item!r}: not NAME=JSON ({exc})")
+        if not isinstance(fields, dict):
+            ap.error(f"--variant {item!r}: the JSON must be an object of TuneConfig fields")
+        variants[name] = fields
+    done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
+    if not args.table_only:
+        t0 = time.perf_counter()
+        subjects = bench_subjects()[args.set]
+        seeds = args.seeds
+        if args.quick:
+            subjects, seeds = bench_subjects()["dev"][:QUICK], [0]
+        if args.subjects:
+            subjects = [s for s in subjects if s.name in args.subjects]
+        work = os.environ.get("ARBOOTH_BENCH_WORK") or tempfile.mkdtemp(prefix="arbooth-subject-bench-")
+        os.environ.setdefault("ARBOOTH_HOME", str(Path(work) / "home"))
+        have = {(r["subject"], r["variant"], r["seed"]) for r in done}
+        set_name = "dev" if args.quick else args.set
+        todo = [(set_name, s, v, f, seed, work, args.device, args.threads) for seed in seeds for s in subjects
+                for v, f in variants.items() if (s.name, v, seed) not in have]
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
+            rows = (f.result() for f in as_completed([pool.submit(run_one, *job) for job in todo])) if pool \
+                else (run_one(*job) for job in todo)
+            for row in rows:
+                print(json.dumps(row), flush=True)
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done.append(row)
+        print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s ({args.jobs} at once, {args.threads} thread(s) each)")
+    print(table(done))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
