@@ -42,6 +42,7 @@ class PromptJob:
     size: str | None = None
     aspect: str | None = None
     skip_scales: int | None = None
+    cfg_until_scale: int | None = None
     line: int | None = None  # line in a prompts file, for messages
 
 
@@ -193,6 +194,9 @@ class GenConfig(_Checked):
     strict: bool = False
     #: --skip-scales N: the last N scales are not sampled (faster; 0: exact sampling)
     skip_scales: int = 0
+    #: --cfg-until-scale K: guidance on the first K scales only; the later ones skip the
+    #: unconditional branch (faster; None: every scale, exact sampling)
+    cfg_until_scale: int | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -224,6 +228,8 @@ class GenConfig(_Checked):
             out.append("--batch-size must be >= 1")
         if self.skip_scales < 0 or any(j.skip_scales is not None and j.skip_scales < 0 for j in self.prompts):
             out.append("--skip-scales must be >= 0")
+        if any(v is not None and v < 1 for v in [self.cfg_until_scale, *(j.cfg_until_scale for j in self.prompts)]):
+            out.append("--cfg-until-scale must be >= 1 (the first scale is always guided)")
         if self.overwrite and self.skip_existing:
             out.append("--overwrite and --skip-existing exclude each other")
         if self.subject is not None and self.delta is not None:
@@ -298,7 +304,7 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
         if not isinstance(prompt, str):
             raise InvalidInputError(f"prompts file {p} line {n}: \"prompt\" must be a string")
         kw: dict[str, Any] = {"prompt": prompt, "line": n}
-        for key in ("seed", "top_k", "skip_scales"):
+        for key in ("seed", "top_k", "skip_scales", "cfg_until_scale"):
             if key in obj:
                 if not isinstance(obj[key], int) or isinstance(obj[key], bool):
                     raise InvalidInputError(f"prompts file {p} line {n}: {key} must be an integer")

@@ -1,6 +1,14 @@
 """Benchmark: `arbooth gen` sampling speed and peak GPU memory with random weights of the real size.
 
     python bench/gen_speed.py --models infinity-2b,infinity-8b --batches 1,8 --out gen_speed.json
+    python bench/gen_speed.py --variants exact,cfg-until:9,skip:1,skip:2,cfg-until:9+skip:1 --engines graphs+compile
+
+``--variants`` times the training-free speed-ups of `arbooth gen` against exact sampling (each
+``name:value`` joined by ``+``: ``cfg-until:K`` is ``--cfg-until-scale K``, ``skip:N`` is
+``--skip-scales N``) and, at the first batch size, how far each strays from exact sampling with
+the same seeds: per scale, the share of bits drawn identically, and the mean absolute difference
+of the decoded images (0-255). With random weights these say how the code behaves, not how a
+trained model's images look.
 
 Times ``sample_images`` end to end from text features to decoded uint8 images (KV-cached
 next-scale sampling with CFG in one batched pass, top-p 0.97, the VAE decode included), at 1024x1024
@@ -72,16 +80,44 @@ def make_engine(kind: str, attention: str) -> SamplingEngine | None:
     return SamplingEngine(cuda_graphs="graphs" in kind, compile="compile" in kind, attention=attention)
 
 
+def parse_variant(text: str) -> dict:
+    """``cfg-until:9+skip:1`` -> SamplingParams fields; ``exact`` -> {}."""
+    if text == "exact":
+        return {}
+    out = {}
+    for part in text.split("+"):
+        key, _, value = part.partition(":")
+        field = {"cfg-until": "cfg_until_scale", "skip": "skip_scales"}.get(key)
+        if field is None or not value.isdigit():
+            raise ValueError(f"variant part {part!r}: use cfg-until:K or skip:N")
+        out[field] = int(value)
+    return out
+
+
+def agreement(tr, vae, text, scales, exact: SamplingParams, fast: SamplingParams, dev, engine) -> dict:
+    """Per scale, the share of bits the fast settings draw as exact sampling does (same seeds), and
+    the mean absolute difference of the decoded images."""
+    from arbooth_cli.sampling.sample import decode_images, sample_token_maps
+
+    B = text.batch
+    maps = [sample_token_maps(tr, vae, text, scales, p, [torch.Generator(device=dev).manual_seed(i) for i in range(B)],
+                              engine=engine) for p in (exact, fast)]
+    same = [round(float((a == b).float().mean()), 4) for a, b in zip(maps[0].bits_per_scale, maps[1].bits_per_scale)]
+    imgs = [decode_images(vae, m.summed_Bd1HW, engine=engine).float() for m in maps]
+    return {"bits_identical_per_scale": same, "image_mean_abs_diff": round(float((imgs[0] - imgs[1]).abs().mean()), 3)}
+
+
 def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: torch.device,
-                engines: list[str], attention: str = "auto") -> dict:
+                engines: list[str], attention: str = "auto", variants: tuple[str, ...] = ("exact",)) -> dict:
     spec = get_spec(name)
     tr = build_transformer(spec.transformer, device=dev, dtype=torch.bfloat16,
                            weights=RandomWeights(transformer_tensor_shapes(spec.transformer), dev))
     vae = build_vae(spec.vae, device=dev, dtype=torch.bfloat16, weights=RandomWeights(vae_tensor_shapes(spec.vae), dev))
     scales = get_schedule("1M", 1.0).scales
-    params = SamplingParams(cfg=cfg, tau=spec.sampling.tau, top_p=0.97)
+    exact = SamplingParams(cfg=cfg, tau=spec.sampling.tau, top_p=0.97)
     out = {"params_B": round(sum(p.numel() for p in tr.parameters()) / 1e9, 3), "engines": {}}
-    for engine, B in [(e, b) for e in engines for b in batches]:
+    for engine, variant, B in [(e, v, b) for e in engines for v in variants for b in batches]:
+        params = SamplingParams(cfg=cfg, tau=spec.sampling.tau, top_p=0.97, **parse_variant(variant))
         g = torch.Generator(device=dev).manual_seed(0)
         lens = torch.full((B,), 24, dtype=torch.long, device=dev)
         feats = torch.randn(B, 24, spec.transformer.text_channels, generator=g, device=dev)
@@ -105,7 +141,7 @@ def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: to
             sync()
             times.append(time.perf_counter() - t0)
         med = statistics.median(times)
-        res = out["engines"].setdefault(engine, {})
+        res = out["engines"].setdefault(engine, {}).setdefault(variant, {})
         res[B] = {
             "times_s": [round(t, 4) for t in times], "median_s": round(med, 4),
             "s_per_image": round(med / B, 4), "images_per_s": round(B / med, 2), "first_call_s": round(first, 3),
@@ -113,11 +149,13 @@ def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: to
             "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2) if dev.type == "cuda" else None,
             "image": list(img.shape),
         }
+        if variant != "exact" and B == batches[0]:
+            res[B]["vs_exact"] = agreement(tr, vae, text, scales, exact, params, dev, eng)
         del eng
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        print(name, engine, B, res[B], flush=True)
+        print(name, engine, variant, B, res[B], flush=True)
     del tr, vae
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -159,8 +197,14 @@ def main() -> None:
     ap.add_argument("--engines", default="plain,graphs+compile",
                     help="comma-separated, each plain, graphs, compile or graphs+compile")
     ap.add_argument("--attention", default="auto", choices=["auto", "cudnn", "flash"])
+    ap.add_argument("--variants", default="exact", help="comma-separated: exact, or cfg-until:K / skip:N joined by +")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    for v in args.variants.split(","):
+        try:
+            parse_variant(v)
+        except ValueError as exc:
+            ap.error(str(exc))
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
     engines = args.engines.split(",")
@@ -170,7 +214,8 @@ def main() -> None:
     res = {"device": name, "torch": torch.__version__, "attention": args.attention, "models": {}}
     for name in args.models.split(","):
         batches = [int(b) for b in args.batches.split(",")]
-        res["models"][name] = bench_model(name, batches, args.repeats, args.cfg, dev, engines, args.attention)
+        res["models"][name] = bench_model(name, batches, args.repeats, args.cfg, dev, engines, args.attention,
+                                          tuple(args.variants.split(",")))
     if args.t5:
         res["t5_xl_encoder_fp16"] = bench_t5(dev, args.repeats)
         print("t5", res["t5_xl_encoder_fp16"], flush=True)

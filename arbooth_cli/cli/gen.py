@@ -35,7 +35,7 @@ def gen_cmd(
     aspect: Annotated[str, typer.Option(help="Aspect as W:H (16:9) or h/w (0.5625), matched to the model's templates.")] = "1:1",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together.")] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("arbooth-out"),
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file of prompts: one a line, or JSON lines with per-line seed, n, cfg, tau, top_k, top_p, size, aspect, skip_scales.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file of prompts: one a line, or JSON lines with per-line seed, n, cfg, tau, top_k, top_p, size, aspect, skip_scales, cfg_until_scale.")] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Also write grid.png, a contact sheet of all images.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files of the same name.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep files already there and make only the missing ones (resume).")] = False,
@@ -44,6 +44,7 @@ def gen_cmd(
     rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
     skip_scales: Annotated[int, typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact).")] = 0,
+    cfg_until_scale: Annotated[Optional[int], typer.Option("--cfg-until-scale", help="Guidance on the first K scales only; the later ones skip the unconditional pass (faster; default: every scale).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
 ) -> None:
@@ -74,7 +75,7 @@ def gen_cmd(
         grid=grid, overwrite=overwrite, skip_existing=skip_existing, device=device, dtype=dtype,
         stream=rng_stream,  # type: ignore[arg-type]
         compile=compile_,  # type: ignore[arg-type]
-        strict=strict, skip_scales=skip_scales,
+        strict=strict, skip_scales=skip_scales, cfg_until_scale=cfg_until_scale,
     ).validate()
     # Each image's line goes out (flushed) as soon as its file is written, so a killed or still
     # running job has a record of every file it wrote. While the progress bar is drawn on a terminal,

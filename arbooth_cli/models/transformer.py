@@ -49,7 +49,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -587,6 +587,18 @@ class KVCache:
         """Back to scale 0 (the buffers are overwritten as the scales run again)."""
         self.next_scale = self.offset = self.kv_len = 0
 
+    def rows(self, n: int) -> KVCache:
+        """The first ``n`` batch rows of this pass: a cache of views (no copy) that goes on from the
+        same scale. Guided sampling keeps the conditional rows first, so ``rows(B)`` drops the
+        unconditional branch for the scales left (rows are independent: the kept ones' keys,
+        values and outputs do not change)."""
+        c = self.cond
+        cond = Conditioning(c.cond_BD[:n], c.ada_B16C[:n], c.text_BTD[:n], c.text_mask_BT[:n])
+        return replace(self, cond=cond, self_kv=[(k[:n], v[:n]) for k, v in self.self_kv],
+                       text_kv=[(k[:n], v[:n]) for k, v in self.text_kv],
+                       block_ada=[BlockAda(*(t[:n] for t in a)) for a in self.block_ada],
+                       head_ada=None if self.head_ada is None else (self.head_ada[0][:n], self.head_ada[1][:n]))
+
 
 # ---------------------------------------------------------------------------------------------
 # the model
@@ -883,6 +895,7 @@ class ScaleGraphs:
         *,
         frame_hw: tuple[int, int] | None = None,
         ops: BlockOps = EAGER_OPS,
+        shed: tuple[int, int] | None = None,
     ) -> None:
         dev = model.device
         if dev.type != "cuda":
@@ -899,9 +912,15 @@ class ScaleGraphs:
             self.cache = model.new_cache(static, scales, frame_hw=frame_hw, ops=ops)
             sizes = [math.prod(s) for s in self.cache.scales]
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            self._x_Bld = [None] + [torch.zeros(batch, l, model.cfg.bits, device=dev) for l in sizes[1:]]
+            # scales from shed[0] on run on the first shed[1] rows only (views of the same buffers)
+            self.shed = shed
+            self._rows = [batch if shed is None or si < shed[0] else shed[1] for si in range(len(sizes))]
+            part = self.cache if shed is None else self.cache.rows(shed[1])
+            self._x_Bld = [None] + [torch.zeros(self._rows[si], l, model.cfg.bits, device=dev)
+                                    for si, l in enumerate(sizes) if si > 0]
             steps = [
-                (lambda si=si: model._run_scale(self.cache, si, self._x_Bld[si], starts[si], starts[si]))
+                (lambda si=si: model._run_scale(self.cache if self._rows[si] == batch else part, si, self._x_Bld[si],
+                                                starts[si], starts[si]))
                 for si in range(len(sizes))
             ]
             side = torch.cuda.Stream(dev)
@@ -926,12 +945,13 @@ class ScaleGraphs:
         self.ops = ops
 
     def matches(
-        self, model: InfinityTransformer, batch: int, text_len: int, scales: Sequence[Scale], ops: BlockOps
+        self, model: InfinityTransformer, batch: int, text_len: int, scales: Sequence[Scale], ops: BlockOps,
+        shed: tuple[int, int] | None = None,
     ) -> bool:
         """Whether these graphs run this model, shape and ``ops`` (the RoPE frame follows the schedule)."""
         same_scales = self.cache.scales == tuple(tuple(int(v) for v in s) for s in scales)
         same_text = tuple(self.cache.cond.text_BTD.shape[:2]) == (batch, text_len)
-        return model is self.model and ops is self.ops and same_scales and same_text
+        return model is self.model and ops is self.ops and same_scales and same_text and self.shed == shed
 
     def start(self, cond: Conditioning) -> KVCache:
         """Load the conditioning of a new pass (same batch and text width) and rewind to scale 0."""
@@ -952,7 +972,11 @@ class ScaleGraphs:
         if cache.done:
             raise InvalidInputError("every scale has run; call start() for the next pass")
         si = cache.next_scale
-        self.model._check_scale_input(cache, si, x_Bld)
+        if si > 0 and (x_Bld is None or x_Bld.shape != self._x_Bld[si].shape):
+            got = None if x_Bld is None else tuple(x_Bld.shape)
+            raise InvalidInputError(f"scale {si} needs an input of shape {tuple(self._x_Bld[si].shape)}, got {got}")
+        if si == 0 and x_Bld is not None:
+            raise InvalidInputError("scale 0 takes no input (it starts from the text)")
         if x_Bld is not None:
             self._x_Bld[si].copy_(x_Bld)
         self._graphs[si].replay()

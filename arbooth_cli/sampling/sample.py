@@ -25,6 +25,7 @@ from ..models.transformer import (
     EAGER_OPS,
     BlockOps,
     InfinityTransformer,
+    KVCache,
     Scale,
     ScaleGraphs,
     attention_op,
@@ -46,6 +47,9 @@ class SamplingParams:
     #: the last N scales are not sampled: the image is decoded from the codes of the others, which
     #: the accumulator already holds at the final size (FastVAR's scale skipping; 0: exact)
     skip_scales: int = 0
+    #: guidance on the scales before this one only; later scales sample the conditional branch
+    #: alone and do not compute the unconditional one (Switti's guidance cut-off; None: every scale)
+    cfg_until_scale: int | None = None
 
     def per_scale(self, n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         def expand(v: float | tuple[float, ...], what: str) -> tuple[float, ...]:
@@ -58,7 +62,13 @@ class SamplingParams:
         if not 0 <= self.skip_scales < n:
             raise InvalidInputError(f"--skip-scales {self.skip_scales}: the schedule has {n} scales, so it must be "
                                     f"in 0..{n - 1}")
-        return expand(self.cfg, "cfg"), expand(self.tau, "tau")
+        if self.cfg_until_scale is not None and not 1 <= self.cfg_until_scale < n:
+            raise InvalidInputError(f"--cfg-until-scale {self.cfg_until_scale}: the schedule has {n} scales, so it "
+                                    f"must be in 1..{n - 1}")
+        cfgs = expand(self.cfg, "cfg")
+        if self.cfg_until_scale is not None:
+            cfgs = cfgs[: self.cfg_until_scale] + (1.0,) * (n - self.cfg_until_scale)
+        return cfgs, expand(self.tau, "tau")
 
     def problems(self) -> list[str]:
         out = []
@@ -124,24 +134,39 @@ class SamplingEngine:
         return vae.decode(feats, decoder=self._decoder[1])
 
     def scale_runner(
-        self, transformer: InfinityTransformer, text: TextCond, scales: tuple[Scale, ...]
+        self, transformer: InfinityTransformer, text: TextCond, scales: tuple[Scale, ...],
+        shed: tuple[int, int] | None = None,
     ) -> Callable[[Tensor | None], Tensor]:
-        """``forward_scale`` of a new pass over ``scales`` for ``text`` (on the model's device)."""
+        """``forward_scale`` of a new pass over ``scales`` for ``text`` (on the model's device);
+        ``shed = (k, n)``: scales from k on run the first n rows only (the unconditional rows of a guided pass)."""
         dev = transformer.device
         ops = self.ops(dev)
         if not (self.cuda_graphs and dev.type == "cuda"):
-            return partial(transformer.forward_scale, transformer.new_cache(text, scales, ops=ops))
+            return _EagerRunner(transformer, transformer.new_cache(text, scales, ops=ops), shed)
         T = text.feats_BTC.shape[1]
         if self.text_bucket > 0 and T % self.text_bucket:
             T += self.text_bucket - T % self.text_bucket
             text = TextCond(F.pad(text.feats_BTC, (0, 0, 0, T - text.feats_BTC.shape[1])), text.lens_B)
         cond = transformer.condition(text)
         g = self._graphs
-        if g is None or not g.matches(transformer, cond.batch, T, scales, ops):
+        if g is None or not g.matches(transformer, cond.batch, T, scales, ops, shed):
             self._graphs = None  # free the old capture before making the new one
-            g = self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops)
+            g = self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops, shed=shed)
         g.start(cond)
         return g.forward_scale
+
+
+class _EagerRunner:
+    """``forward_scale`` of one pass; with ``shed = (k, n)``, scales from k on run the first n
+    batch rows of the cache only (the conditional branch of a guided pass)."""
+
+    def __init__(self, transformer: InfinityTransformer, cache: KVCache, shed: tuple[int, int] | None) -> None:
+        self.transformer, self.cache, self.shed = transformer, cache, shed
+
+    def __call__(self, x_Bld: Tensor | None) -> Tensor:
+        if self.shed is not None and self.cache.next_scale == self.shed[0]:
+            self.cache = self.cache.rows(self.shed[1])
+        return self.transformer.forward_scale(self.cache, x_Bld)
 
 
 @dataclass
@@ -193,24 +218,30 @@ def sample_token_maps(
     d = transformer.cfg.bits
 
     both = (TextCond.cat([text, transformer.null_text(text)]) if guided else text).to(dev)
+    drawn = len(scales) - params.skip_scales
+    # from the first scale after which guidance is 1 (cfg * cond + (1 - cfg) * uncond = cond), the
+    # unconditional rows are not computed at all
+    unguided_from = next((i for i in range(drawn) if all(c == 1.0 for c in cfgs[i:drawn])), drawn)
+    shed = (unguided_from, B) if guided and unguided_from < drawn else None
     if engine is None:
-        forward_scale = partial(transformer.forward_scale, transformer.new_cache(both, scales))
+        forward_scale: Callable[[Tensor | None], Tensor] = _EagerRunner(transformer, transformer.new_cache(both, scales),
+                                                                       shed)
     else:
-        forward_scale = engine.scale_runner(transformer, both, scales)
+        forward_scale = engine.scale_runner(transformer, both, scales, shed)
     acc = vae.new_accumulator(scales, batch=B)
     x_Bld: Tensor | None = None
     bits: list[Tensor] = []
     kept: list[Tensor] = []
-    drawn = len(scales) - params.skip_scales
     for si, (t, h, w) in enumerate(scales[:drawn]):
         l = t * h * w
         raw = forward_scale(x_Bld)
         if keep_logits:
             kept.append(raw[:B].clone())  # a graph replay reuses its output buffer
-        if guided:
+        two = guided and si < unguided_from
+        if two:
             logits = cfg_mix(raw[:B], raw[B:], cfgs[si], taus[si])
         else:
-            logits = raw / taus[si]
+            logits = raw[:B] / taus[si]
         probs_Bld2 = bit_probabilities(logits.view(B, l, d, 2), top_k=params.top_k, top_p=params.top_p)
         if stream == "per-image":
             u_Bld = torch.stack([torch.rand((l, d), generator=g, device=dev) for g in generators])
@@ -223,7 +254,7 @@ def sample_token_maps(
         bits.append(bits_Bld)
         nxt = acc.add(bits_Bld)
         if nxt is not None:
-            x_Bld = torch.cat([nxt, nxt]) if guided else nxt
+            x_Bld = torch.cat([nxt, nxt]) if guided and si + 1 < unguided_from else nxt
         if on_scale is not None:
             on_scale(si)
     return TokenMaps(bits, acc.summed_Bd1HW, torch.cat(kept, dim=1) if keep_logits else None)

@@ -156,3 +156,27 @@ def test_skip_scales_draws_fewer_scales_and_says_so(cli, tmp_path):
     assert read_png_metadata(skip)["skip_scales"] == 1 and read_png_metadata(exact)["skip_scales"] == 0
     r = cli("gen", prompt, "--skip-scales", "5", "--out", str(tmp_path / "bad"))
     assert r.exit_code == 4 and "the schedule has 5 scales" in r.stderr and " on cpu (" not in r.stderr
+
+
+def test_cfg_until_scale_guides_the_first_scales_and_says_so(cli, tmp_path):
+    """--cfg-until-scale K: the image differs from full guidance, equals the same cut said per
+    line of a prompts file, is recorded in the metadata; K outside the schedule is refused before
+    the model loads."""
+    import json
+
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    prompt = "a red star on the left, blue background"
+    assert cli("gen", prompt, "--out", str(tmp_path / "exact")).exit_code == 0
+    r = cli("gen", prompt, "--cfg-until-scale", "3", "--out", str(tmp_path / "cut"))
+    assert r.exit_code == 0, r.output
+    lines = tmp_path / "p.jsonl"
+    lines.write_text(json.dumps({"prompt": prompt, "cfg_until_scale": 3}) + "\n")
+    assert cli("gen", "--prompts", str(lines), "--out", str(tmp_path / "file")).exit_code == 0
+    (exact,), (cut,), (from_file,) = (list((tmp_path / d).glob("*.png")) for d in ("exact", "cut", "file"))
+    assert not np.array_equal(np.asarray(Image.open(exact)), np.asarray(Image.open(cut)))
+    assert np.array_equal(np.asarray(Image.open(cut)), np.asarray(Image.open(from_file)))
+    assert read_png_metadata(cut)["cfg_until_scale"] == 3 and read_png_metadata(exact)["cfg_until_scale"] is None
+    for bad, message in (("5", "the schedule has 5 scales"), ("0", "must be >= 1")):
+        r = cli("gen", prompt, "--cfg-until-scale", bad, "--out", str(tmp_path / "bad"))
+        assert r.exit_code == 4 and message in r.stderr and " on cpu (" not in r.stderr, r.output

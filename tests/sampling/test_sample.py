@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from arbooth_cli.errors import InvalidInputError
 from arbooth_cli.models.build import build_components
 from arbooth_cli.models.schedules import get_schedule
 from arbooth_cli.specs.tiny import TINY_INFINITY
@@ -70,3 +71,38 @@ def test_scale_callback_sees_every_scale(tiny):
     seen = []
     _sample(tiny, PROMPTS[:1], [0], on_scale=seen.append)
     assert seen == [0, 1, 2, 3]
+
+
+def test_a_pass_that_drops_the_unconditional_rows_keeps_the_conditional_ones_exactly(tiny):
+    """KVCache.rows(B) mid-pass: the conditional rows' logits are those of the full 2B-row pass."""
+    import math
+
+    from arbooth_cli.models.text_encoder import TextCond
+
+    c, scales = tiny
+    tr = c.transformer
+    text = c.text_encoder.encode(PROMPTS[:2])
+    both = TextCond.cat([text, tr.null_text(text)])
+    g = torch.Generator().manual_seed(0)
+    xs = [None] + [torch.randn(4, math.prod(s), tr.cfg.bits, generator=g) for s in scales[1:]]
+    for k in range(1, len(scales)):
+        full, part = tr.new_cache(both, scales), tr.new_cache(both, scales)
+        for si, x in enumerate(xs):
+            want = tr.forward_scale(full, x)[:2]
+            if si == k:
+                part = part.rows(2)
+            got = tr.forward_scale(part, x if si < k or x is None else x[:2])
+            assert torch.equal(got[:2], want) and got.shape[0] == (4 if si < k else 2), (k, si)
+
+
+def test_cfg_until_scale_guides_the_first_scales_only(tiny):
+    n = len(tiny[1])
+    full = _sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=4.0, tau=1.0))
+    none = _sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=1.0, tau=1.0))
+    cut = [_sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=4.0, tau=1.0, cfg_until_scale=k)) for k in range(1, n)]
+    assert all(not torch.equal(x, full) and not torch.equal(x, none) for x in cut[:1])
+    per_scale = _sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=(4.0, 4.0) + (1.0,) * (n - 2), tau=1.0))
+    assert torch.equal(per_scale, cut[1])  # the same guidance said per scale
+    for bad in (0, n, -1):
+        with pytest.raises(InvalidInputError, match="--cfg-until-scale"):
+            SamplingParams(cfg=4.0, cfg_until_scale=bad).per_scale(n)
