@@ -145,6 +145,8 @@ def main() -> None:
         if kind == "validation":
             val_s.append(now - last[0])
             val_pauses.append((now, now - last[0]))
+        if kind == "note" and "--memory auto" in data.get("message", ""):
+            info["memory_auto"] = data["message"]
         if kind == "saved":
             marks["saved"] = now
         last[0] = now
