@@ -361,6 +361,8 @@ class TuneConfig(_Checked):
     layers: tuple[str, ...] = ("ca", "ffn")  #: --layers: module types to tune
     blocks: str = "all"  #: --blocks: block range, e.g. 0-15,20
     subject_vectors: int = 4  #: --subject-vectors: learned vectors for the token (0: off)
+    #: --subject-init: the vectors' start: zero (the official code), or the class word's text features
+    subject_init: Literal["zero", "class"] = "zero"
     scale_weights: str = SCALE_SCHEDULES[0]  #: --scale-weights: a schedule name or w1,w2,...
     prior: bool = True  #: --prior/--no-prior: prior distillation on class-prompt token maps
     prior_weight: float = 0.5  #: --prior-weight (lambda)
@@ -479,6 +481,8 @@ class TuneConfig(_Checked):
             out.append(problem)
         if self.resume and self.overwrite:
             out.append("--resume and --overwrite exclude each other")
+        if self.subject_init not in ("zero", "class"):
+            out.append("--subject-init must be zero or class")
         if self.optimizer_state not in ("auto", "fp32", "bf16", "fp8"):
             out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
         if self.grad_checkpointing not in ("auto", "on", "off"):

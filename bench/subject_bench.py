@@ -6,17 +6,19 @@
     python bench/subject_bench.py --set held-out --seeds 0 1 2 --out held-out.jsonl   # once, when final
     python bench/subject_bench.py --table-only --out dev.jsonl
 
-Subjects: ``toyworld.procedural.bench_subjects()``: 24 procedural subjects (two-colour splits
-along rows, columns and diagonals, three bands, rings of two and three, checkers, three-colour
-quadrants; every class), alternately in a development and a held-out set. Each has five photos
-(one small view, one striped background) written as a user's photos folder.
+Subjects (bench/subject_bench_subjects.json, made by ``--make-subjects`` with
+``toyworld.procedural.bench_subjects``): 24 procedural subjects (two-colour splits along rows,
+columns and diagonals, three bands, rings, checkers, three-colour quadrants), alternately in a
+development and a held-out set, each one the toy tokenizer carries (``CODEC_MIN``). Each has five
+photos (one small view, one striped background) written as a user's photos folder.
 
 Each (subject, variant, seed) runs `arbooth tune` on the folder (the model's defaults, the
 variant's changes, that seed), then `arbooth eval` with 8 held-out prompts (sizes said: four
 small, four large, at positions and on backgrounds its photos do not show, two striped) x 4
 seeds. Measured: fidelity (overall, small, large), text fidelity, drift, base rate (the untuned
 model), tune seconds; and how often eval's photo-read subject agrees with the exact detector of
-the subject's known pattern. Finished runs are appended to ``--out`` as JSON lines (a stopped
+the subject's known pattern, and the codec ceiling: the share of fresh renders at each size the
+exact detector still finds after the tokenizer's round trip. Finished runs are appended to ``--out`` as JSON lines (a stopped
 run keeps them; a rerun skips them); then a per-subject table (means over seeds) and the
 aggregates with the targets are printed.
 """
@@ -32,6 +34,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
 from multiprocessing import get_context
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arbooth_cli.toyworld.procedural import bench_subjects  # noqa: E402
+from arbooth_cli.toyworld import procedural  # noqa: E402
 
 TOKEN = "sks"
 EVAL_SEEDS = 4
@@ -47,8 +50,38 @@ QUICK = 8  # --quick: the first 8 development subjects, seed 0
 #: (position, size, background slot): slot k is the k-th spare colour, a pair is stripes
 PROMPT_LAYOUT = (("left", "small", 0), ("right", "small", 1), ("bottom", "small", (0, 2)), ("center", "small", 2),
                  ("top", "large", 0), ("center", "large", (1, 3)), ("left", "large", 3), ("bottom", "large", 1))
+#: a subject joins the benchmark only if the toy tokenizer carries it: this share of its fresh renders
+#: at each size must still be found after the round trip (fine three-part patterns at the small
+#: size are not; no tuning can draw them, so they would measure the codec, not the method)
+CODEC_MIN = 0.9
 TARGETS = {"dev_min": 0.85, "held_out_mean": 0.90, "held_out_min": 0.75, "small": 0.80, "text": 0.95,
            "drift": 0.05, "base": 0.02, "tune_minutes_cpu": 3.0}
+
+
+def carried_by_codec(subject) -> bool:
+    return all(v >= CODEC_MIN for v in codec_ceiling(subject).values())
+
+
+#: the benchmark's subjects, fixed once (`--make-subjects` rewrites it): generating them takes
+#: minutes, and a codec check near its threshold could fall the other way on another machine
+SUBJECTS_FILE = Path(__file__).with_name("subject_bench_subjects.json")
+
+
+def make_subjects_file() -> None:
+    """Draw the benchmark's subjects (procedural ones the toy tokenizer carries) and write them."""
+    sets = procedural.bench_subjects(accept=carried_by_codec)
+    doc = {"seed": procedural.BENCH_SEED, "codec_min": CODEC_MIN,
+           **{k: [procedural.subject_to_dict(s) for s in v] for k, v in sets.items()}}
+    tmp = SUBJECTS_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(SUBJECTS_FILE)
+
+
+@lru_cache(maxsize=1)
+def bench_subjects() -> dict:
+    """The benchmark's subjects: {"dev": [...], "held-out": [...]} from SUBJECTS_FILE."""
+    doc = json.loads(SUBJECTS_FILE.read_text())
+    return {k: [procedural.subject_from_dict(d) for d in doc[k]] for k in ("dev", "held-out")}
 
 
 def prompts_for(subject) -> list[tuple[str, str]]:
@@ -64,6 +97,40 @@ def prompts_for(subject) -> list[tuple[str, str]]:
         s = shape_phrase(Shape(subject.cls, "", position, size), with_size=True, name=f"{TOKEN} {subject.cls}")
         pos = _POS_PHRASES[position][i % len(_POS_PHRASES[position])]
         out.append((_articles(_ONE[i % len(_ONE)].format(s=s, pos=pos, bg=Background(bg).phrase())), size))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _toy_vae():
+    import torch
+
+    from arbooth_cli.loading import load_components, resolve_model
+    from arbooth_cli.models.schedules import model_scales
+
+    resolved = resolve_model("toy")
+    comps = load_components(resolved, device=torch.device("cpu"), dtype=torch.float32, roles=("vae",))
+    return comps.vae, model_scales(resolved.spec.sampling.size, num_scales=resolved.spec.num_scales)
+
+
+def codec_ceiling(subject, n_per_view: int = 2) -> dict[str, float]:
+    """Share of fresh renders (every position, both sizes) the exact detector still finds after the
+    toy tokenizer's round trip (encode, quantize every scale, decode): tuning cannot draw what the
+    codes cannot carry."""
+    import torch
+
+    from arbooth_cli.models.bsq_vae import teacher_forcing
+    from arbooth_cli.toyworld.procedural import fresh_views
+
+    vae, scales = _toy_vae()
+    views = fresh_views(subject, np.random.default_rng([7, 7]), n_backgrounds=n_per_view)
+    x = torch.from_numpy(np.stack([v for v, _ in views])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        tf = teacher_forcing(vae.encode_features(x), vae.vae_scales(scales), patchify=vae.cfg.spatial_patchify)
+        rec = ((vae.decode(tf.summed_Bd1HW) + 1) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = {}
+    for size in ("small", "large"):
+        sel = [i for i, (_, a) in enumerate(views) if a["size"] == size]
+        out[f"codec_{size}"] = sum(bool(subject.find(rec[i]).found) for i in sel) / len(sel)
     return out
 
 
@@ -110,15 +177,16 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
             "fidelity_small": hits["small"][0] / hits["small"][1], "fidelity_large": hits["large"][0] / hits["large"][1],
             "text_fidelity": m["text_fidelity"].value, "drift": m["drift"].value, "base": m["base_fidelity"].value,
             "exact_fidelity": sum(exact) / len(exact), "reader_agrees": sum(a == b for a, b in zip(exact, reader)) / len(exact),
-            "images": len(exact), "device": rep.device, "threads": torch.get_num_threads()}
+            "images": len(exact), "device": rep.device, "threads": torch.get_num_threads(), **codec_ceiling(subject)}
 
 
 METRICS = ("fidelity", "fidelity_small", "fidelity_large", "text_fidelity", "drift", "base", "exact_fidelity",
-           "reader_agrees", "tune_seconds")
+           "reader_agrees", "codec_small", "codec_large", "tune_seconds")
 
 
 def _mean(rows: list[dict], key: str) -> float:
-    return float(np.mean([r[key] for r in rows]))
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 def table(rows: list[dict]) -> str:
@@ -129,8 +197,9 @@ def table(rows: list[dict]) -> str:
             if not sel:
                 continue
             out += [f"\n### {set_name}, variant {variant}\n",
-                    "| subject | seeds | fidelity | small | large | text | drift | base | exact | agree | tune s |",
-                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                    "| subject | seeds | fidelity | small | large | text | drift | base | exact | agree | codec small "
+                    "| codec large | tune s |",
+                    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
             subjects = sorted({r["subject"] for r in sel})
             for s in subjects:
                 rs = [r for r in sel if r["subject"] == s]
@@ -157,7 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--make-subjects", action="store_true", help=f"draw the subjects again into {SUBJECTS_FILE.name}")
     args = ap.parse_args(argv)
+    if args.make_subjects:
+        make_subjects_file()
+        print(f"wrote {SUBJECTS_FILE}")
+        return 0
     variants: dict[str, dict] = {}
     for item in args.variant or ["default={}"]:
         name, _, js = item.partition("=")

@@ -56,25 +56,26 @@ def main() -> None:
     groups["benchmark"] = bench["dev"] + bench["held-out"]
     if args.random:
         groups["random"] = make_subjects(args.random, seed=1)
-    everyone = [s for g in groups.values() for s in g]
-    photos = {s.name: [img for img, _ in subject_photos(s)] for s in everyone}
+    everyone = [(g, s) for g, subjects in groups.items() for s in subjects]  # names repeat across groups
+    photos = {(g, s.name): [img for img, _ in subject_photos(s)] for g, s in everyone}
     rows = []
     for group, subjects in groups.items():
         for s in subjects:
             rng = np.random.default_rng([len(rows), 5])
             row = {"group": group, "subject": s.name, "cls": s.cls, "pattern": s.description}
             try:
-                look = read_look(photos[s.name])
+                look = read_look(photos[group, s.name])
             except UnreadableSubject as exc:
                 row.update(read=False, why=str(exc))
                 rows.append(row)
                 continue
             views = fresh_views(s, rng)
-            others = [img for o in everyone if o.name != s.name for img in photos[o.name]]
-            same_cls = [img for o in everyone if o.name != s.name and o.cls == s.cls for img in photos[o.name]]
+            others = [img for g, o in everyone if (g, o.name) != (group, s.name) for img in photos[g, o.name]]
+            same_cls = [img for g, o in everyone if (g, o.name) != (group, s.name) and o.cls == s.cls
+                        for img in photos[g, o.name]]
             plain = plain_shapes(s.cls, rng)
             row.update(read=True, look=look.describe(), cls_ok=look.cls == s.cls,
-                       photos=[sum(look.find(i).found for i in photos[s.name]), len(photos[s.name])],
+                       photos=[sum(look.find(i).found for i in photos[group, s.name]), len(photos[group, s.name])],
                        fresh=[sum(look.find(i).found for i, _ in views), len(views)],
                        fresh_small=[sum(look.find(i).found for i, a in views if a["size"] == "small"),
                                     sum(a["size"] == "small" for _, a in views)],

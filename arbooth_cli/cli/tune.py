@@ -46,6 +46,7 @@ def tune_cmd(
                                          "for the default caption 'a photo of {cls}').")] = None,
     resolution: Annotated[Optional[str], _opt("--resolution", help="Training size: a size of the model (1M) or pixels (1024) (default: the model's).")] = None,
     flip: Annotated[Optional[bool], _opt("--flip/--no-flip", help="Also train on mirrored photos (default: off).")] = None,
+    subject_init: Annotated[Optional[str], _opt("--subject-init", help="Start of the subject vectors: zero (the official code) or class (the class word's text features) (default: zero).")] = None,
     augment: Annotated[Optional[int], _opt("--augment", help="Also train on N copies of each photo, each moved and rescaled a little (edges extended); 0: off (default: 0).")] = None,
     augment_shift: Annotated[Optional[float], _opt("--augment-shift", help="Largest move of a copy, as a share of the side (default: 0.05).")] = None,
     augment_scale: Annotated[Optional[float], _opt("--augment-scale", help="Largest rescale of a copy: 0.1 is 0.9x to 1.1x (default: 0.1).")] = None,
@@ -88,7 +89,7 @@ def tune_cmd(
     given = {
         "photos": str(photos) if photos is not None else None, "token": token, "cls": cls, "model": model,
         "name": name, "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-        "layers": _layers(layers), "blocks": blocks, "subject_vectors": subject_vectors,
+        "layers": _layers(layers), "blocks": blocks, "subject_vectors": subject_vectors, "subject_init": subject_init,
         "scale_weights": scale_weights, "prior": prior, "prior_weight": prior_weight, "prior_mode": prior_mode,
         "prior_kl": prior_kl, "prior_pool": prior_pool, "caption": caption, "class_prompt": class_prompt,
         "resolution": resolution, "flip": flip, "augment": augment, "augment_shift": augment_shift,

@@ -308,6 +308,7 @@ class _Run:
                                device=self.device)
         self.caption_text = [feats[(p, None)] for p in captions]
         self.caption_span = [word_token_span(tokenizer, p, c.token) for p in captions]
+        self.class_word_C = self._class_word_features(tokenizer, captions) if c.subject_init == "class" else None
         self.class_texts = [feats[(p, None)] for p in self.class_prompts]
         self.val_prompts = [(p, feats[(p, None)], word_token_span(tokenizer, p, c.token)) for p in vprompts]
         with torch.no_grad():
@@ -316,6 +317,22 @@ class _Run:
         self.vae.encoder.to("meta")  # the photos are encoded: free its memory
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _class_word_features(self, tokenizer: Any, captions: list[str]) -> Tensor:
+        """--subject-init class: the mean text feature of the class word's tokens over the
+        captions that say it (the subject starts as the class reads)."""
+        c = self.config
+        rows = []
+        for prompt, feats in zip(captions, self.caption_text):
+            try:
+                a, b = word_token_span(tokenizer, prompt, c.cls)
+            except InvalidInputError:
+                continue
+            rows.append(feats.feats_BTC[0, a:b].float())
+        if not rows:
+            raise InvalidInputError(f"--subject-init class: no caption says the class word {c.cls!r}",
+                                    hint="use --subject-init zero, or captions with the class word")
+        return torch.cat(rows).mean(0)
 
     def build_pool(self) -> PriorPool | None:
         """The prior pool: one kept from an earlier tune with the same settings (model files, class
@@ -369,8 +386,10 @@ class _Run:
         for p in self.tuned.values():
             p.requires_grad_(True)
         S = c.subject_vectors
-        self.subject_SC = (torch.nn.Parameter(torch.zeros(S, tr.cfg.text_channels, device=self.device))
-                           if S else None)
+        start_SC = torch.zeros(S, tr.cfg.text_channels, device=self.device)
+        if self.class_word_C is not None:
+            start_SC[:] = self.class_word_C.to(self.device, start_SC.dtype)
+        self.subject_SC = torch.nn.Parameter(start_SC) if S else None
         trainable = list(self.tuned.values()) + ([self.subject_SC] if self.subject_SC is not None else [])
         by_type = {}
         for layer in c.layers:

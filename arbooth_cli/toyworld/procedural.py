@@ -92,41 +92,55 @@ def fresh_views(subject: Subject, rng: np.random.Generator, n_backgrounds: int =
     return out
 
 
-def make_subjects(n: int, seed: int = 0, *, tries_per_class: int = 8) -> list[Subject]:
+def make_subjects(n: int, seed: int = 0, *, tries_per_class: int = 8,
+                  accept: Callable[[Subject], bool] | None = None) -> list[Subject]:
     """``n`` readable, mutually distinct procedural subjects (see the module docstring).
 
     Readable and distinct are judged by the exact detector of each pattern (``Subject.find``), not
     by the photo reader, so the reader can be validated on these subjects without bias. A family
     that no draw makes readable on a class (three rings on a cross's thin arms) moves on to the
-    next class."""
+    next class. ``accept``: a further test a candidate must pass (the benchmark asks that the model's
+    tokenizer carries it)."""
     out: list[Subject] = []
     photos: list[list[np.ndarray]] = []
     families = list(FAMILIES)
     for i in range(n):
-        # pairs of subjects share a family, so alternate halves both cover every family
-        family = families[(i // 2) % len(families)]
-        for attempt in range(tries_per_class * len(CLASSES)):
-            cls = CLASSES[(3 * i + attempt // tries_per_class) % len(CLASSES)]
-            rng = np.random.default_rng([seed, i, attempt])
-            try:
-                pattern = FAMILIES[family](rng)
-                subject = Subject(f"{i + 1:02d}-{family}-{cls}", cls, f"a {cls}, {pattern.kind} of "
-                                  f"{'/'.join(pattern.colours)}", pattern, _photo_backgrounds(pattern, rng))
-            except (UnreadableSubject, ValueError):
-                continue
-            imgs = [img for img, _ in subject_photos(subject)]
-            views = [img for img, _ in fresh_views(subject, rng, n_backgrounds=1)]
-            if not all(subject.find(img).found for img in imgs + views):
-                continue
-            if any(subject.find(img).found for other in photos for img in other) or \
-                    any(other.find(img).found for other in out for img in imgs):
-                continue
-            out.append(subject)
-            photos.append(imgs)
-            break
+        # pairs of subjects share a family, so alternate halves both cover every family; a family
+        # with no acceptable subject gives its slot to the next one
+        first = (i // 2) % len(families)
+        for family in families[first:] + families[:first]:
+            got = _one_subject(i, family, seed, tries_per_class, accept, out, photos)
+            if got is not None:
+                out.append(got[0])
+                photos.append(got[1])
+                break
         else:
-            raise RuntimeError(f"no readable, distinct {family} subject (seed {seed}, subject {i})")
+            raise RuntimeError(f"no readable, distinct subject of any family (seed {seed}, subject {i})")
     return out
+
+
+def _one_subject(i: int, family: str, seed: int, tries_per_class: int, accept: Callable[[Subject], bool] | None,
+                 out: list[Subject], photos: list[list[np.ndarray]]) -> tuple[Subject, list[np.ndarray]] | None:
+    for attempt in range(tries_per_class * len(CLASSES)):
+        cls = CLASSES[(3 * i + attempt // tries_per_class) % len(CLASSES)]
+        rng = np.random.default_rng([seed, i, attempt])
+        try:
+            pattern = FAMILIES[family](rng)
+            subject = Subject(f"{i + 1:02d}-{family}-{cls}", cls, f"a {cls}, {pattern.kind} of "
+                              f"{'/'.join(pattern.colours)}", pattern, _photo_backgrounds(pattern, rng))
+        except (UnreadableSubject, ValueError):
+            continue
+        imgs = [img for img, _ in subject_photos(subject)]
+        views = [img for img, _ in fresh_views(subject, rng, n_backgrounds=1)]
+        if not all(subject.find(img).found for img in imgs + views):
+            continue
+        if any(subject.find(img).found for other in photos for img in other) or \
+                any(other.find(img).found for other in out for img in imgs):
+            continue
+        if accept is not None and not accept(subject):
+            continue
+        return subject, imgs
+    return None
 
 
 #: the benchmark's subjects: development (tune every choice on these) and held-out (scored once)
@@ -134,10 +148,11 @@ BENCH_SEED = 20261206
 BENCH_SIZE = 24
 
 
-def bench_subjects(seed: int = BENCH_SEED, n: int = BENCH_SIZE) -> dict[str, list[Subject]]:
+def bench_subjects(seed: int = BENCH_SEED, n: int = BENCH_SIZE,
+                   accept: Callable[[Subject], bool] | None = None) -> dict[str, list[Subject]]:
     """The benchmark's subjects, alternately development and held-out, so both sets cover every
-    family and class."""
-    subjects = make_subjects(n, seed)
+    family and class (``accept``: see :func:`make_subjects`)."""
+    subjects = make_subjects(n, seed, accept=accept)
     return {"dev": subjects[0::2], "held-out": subjects[1::2]}
 
 
@@ -158,3 +173,18 @@ def write_photos(subject: Subject, folder) -> list[str]:
         (folder / attrs["file"]).with_suffix(".txt").write_text(photo_caption(subject, attrs) + "\n", encoding="utf-8")
         names.append(attrs["file"])
     return names
+
+
+def subject_to_dict(subject: Subject) -> dict:
+    """A subject as plain JSON data (:func:`subject_from_dict` reads it back)."""
+    p = subject.pattern
+    return {"name": subject.name, "cls": subject.cls, "description": subject.description,
+            "pattern": {"kind": p.kind, "colours": list(p.colours), "cut": p.cut, "cuts": list(p.cuts)},
+            "photo_backgrounds": [bg if isinstance(bg, str) else list(bg) for bg in subject.photo_backgrounds]}
+
+
+def subject_from_dict(data: dict) -> Subject:
+    p = data["pattern"]
+    pattern = Pattern(p["kind"], tuple(p["colours"]), float(p["cut"]), tuple(float(c) for c in p["cuts"]))
+    bgs = tuple(bg if isinstance(bg, str) else tuple(bg) for bg in data["photo_backgrounds"])
+    return Subject(data["name"], data["cls"], data["description"], pattern, bgs)  # type: ignore[arg-type]

@@ -525,3 +525,20 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
     for bad in ({"augment": -1}, {"augment": 65}, {"augment_shift": 0.3}, {"augment_scale": -0.1}):
         with pytest.raises(ConfigError, match="--augment"):
             config(photos, **bad).validate()
+
+
+def test_subject_vectors_start_at_zero_or_at_the_class_word(photos):
+    """--subject-init class: every vector starts as the mean text feature of the class word's
+    tokens; zero (the official start) otherwise. A tiny learning rate keeps them where they start."""
+    from safetensors.torch import load_file
+
+    got = {}
+    for init in ("zero", "class"):
+        res = tune(config(photos, steps=1, lr=1e-12, prior=False, subject_init=init, name=f"init-{init}",
+                          model="toy", caption="a photo of {token} {cls}"))
+        got[init] = load_file(res.subject)["subject_embedding"].float()
+    assert got["zero"].abs().max() < 1e-9
+    start = got["class"]
+    assert start.abs().max() > 1e-3 and torch.allclose(start, start[:1].expand_as(start), atol=1e-9)
+    with pytest.raises(ConfigError, match="--subject-init"):
+        config(photos, subject_init="word").validate()
