@@ -377,6 +377,8 @@ class TuneConfig(_Checked):
     class_prompt: str | None = None
     resolution: str | None = None  #: --resolution: a size of the model (1M = 1024x1024); default: the model's
     flip: bool = False  #: --flip: also train on mirrored photos
+    #: --train-scales K: the loss, and the forward, on the first K scales only (None: all)
+    train_scales: int | None = None
     augment: int = 0  #: --augment N: N shifted and rescaled copies of each photo (0: off)
     augment_shift: float = 0.05  #: --augment-shift: largest move of a copy, a share of the side
     augment_scale: float = 0.1  #: --augment-scale: largest rescale of a copy (0.1: 0.9x to 1.1x)
@@ -464,6 +466,8 @@ class TuneConfig(_Checked):
             out.append("--bsc-strength must be in [0, 1]")
         if not 0 <= self.text_dropout < 1:
             out.append("--text-dropout must be in [0, 1)")
+        if self.train_scales is not None and self.train_scales < 1:
+            out.append("--train-scales must be >= 1")
         if not 0 <= self.augment <= 64:
             out.append("--augment must be from 0 to 64 copies a photo")
         if not 0 <= self.augment_shift <= 0.25 or not 0 <= self.augment_scale <= 0.5:

@@ -41,7 +41,7 @@ from ..models.bsq_vae import teacher_forcing
 from ..models.build import Components
 from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
-from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops
+from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops, rope_frame
 from ..modelspec import ModelSpec
 from ..subjects import FORMAT, SUBJECT_FILE, SubjectExistsError, SubjectInfo, SubjectStore, lowrank_file
 from ..subjects.embedding import splice_subject, word_token_span
@@ -182,6 +182,13 @@ class _Run:
         self.size = resolve_size(self.spec, config.resolution)
         self.scales = model_scales(self.size, num_scales=self.spec.num_scales or None)
         self.h, self.w = pixel_size(self.scales, self.spec.vae.token_stride)
+        n = len(self.scales)
+        if config.train_scales is not None and config.train_scales > n:
+            raise InvalidInputError(f"--train-scales {config.train_scales}: {self.spec.name} at {self.size} has {n} "
+                                    f"scales", hint=f"pass 1 to {n}, or leave it out to train on every scale")
+        # --train-scales K: the forward and the loss stop after scale K; the attention is
+        # block-causal, so the first K scales' logits are those of the whole forward
+        self.train_L = sum(t * h * w for t, h, w in self.scales[: config.train_scales or n])
         self.validation_images: list[str] = []
         self.compiled = False  # set once the device is known
         self._stop = False
@@ -540,9 +547,12 @@ class _Run:
             inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
         forward = dict(checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
                        prefix_attention=dev.type == "cuda", ops=self.train_ops) if train else {}
-        logits = tr(text, inputs, self.scales, **forward)
-        return arbooth_loss(logits, tf.bits_BLd.to(dev), self.w_L, teacher_BLV, prior_weight=c.prior_weight,
-                            prior_mode=c.prior_mode, per_bit=c.prior_kl == "bit")
+        L = self.train_L
+        scales = self.scales[: c.train_scales or len(self.scales)]
+        logits = tr(text, inputs[:, : L - 1], scales, frame_hw=rope_frame(self.scales), **forward)
+        teacher_BLV = None if teacher_BLV is None else teacher_BLV[:, :L]
+        return arbooth_loss(logits, tf.bits_BLd[:, :L].to(dev), self.w_L[:L], teacher_BLV,
+                            prior_weight=c.prior_weight, prior_mode=c.prior_mode, per_bit=c.prior_kl == "bit")
 
     def train_step(self, pool: PriorPool | None) -> None:
         c = self.config

@@ -542,3 +542,34 @@ def test_subject_vectors_start_at_zero_or_at_the_class_word(photos):
     assert start.abs().max() > 1e-3 and torch.allclose(start, start[:1].expand_as(start), atol=1e-9)
     with pytest.raises(ConfigError, match="--subject-init"):
         config(photos, subject_init="word").validate()
+
+
+def test_train_scales_stops_the_forward_and_the_loss_after_scale_k(photos, tiny_model):
+    """The first K scales' teacher-forced logits, with the whole schedule's RoPE frame, are those of
+    the whole forward (block-causal attention), so --train-scales K is the loss on those scales."""
+    from arbooth_cli.models.schedules import get_schedule
+    from arbooth_cli.models.transformer import rope_frame
+    from arbooth_cli.specs.tiny import TINY_INFINITY
+
+    from arbooth_cli.models.text_encoder import TextCond
+
+    tr = tiny_model
+    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
+    g = torch.Generator().manual_seed(0)
+    text = TextCond(torch.randn(1, 6, tr.cfg.text_channels, generator=g), torch.tensor([6]))
+    L = sum(t * h * w for t, h, w in scales)
+    x = torch.randn(1, L - 1, tr.cfg.bits, generator=g)
+    with torch.no_grad():
+        full = tr(text, x, scales)
+        for k in range(1, len(scales)):
+            Lk = sum(t * h * w for t, h, w in scales[:k])
+            part = tr(text, x[:, : Lk - 1], scales[:k], frame_hw=rope_frame(scales))
+            assert torch.allclose(part, full[:, :Lk], atol=1e-5, rtol=1e-5), k
+    res = tune(config(photos, steps=2, train_scales=2, prior=True, prior_pool=2, name="k2"))
+    meta, _ = read_subject_header(Path(res.subject))
+    assert json.loads(meta["config"])["train_scales"] == 2
+    assert res.losses != tune(config(photos, steps=2, prior=True, prior_pool=2, name="all")).losses
+    with pytest.raises(InvalidInputError, match="--train-scales 9: tiny-infinity at .* has 4 scales"):
+        tune(config(photos, train_scales=9, name="bad"))
+    with pytest.raises(ConfigError, match="--train-scales must be >= 1"):
+        config(photos, train_scales=0).validate()
