@@ -213,6 +213,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def ablation_table(rows: list[dict]) -> str:
+    """One row per (set, variant): means over every run, and the lowest subject's fidelity (its
+    mean over seeds), for runs on the same subjects and seeds as the default's."""
+    out = ["| set | variant | changes | runs | fidelity | small | large | text | drift | base | lowest subject | tune s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for set_name in ("dev", "held-out"):
+        for variant in sorted({r["variant"] for r in rows if r["set"] == set_name}, key=lambda v: (v != "default", v)):
+            sel = [r for r in rows if r["set"] == set_name and r["variant"] == variant]
+            subjects = sorted({r["subject"] for r in sel})
+            lowest = min(_mean([r for r in sel if r["subject"] == s], "fidelity") for s in subjects)
+            out.append(f"| {set_name} | {variant} | `{json.dumps(sel[0]['fields'])}` | {len(sel)} | " + " | ".join(
+                f"{_mean(sel, k):.3f}" for k in ("fidelity", "fidelity_small", "fidelity_large", "text_fidelity",
+                                                  "drift", "base")) + f" | {lowest:.2f} | {_mean(sel, 'tune_seconds'):.0f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("subject-bench.jsonl"))
@@ -267,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                 done.append(row)
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s ({args.jobs} at once, {args.threads} thread(s) each)")
     print(table(done))
+    if len({r["variant"] for r in done}) > 1:
+        print("\n" + ablation_table(done))
     return 0
 
 

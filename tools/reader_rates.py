@@ -9,8 +9,9 @@ five photos with `toyworld.reader.read_look`, then count how often the read subj
     python tools/reader_rates.py                       # built-in + benchmark + 64 random subjects
     python tools/reader_rates.py --random 16 --json rates.json
 
-The subjects: the 7 of examples/subjects, the subject benchmark's 24, and ``--random`` more from
-the same pattern language with another seed. Prints one table; ``--json`` writes every count.
+The subjects: the 7 of examples/subjects, the subject benchmark's 24
+(bench/subject_bench_subjects.json), the 24 the benchmark's seed draws before its tokenizer filter,
+and ``--random`` more from the same pattern language with another seed. Prints one table; ``--json`` writes every count.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arbooth_cli.toyworld.procedural import bench_subjects, fresh_views, make_subjects  # noqa: E402
+from arbooth_cli.toyworld.procedural import bench_subjects, fresh_views, make_subjects, subject_from_dict  # noqa: E402
 from arbooth_cli.toyworld.reader import UnreadableSubject, read_look  # noqa: E402
 from arbooth_cli.toyworld.render import background, draw_shape  # noqa: E402
 from arbooth_cli.toyworld.scene import COLOURS, POSITIONS, SIZES, Shape  # noqa: E402
 from arbooth_cli.toyworld.subjects import SUBJECTS, subject_photos  # noqa: E402
+
+
+BENCH_FILE = Path(__file__).resolve().parents[1] / "bench" / "subject_bench_subjects.json"
 
 
 def plain_shapes(cls: str, rng: np.random.Generator) -> list[np.ndarray]:
@@ -52,8 +56,11 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     groups = {"built-in": list(SUBJECTS.values())}
-    bench = bench_subjects()
-    groups["benchmark"] = bench["dev"] + bench["held-out"]
+    doc = json.loads(BENCH_FILE.read_text())
+    groups["benchmark"] = [subject_from_dict(d) for d in doc["dev"] + doc["held-out"]]
+    # the pattern language with the benchmark's seed, before the codec filter: subjects the toy
+    # tokenizer loses are still subjects a user may photograph
+    groups["procedural"] = [s for v in bench_subjects().values() for s in v]
     if args.random:
         groups["random"] = make_subjects(args.random, seed=1)
     everyone = [(g, s) for g, subjects in groups.items() for s in subjects]  # names repeat across groups
