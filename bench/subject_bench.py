@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--variant {item!r}: not NAME=JSON ({exc})")
         if not isinstance(fields, dict):
             ap.error(f"--variant {item!r}: the JSON must be an object of TuneConfig fields")
-        variants[name] = fields
+        variants[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}  # layers, betas
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     if not args.table_only:
         t0 = time.perf_counter()
