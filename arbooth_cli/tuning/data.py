@@ -108,14 +108,15 @@ def to_tensor(images: list[SubjectImage], *, flip: bool = False):
 
 
 def augmented_copy(pixels_HW3: np.ndarray, rng: np.random.Generator, *, shift: float, scale: float) -> np.ndarray:
-    """A copy of a photo moved by up to ``shift`` of its side in each direction and rescaled by a
-    factor in [1 - scale, 1 + scale]; where it uncovers the frame, the photo's edge pixels are
-    extended. Size and dtype are kept."""
+    """A copy of a photo moved by up to ``shift`` of its side in each direction (whole pixels) and
+    rescaled by a factor in [1 - scale, 1 + scale]; where it uncovers the frame, the photo's edge
+    pixels are extended. Size and dtype are kept; with ``scale=0`` no pixel is resampled."""
     from PIL import Image
 
     H, W = pixels_HW3.shape[:2]
     zoom = float(rng.uniform(1 - scale, 1 + scale))
-    dx, dy = (float(v) for v in rng.uniform(-shift, shift, size=2))
+    # whole-pixel moves: with no rescale a copy is the photo moved, not resampled (no blur)
+    dx, dy = (round(float(v) * n) / n for v, n in zip(rng.uniform(-shift, shift, size=2), (W, H)))
     pad = int(np.ceil(max(H, W) * (shift + max(1 / max(zoom, 1e-3) - 1, 0) / 2))) + 2
     big = Image.fromarray(np.pad(pixels_HW3, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
     # the window of the padded photo that becomes the copy: 1/zoom of the frame, centre moved

@@ -86,3 +86,10 @@ def test_an_augmented_copy_moves_and_rescales_and_extends_the_edges():
     again = with_augmented_copies(ims, 3, shift=0.1, scale=0.2, seed=5)
     assert all((a.pixels_HW3 == b.pixels_HW3).all() for a, b in zip(aug, again))
     assert not all((a.pixels_HW3 == aug[2].pixels_HW3).all() for a in aug[3:5])
+    # no rescale: the photo moved by whole pixels, its values untouched
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for seed in range(5):
+        moved = augmented_copy(photo, np.random.default_rng(seed), shift=0.1, scale=0.0)
+        padded = np.pad(photo, ((8, 8), (8, 8), (0, 0)), mode="edge")
+        assert any((moved == padded[8 - dy:48 - dy, 8 - dx:48 - dx]).all() for dy in range(-4, 5) for dx in range(-4, 5))
