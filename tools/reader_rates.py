@@ -4,7 +4,9 @@ five photos with `toyworld.reader.read_look`, then count how often the read subj
 - in its own photos and in fresh renders (every position, both sizes, plain and striped
   backgrounds, the renderer's jitter): should be found;
 - in plain one-colour shapes of its class (every palette colour, both sizes, several positions)
-  and in every other subject's photos: should not be.
+  and in every other subject's photos: should not be. Another subject is one the first subject's
+  exact pattern detector does not find in its photos (nor its detector in the first's): the groups
+  repeat some subjects, and two cuts a few hundredths apart are one subject at 64x64.
 
     python tools/reader_rates.py                       # built-in + benchmark + 64 random subjects
     python tools/reader_rates.py --random 16 --json rates.json
@@ -77,9 +79,14 @@ def main() -> None:
                 rows.append(row)
                 continue
             views = fresh_views(s, rng)
-            others = [img for g, o in everyone if (g, o.name) != (group, s.name) for img in photos[g, o.name]]
-            same_cls = [img for g, o in everyone if (g, o.name) != (group, s.name) and o.cls == s.cls
-                        for img in photos[g, o.name]]
+            # other subjects: not this one, and not one its own exact detector cannot tell from it
+            # (groups drawn from one generator repeat subjects; two cuts 0.05 apart look alike)
+            distinct = [(g, o) for g, o in everyone if (g, o.name) != (group, s.name)
+                        and not any(s.find(img).found for img in photos[g, o.name])
+                        and not any(o.find(img).found for img in photos[group, s.name])]
+            row["look_alikes"] = len(everyone) - 1 - len(distinct)
+            others = [img for g, o in distinct for img in photos[g, o.name]]
+            same_cls = [img for g, o in distinct if o.cls == s.cls for img in photos[g, o.name]]
             plain = plain_shapes(s.cls, rng)
             row.update(read=True, look=look.describe(), cls_ok=look.cls == s.cls,
                        photos=[sum(look.find(i).found for i in photos[group, s.name]), len(photos[group, s.name])],
