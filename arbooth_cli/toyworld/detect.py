@@ -59,6 +59,18 @@ def colour_labels(img_HW3: np.ndarray) -> np.ndarray:
     return lab
 
 
+def inner_pixels(lab: np.ndarray) -> np.ndarray:
+    """Pixels labelled with a palette colour whose eight neighbours all have the same label (not
+    part of a blended rim)."""
+    H, W = lab.shape
+    pad = np.pad(lab, 1, mode="edge")
+    inner = lab >= 0
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= pad[dy : dy + H, dx : dx + W] == lab
+    return inner
+
+
 def snap_to_shown(img_HW3: np.ndarray, lab: np.ndarray) -> np.ndarray:
     """``lab`` with blended pixels given the nearest colour the image does show.
 
@@ -68,11 +80,7 @@ def snap_to_shown(img_HW3: np.ndarray, lab: np.ndarray) -> np.ndarray:
     blurred edge then splits at its midpoint instead of eating into the shape, so thin parts (a
     small star's points) survive the softness of generated images."""
     H, W = lab.shape
-    pad = np.pad(lab, 1, mode="edge")
-    inner = lab >= 0
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            inner &= pad[dy : dy + H, dx : dx + W] == lab
+    inner = inner_pixels(lab)
     counts = np.bincount(lab[inner], minlength=len(_NAMES))
     shown = np.nonzero(counts >= MIN_AREA * H * W / 4)[0]
     blended = ~np.isin(lab, shown)

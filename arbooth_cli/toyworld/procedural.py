@@ -14,7 +14,7 @@ import numpy as np
 
 from .reader import UnreadableSubject
 from .scene import CLASSES, COLOURS, POSITIONS, SIZES
-from .subjects import PHOTO_LAYOUT, Pattern, Subject, render_subject, subject_photos
+from .subjects import PHOTO_LAYOUT, Pattern, Subject, _safe_backgrounds, render_subject, subject_photos
 
 
 def _pick(rng: np.random.Generator, k: int) -> tuple[str, ...]:
@@ -65,8 +65,6 @@ STRIPED_PHOTO = 2
 
 
 def _photo_backgrounds(pattern: Pattern, rng: np.random.Generator) -> tuple[str | tuple[str, str], ...]:
-    from .subjects import _safe_backgrounds
-
     safe = list(_safe_backgrounds(tuple(sorted(set(pattern.colours)))))
     if len(safe) < 3:
         raise UnreadableSubject("too few background colours spare the pattern")

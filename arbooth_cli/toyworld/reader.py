@@ -18,7 +18,16 @@ from functools import cached_property
 
 import numpy as np
 
-from .detect import _NAMES, MIN_AREA, _components, _template_moments, border_background, classify, colour_labels
+from .detect import (
+    _NAMES,
+    MIN_AREA,
+    _components,
+    _template_moments,
+    border_background,
+    classify,
+    colour_labels,
+    inner_pixels,
+)
 from .render import shape_mask
 from .scene import CLASSES
 from .subjects import SubjectMatch, _class_box, _hull_distance, _safe_backgrounds, find_layout
@@ -118,17 +127,6 @@ def _object(img_HW3: np.ndarray) -> tuple[str | None, np.ndarray, np.ndarray] | 
     return cls, region, lab
 
 
-def _inner(lab: np.ndarray) -> np.ndarray:
-    """Pixels whose 3x3 neighbourhood is all one palette colour (not a blended rim)."""
-    H, W = lab.shape
-    pad = np.pad(lab, 1, mode="edge")
-    out = lab >= 0
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            out &= pad[dy:dy + H, dx:dx + W] == lab
-    return out
-
-
 def _votes(cls: str, region: np.ndarray, lab: np.ndarray, G: int) -> np.ndarray:
     """(G, G, C) one vote per cell: the inner colour the photo shows at the cell's centre.
 
@@ -147,7 +145,7 @@ def _votes(cls: str, region: np.ndarray, lab: np.ndarray, G: int) -> np.ndarray:
     H, W = lab.shape
     ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
     r, c = r.clip(0, H - 1), c.clip(0, W - 1)
-    inner = _inner(lab)
+    inner = inner_pixels(lab)
     ok &= region[r, c] & inner[r, c]
     votes = np.zeros((G, G, len(_NAMES)))
     gi, gj = np.nonzero(ok)
