@@ -50,6 +50,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -912,17 +913,17 @@ class ScaleGraphs:
             self.cache = model.new_cache(static, scales, frame_hw=frame_hw, ops=ops)
             sizes = [math.prod(s) for s in self.cache.scales]
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            # scales from shed[0] on run on the first shed[1] rows only (views of the same buffers)
+            # scales from shed[0] on run on the first shed[1] rows only (views of the same buffers),
+            # sliced when each scale runs: the captured derive step replaces the per-pass tensors
             self.shed = shed
             self._rows = [batch if shed is None or si < shed[0] else shed[1] for si in range(len(sizes))]
-            part = self.cache if shed is None else self.cache.rows(shed[1])
             self._x_Bld = [None] + [torch.zeros(self._rows[si], l, model.cfg.bits, device=dev)
                                     for si, l in enumerate(sizes) if si > 0]
-            steps = [
-                (lambda si=si: model._run_scale(self.cache if self._rows[si] == batch else part, si, self._x_Bld[si],
-                                                starts[si], starts[si]))
-                for si in range(len(sizes))
-            ]
+            def step(si: int) -> Tensor:
+                cache = self.cache if self._rows[si] == batch else self.cache.rows(self._rows[si])
+                return model._run_scale(cache, si, self._x_Bld[si], starts[si], starts[si])
+
+            steps = [partial(step, si) for si in range(len(sizes))]
             side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):

@@ -138,7 +138,8 @@ class SamplingEngine:
         shed: tuple[int, int] | None = None,
     ) -> Callable[[Tensor | None], Tensor]:
         """``forward_scale`` of a new pass over ``scales`` for ``text`` (on the model's device);
-        ``shed = (k, n)``: scales from k on run the first n rows only (the unconditional rows of a guided pass)."""
+        ``shed = (k, n)``: scales from k on run the first n rows only (a guided pass drops its
+        unconditional rows)."""
         dev = transformer.device
         ops = self.ops(dev)
         if not (self.cuda_graphs and dev.type == "cuda"):
