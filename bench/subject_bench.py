@@ -33,8 +33,8 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import nullcontext
-from multiprocessing import get_context
 from functools import lru_cache
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,14 @@ def bench_subjects() -> dict:
 
 def prompts_for(subject) -> list[tuple[str, str]]:
     """(prompt, size) of the subject's 8 held-out prompts: backgrounds its photos do not show first."""
-    from arbooth_cli.toyworld.scene import _ONE, _POS_PHRASES, Background, Shape, _articles, shape_phrase
+    from arbooth_cli.toyworld.scene import (
+        _ONE,
+        _POS_PHRASES,
+        Background,
+        Shape,
+        _articles,
+        shape_phrase,
+    )
 
     shown = {c for bg in subject.photo_backgrounds for c in ((bg,) if isinstance(bg, str) else bg)}
     safe = subject.safe_backgrounds()
@@ -112,6 +119,7 @@ def _toy_vae():
     return comps.vae, model_scales(resolved.spec.sampling.size, num_scales=resolved.spec.num_scales)
 
 
+@lru_cache(maxsize=None)  # per subject: the same for every seed and variant
 def codec_ceiling(subject, n_per_view: int = 2) -> dict[str, float]:
     """Share of fresh renders (every position, both sizes) the exact detector still finds after the
     toy tokenizer's round trip (encode, quantize every scale, decode): tuning cannot draw what the

@@ -30,7 +30,13 @@ from .detect import (
 )
 from .render import shape_mask
 from .scene import CLASSES
-from .subjects import SubjectMatch, _class_box, _hull_distance, _safe_backgrounds, find_layout
+from .subjects import (
+    SubjectMatch,
+    _class_box,
+    _hull_distance,
+    _safe_backgrounds,
+    find_layout,
+)
 
 #: cells a side of the colour map over the class's box
 GRID = 32
@@ -63,7 +69,7 @@ class SubjectLook:
     def cells_GG(self) -> np.ndarray:
         return np.asarray(self.cells, dtype=np.int64)
 
-    @property
+    @cached_property
     def colours(self) -> tuple[str, ...]:
         """The subject's colours, most cells first."""
         idx, counts = np.unique(self.cells_GG[self.cells_GG >= 0], return_counts=True)
@@ -91,11 +97,16 @@ class SubjectLook:
         ix = np.floor((np.asarray(x) - x0) / (x1 - x0) * G).astype(np.int64)
         iy = np.floor((np.asarray(y) - y0) / (y1 - y0) * G).astype(np.int64)
         inside = (ix >= 0) & (ix < G) & (iy >= 0) & (iy < G)
-        palette = np.where(inside, self.cells_GG[iy.clip(0, G - 1), ix.clip(0, G - 1)], -1)
-        lookup = np.full(len(_NAMES) + 1, -1, dtype=np.int64)  # palette index (or -1 -> last) -> part
+        return np.where(inside, self._parts_GG[iy.clip(0, G - 1), ix.clip(0, G - 1)], -1)
+
+    @cached_property
+    def _parts_GG(self) -> np.ndarray:
+        """The map as indices into :attr:`colours` (-1 where left out): the detector asks for
+        parts of many points per image, so the lookup is made once."""
+        lookup = np.full(len(_NAMES) + 1, -1, dtype=np.int64)  # palette index (-1: the last entry) -> part
         for k, c in enumerate(self.colours):
             lookup[_NAMES.index(c)] = k
-        return lookup[palette]
+        return lookup[self.cells_GG]
 
     def find(self, img_HW3: np.ndarray) -> SubjectMatch:
         """Whether an RGB image shows the subject, and where."""
@@ -127,6 +138,13 @@ def _object(img_HW3: np.ndarray) -> tuple[str | None, np.ndarray, np.ndarray] | 
     return cls, region, lab
 
 
+def _cell_centres(cls: str, G: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y), each (G, G): the centres of the map's cells in the class's normalised box."""
+    x0, x1, y0, y1 = _class_box(cls)
+    centres = (np.arange(G) + 0.5) / G
+    return np.meshgrid(x0 + centres * (x1 - x0), y0 + centres * (y1 - y0))
+
+
 def _votes(cls: str, region: np.ndarray, lab: np.ndarray, G: int) -> np.ndarray:
     """(G, G, C) one vote per cell: the inner colour the photo shows at the cell's centre.
 
@@ -137,9 +155,7 @@ def _votes(cls: str, region: np.ndarray, lab: np.ndarray, G: int) -> np.ndarray:
     cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
     tpl_area, mx, my = _template_moments()[cls]
     r_px = float(np.sqrt(rows.size / tpl_area))  # the box's half-width in pixels
-    x0, x1, y0, y1 = _class_box(cls)
-    centres = (np.arange(G) + 0.5) / G
-    u, v = np.meshgrid(x0 + centres * (x1 - x0), y0 + centres * (y1 - y0))
+    u, v = _cell_centres(cls, G)
     c = np.floor(cx + (u - mx) * r_px).astype(np.int64)
     r = np.floor(cy + (v - my) * r_px).astype(np.int64)
     H, W = lab.shape
@@ -183,9 +199,7 @@ def read_look(photos_HW3: Sequence[np.ndarray], *, grid: int = GRID, prefer_cls:
     votes_GGC = sum(_votes(cls, region, lab, grid) for c, region, lab in objects if c == cls)
     total_GG = votes_GGC.sum(-1)
     best_GG = votes_GGC.argmax(-1)
-    centres = (np.arange(grid) + 0.5) / grid
-    x0, x1, y0, y1 = _class_box(cls)
-    u, v = np.meshgrid(x0 + centres * (x1 - x0), y0 + centres * (y1 - y0))
+    u, v = _cell_centres(cls, grid)
     inside_GG = shape_mask(cls, u, v)
     agreed = (total_GG > 0) & (votes_GGC.max(-1) >= CELL_MAJORITY * np.maximum(total_GG, 1)) & inside_GG
     cells_GG = np.where(agreed, best_GG, -1)
