@@ -43,6 +43,7 @@ class PromptJob:
     aspect: str | None = None
     skip_scales: int | None = None
     cfg_until_scale: int | None = None
+    prune: tuple[tuple[int, float], ...] | None = None
     line: int | None = None  # line in a prompts file, for messages
 
 
@@ -197,6 +198,9 @@ class GenConfig(_Checked):
     #: --cfg-until-scale K: guidance on the first K scales only; the later ones skip the
     #: unconditional branch (faster; None: every scale, exact sampling)
     cfg_until_scale: int | None = None
+    #: --prune S:R,...: at scale S, remove the share R of the tokens in the middle blocks and refill
+    #: them from a coarser scale (FastVAR; empty: every token)
+    prune: tuple[tuple[int, float], ...] = ()
 
     def problems(self) -> list[str]:
         out = []
@@ -230,6 +234,11 @@ class GenConfig(_Checked):
             out.append("--skip-scales must be >= 0")
         if any(v is not None and v < 1 for v in [self.cfg_until_scale, *(j.cfg_until_scale for j in self.prompts)]):
             out.append("--cfg-until-scale must be >= 1 (the first scale is always guided)")
+        for where, src in [("--", self)] + [(f"prompts file line {j.line}: ", j) for j in self.prompts]:
+            for si, ratio in src.prune or ():
+                if si < 1 or not 0 <= ratio < 1:
+                    out.append(f"{where}prune {si}:{ratio:g}: SCALE must be >= 1 (the first scale is one token) "
+                               "and RATIO, the share of tokens removed, in [0, 1)")
         if self.overwrite and self.skip_existing:
             out.append("--overwrite and --skip-existing exclude each other")
         if self.subject is not None and self.delta is not None:
@@ -259,6 +268,21 @@ def _number(value: Any, key: str, line: int) -> Number:
     if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
         return tuple(float(v) for v in value)
     raise InvalidInputError(f"prompts file line {line}: {key} must be a number or a list of numbers")
+
+
+def parse_prune(text: str, flag: str = "--prune") -> tuple[tuple[int, float], ...]:
+    """``'9:0.4,10:0.5'`` -> ((9, 0.4), (10, 0.5)): scale index and share of its tokens removed."""
+    out = []
+    for part in text.split(","):
+        si, sep, ratio = part.strip().partition(":")
+        try:
+            out.append((int(si), float(ratio)))
+        except ValueError:
+            raise InvalidInputError(f"{flag} takes SCALE:RATIO pairs separated by commas (e.g. 9:0.4,10:0.5), "
+                                    f"got {text!r}") from None
+        if not sep:
+            raise InvalidInputError(f"{flag} takes SCALE:RATIO pairs (e.g. 9:0.4,10:0.5), got {text!r}")
+    return tuple(out)
 
 
 def parse_number_list(text: str, flag: str) -> Number:
@@ -317,6 +341,10 @@ def read_prompts_file(path: str | Path) -> list[PromptJob]:
         for key in ("cfg", "tau"):
             if key in obj:
                 kw[key] = _number(obj[key], key, n)
+        if "prune" in obj:
+            if not isinstance(obj["prune"], str):
+                raise InvalidInputError(f"prompts file {p} line {n}: prune must be a string like \"9:0.4,10:0.5\"")
+            kw["prune"] = parse_prune(obj["prune"], f"prompts file {p} line {n}: prune")
         if "top_p" in obj:
             if not _is_number(obj["top_p"]):
                 raise InvalidInputError(f"prompts file {p} line {n}: top_p must be a number")

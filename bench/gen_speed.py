@@ -5,7 +5,7 @@
 
 ``--variants`` times the training-free speed-ups of `arbooth gen` against exact sampling (each
 ``name:value`` joined by ``+``: ``cfg-until:K`` is ``--cfg-until-scale K``, ``skip:N`` is
-``--skip-scales N``) and, at the first batch size, how far each strays from exact sampling with
+``--skip-scales N``, ``prune:S:R/S:R`` is ``--prune S:R,S:R``) and, at the first batch size, how far each strays from exact sampling with
 the same seeds: per scale, the share of bits drawn identically, and the mean absolute difference
 of the decoded images (0-255). With random weights these say how the code behaves, not how a
 trained model's images look.
@@ -81,15 +81,18 @@ def make_engine(kind: str, attention: str) -> SamplingEngine | None:
 
 
 def parse_variant(text: str) -> dict:
-    """``cfg-until:9+skip:1`` -> SamplingParams fields; ``exact`` -> {}."""
+    """``cfg-until:9+skip:1+prune:9:0.4/10:0.5`` -> SamplingParams fields; ``exact`` -> {}."""
     if text == "exact":
         return {}
-    out = {}
+    out: dict = {}
     for part in text.split("+"):
         key, _, value = part.partition(":")
+        if key == "prune":
+            out["prune"] = tuple((int(si), float(r)) for si, _, r in (v.partition(":") for v in value.split("/")))
+            continue
         field = {"cfg-until": "cfg_until_scale", "skip": "skip_scales"}.get(key)
         if field is None or not value.isdigit():
-            raise ValueError(f"variant part {part!r}: use cfg-until:K or skip:N")
+            raise ValueError(f"variant part {part!r}: use cfg-until:K, skip:N or prune:S:R/S:R")
         out[field] = int(value)
     return out
 
@@ -104,7 +107,15 @@ def agreement(tr, vae, text, scales, exact: SamplingParams, fast: SamplingParams
                               engine=engine) for p in (exact, fast)]
     same = [round(float((a == b).float().mean()), 4) for a, b in zip(maps[0].bits_per_scale, maps[1].bits_per_scale)]
     imgs = [decode_images(vae, m.summed_Bd1HW, engine=engine).float() for m in maps]
-    return {"bits_identical_per_scale": same, "image_mean_abs_diff": round(float((imgs[0] - imgs[1]).abs().mean()), 3)}
+    out = {"bits_identical_per_scale": same, "image_mean_abs_diff": round(float((imgs[0] - imgs[1]).abs().mean()), 3)}
+    if engine is not None and engine.cuda_graphs and not engine.compile:
+        # the CUDA-graph path of the fast settings against their eager path: the same kernels, so
+        # every bit should match
+        eager = sample_token_maps(tr, vae, text, scales, fast,
+                                  [torch.Generator(device=dev).manual_seed(i) for i in range(B)])
+        out["graphs_vs_eager_bits_identical"] = [round(float((a == b).float().mean()), 4)
+                                                 for a, b in zip(eager.bits_per_scale, maps[1].bits_per_scale)]
+    return out
 
 
 def bench_model(name: str, batches: list[int], repeats: int, cfg: float, dev: torch.device,
@@ -197,7 +208,7 @@ def main() -> None:
     ap.add_argument("--engines", default="plain,graphs+compile",
                     help="comma-separated, each plain, graphs, compile or graphs+compile")
     ap.add_argument("--attention", default="auto", choices=["auto", "cudnn", "flash"])
-    ap.add_argument("--variants", default="exact", help="comma-separated: exact, or cfg-until:K / skip:N joined by +")
+    ap.add_argument("--variants", default="exact", help="comma-separated: exact, or cfg-until:K / skip:N / prune:S:R/S:R joined by +")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     for v in args.variants.split(","):

@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--grad-checkpointing", default="auto")
     ap.add_argument("--memory", default="auto", help="auto, low or high (see docs/tuning.md)")
     ap.add_argument("--compile", default="auto")
+    ap.add_argument("--train-scales", type=int, default=None, help="loss and compute on the first K scales only")
     ap.add_argument("--photos", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--work", default=None, help="folder for photos, the store and the run (default: a temp dir)")
@@ -113,7 +114,7 @@ def main() -> None:
                         batch_size=args.batch_size, prior=not args.no_prior, prior_pool=args.prior_pool,
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
-                        memory=args.memory,
+                        memory=args.memory, train_scales=args.train_scales,
                         compile=args.compile,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)
@@ -179,7 +180,7 @@ def main() -> None:
     out = {
         "model": spec.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__, "resolution": f"{w}x{h}", "steps": args.steps, "batch_size": args.batch_size,
-        "prior": not args.no_prior, "prior_pool": pool_n if not args.no_prior else 0, **info,
+        "prior": not args.no_prior, "train_scales": args.train_scales, "prior_pool": pool_n if not args.no_prior else 0, **info,
         "build_s": round(t_build, 2), "tune_total_s": round(total, 2), "pool_s": round(pool_s, 2),
         "pool_s_per_sample": round(pool_s / pool_n, 4) if pool_s else None,
         "setup_s_before_pool": round(marks.get("pool_start", t1) - t1, 2),

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..config import GenConfig, PromptJob, parse_number_list, read_prompts_file
+from ..config import GenConfig, PromptJob, parse_number_list, parse_prune, read_prompts_file
 from ._options import DeviceOpt, DtypeOpt, PromptModelOpt
 from ._output import EventProgress, Output, get_output
 
@@ -35,7 +35,7 @@ def gen_cmd(
     aspect: Annotated[str, typer.Option(help="Aspect as W:H (16:9) or h/w (0.5625), matched to the model's templates.")] = "1:1",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together.")] = 1,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("arbooth-out"),
-    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file of prompts: one a line, or JSON lines with per-line seed, n, cfg, tau, top_k, top_p, size, aspect, skip_scales, cfg_until_scale.")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option("--prompts", help="A file of prompts: one a line, or JSON lines with per-line seed, n, cfg, tau, top_k, top_p, size, aspect, skip_scales, cfg_until_scale, prune.")] = None,
     grid: Annotated[bool, typer.Option("--grid", help="Also write grid.png, a contact sheet of all images.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files of the same name.")] = False,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Keep files already there and make only the missing ones (resume).")] = False,
@@ -45,6 +45,7 @@ def gen_cmd(
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
     skip_scales: Annotated[int, typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact).")] = 0,
     cfg_until_scale: Annotated[Optional[int], typer.Option("--cfg-until-scale", help="Guidance on the first K scales only; the later ones skip the unconditional pass (faster; default: every scale).")] = None,
+    prune: Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,...: at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
 ) -> None:
@@ -76,6 +77,7 @@ def gen_cmd(
         stream=rng_stream,  # type: ignore[arg-type]
         compile=compile_,  # type: ignore[arg-type]
         strict=strict, skip_scales=skip_scales, cfg_until_scale=cfg_until_scale,
+        prune=parse_prune(prune) if prune else (),
     ).validate()
     # Each image's line goes out (flushed) as soon as its file is written, so a killed or still
     # running job has a record of every file it wrote. While the progress bar is drawn on a terminal,

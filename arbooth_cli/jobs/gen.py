@@ -54,6 +54,7 @@ class ImageItem:
     filename: str
     skip_scales: int = 0
     cfg_until_scale: int | None = None
+    prune: tuple[tuple[int, float], ...] = ()
     subject: SubjectInfo | None = None
 
     def params(self) -> Any:
@@ -61,12 +62,12 @@ class ImageItem:
         from ..sampling.sample import SamplingParams
 
         return SamplingParams(cfg=self.cfg, tau=self.tau, top_k=self.top_k, top_p=self.top_p,
-                              skip_scales=self.skip_scales, cfg_until_scale=self.cfg_until_scale)
+                              skip_scales=self.skip_scales, cfg_until_scale=self.cfg_until_scale, prune=self.prune)
 
     def batch_key(self) -> tuple:
         subject = None if self.subject is None else str(self.subject.path)
         return (subject, self.size, self.h_div_w, self.cfg, self.tau, self.top_k, self.top_p, self.skip_scales,
-                self.cfg_until_scale)
+                self.cfg_until_scale, self.prune)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def plan_images(spec: ModelSpec, config: GenConfig,
                 **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
                 skip_scales=config.skip_scales if job.skip_scales is None else job.skip_scales,
                 cfg_until_scale=config.cfg_until_scale if job.cfg_until_scale is None else job.cfg_until_scale,
+                prune=config.prune if job.prune is None else job.prune,
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -343,6 +345,7 @@ def _metadata(it: ImageItem, resolved: ResolvedModel, config: GenConfig, scales,
         "top_p": it.top_p,
         "skip_scales": it.skip_scales,  # the last N scales not sampled (0: exact)
         "cfg_until_scale": it.cfg_until_scale,  # guidance on the first K scales only (None: every scale)
+        "prune": ",".join(f"{si}:{r:g}" for si, r in it.prune) or None,  # FastVAR pruning (None: every token)
         "size": it.size,
         "h_div_w": it.h_div_w,
         "scales": len(scales),

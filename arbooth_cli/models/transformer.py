@@ -60,6 +60,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InvalidInputError
 from ..registry import TransformerConfig
+from . import pruning
+from .pruning import PrunePlan, PruneState
 from .schedules import TEMPLATES
 from .text_encoder import TextCond
 
@@ -575,6 +577,8 @@ class KVCache:
     offset: int = 0
     #: rows of the key/value buffers written so far
     kv_len: int = 0
+    #: token pruning of the large scales (FastVAR; None: every token)
+    prune: PruneState | None = None
 
     @property
     def done(self) -> bool:
@@ -598,7 +602,8 @@ class KVCache:
         return replace(self, cond=cond, self_kv=[(k[:n], v[:n]) for k, v in self.self_kv],
                        text_kv=[(k[:n], v[:n]) for k, v in self.text_kv],
                        block_ada=[BlockAda(*(t[:n] for t in a)) for a in self.block_ada],
-                       head_ada=None if self.head_ada is None else (self.head_ada[0][:n], self.head_ada[1][:n]))
+                       head_ada=None if self.head_ada is None else (self.head_ada[0][:n], self.head_ada[1][:n]),
+                       prune=None if self.prune is None else self.prune.rows(n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -794,11 +799,13 @@ class InfinityTransformer(nn.Module):
         *,
         frame_hw: tuple[int, int] | None = None,
         ops: BlockOps = EAGER_OPS,
+        prune: PrunePlan | None = None,
     ) -> KVCache:
         """Start an incremental pass over ``scales`` for the given text (batch as in ``text``).
 
         Allocates the key/value buffers of the whole schedule at once (what the last scale needs
-        anyway). ``ops``: the block stages to run (e.g. :func:`compiled_block_ops`).
+        anyway). ``ops``: the block stages to run (e.g. :func:`compiled_block_ops`). ``prune``: a
+        :func:`arbooth_cli.models.pruning.plan_pruning` plan for these scales.
         """
         scales = self._check_scales(scales)
         cond = text if isinstance(text, Conditioning) else self.condition(text)
@@ -807,7 +814,13 @@ class InfinityTransformer(nn.Module):
         shape = (cond.batch, cos_LP.shape[0], self.cfg.num_heads, self.cfg.head_dim)
         kw = dict(dtype=self.compute_dtype, device=self.device)
         self_kv = [(torch.empty(shape, **kw), torch.empty(shape, **kw)) for _ in range(self.cfg.depth)]
-        cache = KVCache(scales, frame_hw, cond, cos_LP, sin_LP, self_kv, ops=ops)
+        state = None
+        if prune is not None:
+            if prune.hw != tuple((h, w) for _, h, w in scales):
+                raise InvalidInputError("this pruning plan was made for another schedule")
+            state = PruneState.new(prune, cond.batch, self.cfg.embed_dim, self.cfg.depth, self.compute_dtype,
+                                   self.device)
+        cache = KVCache(scales, frame_hw, cond, cos_LP, sin_LP, self_kv, ops=ops, prune=state)
         self.derive_constants(cache)
         return cache
 
@@ -857,12 +870,20 @@ class InfinityTransformer(nn.Module):
         x_BlC = x_BlC + self.lvl_embed.weight[si].float()
         # this scale's rows of the schedule's RoPE table: positions continue after the cached
         # scales (an offset of 0 here would give every scale the positions of scale 0's rows)
-        cos_l1P = cache.cos_LP[rope_offset : rope_offset + l, None]
-        sin_l1P = cache.sin_LP[rope_offset : rope_offset + l, None]
+        cos_lP = cache.cos_LP[rope_offset : rope_offset + l]
+        sin_lP = cache.sin_LP[rope_offset : rope_offset + l]
+        p = cache.prune
         for i, block in enumerate(self.blocks):
-            kv = (*cache.self_kv[i], kv_start)
-            x_BlC = block(x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT, cos_l1P, sin_l1P, None, kv,
-                          ops=cache.ops)
+            if p is None:
+                kv = (*cache.self_kv[i], kv_start)
+            else:  # a pruned block cached fewer rows of the pruned scales
+                kv = (*cache.self_kv[i], p.plan.kv_start(si, i))
+                if p.plan.prunes(si, i) or (si == p.plan.source and p.plan.records(i)):
+                    x_BlC = pruning.block_step(block, x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT,
+                                               cos_lP, sin_lP, kv, cache.ops, si=si, state=p, index=i)
+                    continue
+            x_BlC = block(x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT, cos_lP[:, None],
+                          sin_lP[:, None], None, kv, ops=cache.ops)
         assert cache.head_ada is not None
         return self.head(cache.ops.head_norm(x_BlC, *cache.head_ada, self.head_nm.eps))
 
@@ -897,6 +918,7 @@ class ScaleGraphs:
         frame_hw: tuple[int, int] | None = None,
         ops: BlockOps = EAGER_OPS,
         shed: tuple[int, int] | None = None,
+        prune: PrunePlan | None = None,
     ) -> None:
         dev = model.device
         if dev.type != "cuda":
@@ -910,7 +932,7 @@ class ScaleGraphs:
             text_mask_BT=torch.ones(batch, text_len, dtype=torch.bool, device=dev),
         )
         with torch.no_grad():
-            self.cache = model.new_cache(static, scales, frame_hw=frame_hw, ops=ops)
+            self.cache = model.new_cache(static, scales, frame_hw=frame_hw, ops=ops, prune=prune)
             sizes = [math.prod(s) for s in self.cache.scales]
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             # scales from shed[0] on run on the first shed[1] rows only (views of the same buffers),
@@ -947,12 +969,13 @@ class ScaleGraphs:
 
     def matches(
         self, model: InfinityTransformer, batch: int, text_len: int, scales: Sequence[Scale], ops: BlockOps,
-        shed: tuple[int, int] | None = None,
+        shed: tuple[int, int] | None = None, prune: PrunePlan | None = None,
     ) -> bool:
         """Whether these graphs run this model, shape and ``ops`` (the RoPE frame follows the schedule)."""
         same_scales = self.cache.scales == tuple(tuple(int(v) for v in s) for s in scales)
         same_text = tuple(self.cache.cond.text_BTD.shape[:2]) == (batch, text_len)
-        return model is self.model and ops is self.ops and same_scales and same_text and self.shed == shed
+        same_prune = (self.cache.prune.plan if self.cache.prune is not None else None) == prune
+        return model is self.model and ops is self.ops and same_scales and same_text and self.shed == shed and same_prune
 
     def start(self, cond: Conditioning) -> KVCache:
         """Load the conditioning of a new pass (same batch and text width) and rewind to scale 0."""

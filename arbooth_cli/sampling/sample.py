@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..errors import InvalidInputError
 from ..models.bsq_vae import BSQVAE
+from ..models.pruning import PrunePlan, plan_pruning, prune_problems
 from ..models.text_encoder import TextCond
 from ..models.transformer import (
     EAGER_OPS,
@@ -50,6 +51,9 @@ class SamplingParams:
     #: guidance on the scales before this one only; later scales sample the conditional branch
     #: alone and do not compute the unconditional one (Switti's guidance cut-off; None: every scale)
     cfg_until_scale: int | None = None
+    #: (scale index, share of its tokens removed): FastVAR's token pruning with the refill of the
+    #: pruned tokens (see :mod:`arbooth_cli.models.pruning`; empty: every token)
+    prune: tuple[tuple[int, float], ...] = ()
 
     def per_scale(self, n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         def expand(v: float | tuple[float, ...], what: str) -> tuple[float, ...]:
@@ -65,6 +69,9 @@ class SamplingParams:
         if self.cfg_until_scale is not None and not 1 <= self.cfg_until_scale < n:
             raise InvalidInputError(f"--cfg-until-scale {self.cfg_until_scale}: the schedule has {n} scales, so it "
                                     f"must be in 1..{n - 1}")
+        problems = prune_problems(self.prune, n)
+        if problems:
+            raise InvalidInputError(problems[0])
         cfgs = expand(self.cfg, "cfg")
         if self.cfg_until_scale is not None:
             cfgs = cfgs[: self.cfg_until_scale] + (1.0,) * (n - self.cfg_until_scale)
@@ -135,24 +142,24 @@ class SamplingEngine:
 
     def scale_runner(
         self, transformer: InfinityTransformer, text: TextCond, scales: tuple[Scale, ...],
-        shed: tuple[int, int] | None = None,
+        shed: tuple[int, int] | None = None, prune: PrunePlan | None = None,
     ) -> Callable[[Tensor | None], Tensor]:
         """``forward_scale`` of a new pass over ``scales`` for ``text`` (on the model's device);
         ``shed = (k, n)``: scales from k on run the first n rows only (a guided pass drops its
-        unconditional rows)."""
+        unconditional rows); ``prune``: token pruning of the large scales."""
         dev = transformer.device
         ops = self.ops(dev)
         if not (self.cuda_graphs and dev.type == "cuda"):
-            return _EagerRunner(transformer, transformer.new_cache(text, scales, ops=ops), shed)
+            return _EagerRunner(transformer, transformer.new_cache(text, scales, ops=ops, prune=prune), shed)
         T = text.feats_BTC.shape[1]
         if self.text_bucket > 0 and T % self.text_bucket:
             T += self.text_bucket - T % self.text_bucket
             text = TextCond(F.pad(text.feats_BTC, (0, 0, 0, T - text.feats_BTC.shape[1])), text.lens_B)
         cond = transformer.condition(text)
         g = self._graphs
-        if g is None or not g.matches(transformer, cond.batch, T, scales, ops, shed):
+        if g is None or not g.matches(transformer, cond.batch, T, scales, ops, shed, prune):
             self._graphs = None  # free the old capture before making the new one
-            g = self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops, shed=shed)
+            g = self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops, shed=shed, prune=prune)
         g.start(cond)
         return g.forward_scale
 
@@ -224,11 +231,12 @@ def sample_token_maps(
     # unconditional rows are not computed at all
     unguided_from = next((i for i in range(drawn) if all(c == 1.0 for c in cfgs[i:drawn])), drawn)
     shed = (unguided_from, B) if guided and unguided_from < drawn else None
+    prune = plan_pruning(scales, params.prune, transformer.cfg.depth) if params.prune else None
     if engine is None:
-        forward_scale: Callable[[Tensor | None], Tensor] = _EagerRunner(transformer, transformer.new_cache(both, scales),
-                                                                       shed)
+        forward_scale: Callable[[Tensor | None], Tensor] = _EagerRunner(
+            transformer, transformer.new_cache(both, scales, prune=prune), shed)
     else:
-        forward_scale = engine.scale_runner(transformer, both, scales, shed)
+        forward_scale = engine.scale_runner(transformer, both, scales, shed, prune)
     acc = vae.new_accumulator(scales, batch=B)
     x_Bld: Tensor | None = None
     bits: list[Tensor] = []

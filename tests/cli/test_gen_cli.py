@@ -180,3 +180,27 @@ def test_cfg_until_scale_guides_the_first_scales_and_says_so(cli, tmp_path):
     for bad, message in (("5", "the schedule has 5 scales"), ("0", "must be >= 1")):
         r = cli("gen", prompt, "--cfg-until-scale", bad, "--out", str(tmp_path / "bad"))
         assert r.exit_code == 4 and message in r.stderr and " on cpu (" not in r.stderr, r.output
+
+
+def test_prune_thins_the_large_scales_and_says_so(cli, tmp_path):
+    """--prune S:R,...: the image differs from exact sampling, equals the same setting said on a line
+    of a prompts file, is recorded in the metadata; a scale outside the schedule, a ratio outside
+    [0, 1) and a malformed value are refused (exit 4) before the model loads."""
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    prompt = "a red star on the left, blue background"
+    assert cli("gen", prompt, "--out", str(tmp_path / "exact")).exit_code == 0
+    r = cli("gen", prompt, "--prune", "3:0.5,4:0.5", "--out", str(tmp_path / "pruned"))
+    assert r.exit_code == 0, r.output
+    lines = tmp_path / "p.jsonl"
+    lines.write_text(json.dumps({"prompt": prompt, "prune": "3:0.5,4:0.5"}) + "\n")
+    assert cli("gen", "--prompts", str(lines), "--out", str(tmp_path / "file")).exit_code == 0
+    (exact,), (pruned,), (from_file,) = (list((tmp_path / d).glob("*.png")) for d in ("exact", "pruned", "file"))
+    assert not np.array_equal(np.asarray(Image.open(exact)), np.asarray(Image.open(pruned)))
+    assert np.array_equal(np.asarray(Image.open(pruned)), np.asarray(Image.open(from_file)))
+    assert read_png_metadata(pruned)["prune"] == "3:0.5,4:0.5" and read_png_metadata(exact)["prune"] is None
+    for bad, message in (("5:0.5", "the schedule has 5 scales"), ("3:1.5", r"in [0, 1)"), ("3", "SCALE:RATIO"),
+                         ("a:b", "SCALE:RATIO"), ("0:0.5", "SCALE must be >= 1")):
+        r = cli("gen", prompt, "--prune", bad, "--out", str(tmp_path / "bad"))
+        assert r.exit_code == 4 and message in r.stderr and " on cpu (" not in r.stderr, (bad, r.output)
+        assert not (tmp_path / "bad").exists()
