@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from arbooth_cli import __version__  # noqa: E402
+from arbooth_cli.analysis.toy_scores import attribute_accuracy  # noqa: E402
 from arbooth_cli.checkpoint_io import write_safetensors  # noqa: E402
 from arbooth_cli.models.build import build_components, bundle_tensors, read_bundle  # noqa: E402
 from arbooth_cli.models.schedules import model_scales  # noqa: E402
@@ -54,8 +55,8 @@ from arbooth_cli.toyworld.dataset import (  # noqa: E402
     training_example,
     weighted_classes,
 )
-from arbooth_cli.toyworld.detect import check, detect  # noqa: E402
-from arbooth_cli.toyworld.scene import CLASSES, parse_caption  # noqa: E402
+from arbooth_cli.toyworld.detect import detect  # noqa: E402
+from arbooth_cli.toyworld.scene import CLASSES  # noqa: E402
 from arbooth_cli.models.bsq_vae import teacher_forcing  # noqa: E402
 from arbooth_cli.tuning.losses import bitwise_ce  # noqa: E402
 
@@ -404,28 +405,12 @@ def accuracy(comps, prompts: list[str], scales, params: SamplingParams, seed: in
              batch: int = 256) -> dict:
     """Share of images showing every asked attribute, and per attribute, by the detectors."""
     tr, vae, te = comps.transformer, comps.vae, comps.text_encoder
-    keys = ("class", "colour", "position", "size", "background", "all")
-    hits = {k: 0 for k in keys}
-    asked = {k: 0 for k in keys}
-    by_class: dict[str, list[int]] = {}  # one-shape prompts: class -> [all-attribute hits, prompts]
+    imgs = []
     for s in range(0, len(prompts), batch):
         chunk = prompts[s : s + batch]
-        text = te.encode(chunk)
         gens = [torch.Generator(device=device).manual_seed(seed + s + i) for i in range(len(chunk))]
-        imgs = sample_images(tr, vae, text, scales, params, gens)
-        for p, img in zip(chunk, imgs.permute(0, 2, 3, 1).cpu().numpy()):
-            parsed = parse_caption(p)
-            res = check(parsed, detect(img))
-            for k in keys:
-                if res.get(k) is not None:
-                    asked[k] += 1
-                    hits[k] += bool(res[k])
-            if len(parsed.shapes) == 1:
-                tally = by_class.setdefault(parsed.shapes[0]["cls"], [0, 0])
-                tally[0] += bool(res["all"])
-                tally[1] += 1
-    return ({k: round(hits[k] / asked[k], 4) if asked[k] else None for k in keys} | {"images": len(prompts)}
-            | {"per_class": {c: round(h / n, 4) for c, (h, n) in sorted(by_class.items())}})
+        imgs += list(sample_images(tr, vae, te.encode(chunk), scales, params, gens).permute(0, 2, 3, 1).cpu().numpy())
+    return attribute_accuracy(prompts, imgs)
 
 
 def evaluate(comps, scales, args, log: dict, device) -> dict:

@@ -85,6 +85,32 @@ def read_toy_subject(photos_HW3: Sequence[np.ndarray], folder: Path | str, prefe
     return look, {look.name: look.read_back}
 
 
+def attribute_accuracy(prompts: Sequence[str], imgs_NHW3: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The share of images showing every attribute their caption asks ("all") and each attribute
+    alone (class, colour, position, size, background), by the toy world's detectors; and per class,
+    the "all" share of the one-shape prompts."""
+    from ..toyworld.detect import check, detect
+    from ..toyworld.scene import parse_caption
+
+    keys = ("class", "colour", "position", "size", "background", "all")
+    hits = {k: 0 for k in keys}
+    asked = {k: 0 for k in keys}
+    by_class: dict[str, list[int]] = {}  # one-shape prompts: class -> [all-attribute hits, prompts]
+    for p, img in zip(prompts, imgs_NHW3, strict=True):
+        parsed = parse_caption(p)
+        res = check(parsed, detect(img))
+        for k in keys:
+            if res.get(k) is not None:
+                asked[k] += 1
+                hits[k] += bool(res[k])
+        if len(parsed.shapes) == 1:
+            tally = by_class.setdefault(parsed.shapes[0]["cls"], [0, 0])
+            tally[0] += bool(res["all"])
+            tally[1] += 1
+    return ({k: round(hits[k] / asked[k], 4) if asked[k] else None for k in keys} | {"images": len(prompts)}
+            | {"per_class": {c: round(h / n, 4) for c, (h, n) in sorted(by_class.items())}})
+
+
 def pixel_diversity(imgs_SHW3: np.ndarray) -> tuple[float | None, int]:
     """(mean over seed pairs of the mean absolute pixel difference / 255, in [0, 1]; None for one
     image) and how many of the images are distinct (not byte-identical)."""

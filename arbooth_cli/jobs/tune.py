@@ -39,6 +39,7 @@ from ..errors import (ArboothError, CheckpointError, InvalidInputError, Resource
 from ..loading import ResolvedModel, pick_device
 from ..models.bsq_vae import teacher_forcing
 from ..models.build import Components
+from ..models.offload import HostOffload
 from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops, rope_frame
@@ -417,6 +418,9 @@ class _Run:
         self.opt_kind = kind
         self.remove_hooks = self.opt.step_in_backward()
         self.ckpt_blocks = self._recomputed_blocks()
+        # --memory low on a GPU: the recomputed blocks' inputs wait in pinned host memory
+        self.offload = (HostOffload(self.device) if c.memory == "low" and c.grad_checkpointing == "auto"
+                        and self.device.type == "cuda" else None)
         # --memory auto on a GPU measures one block's activations in its first two steps
         self.probe: list[int] | None = (
             [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
@@ -546,7 +550,9 @@ class _Run:
             text = TextCond.cat([text] + [self.class_texts[int(pool.prompt_N[r])] for r in rows])
             inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
         forward = dict(checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
-                       prefix_attention=dev.type == "cuda", ops=self.train_ops) if train else {}
+                       prefix_attention=dev.type == "cuda", ops=self.train_ops, offload=self.offload) if train else {}
+        if train and self.offload is not None:
+            self.offload.start_step()
         L = self.train_L
         scales = self.scales[: c.train_scales or len(self.scales)]
         logits = tr(text, inputs[:, : L - 1], scales, frame_hw=rope_frame(self.scales), **forward)

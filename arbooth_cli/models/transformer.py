@@ -61,6 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InvalidInputError
 from ..registry import TransformerConfig
 from . import pruning
+from .offload import HostOffload, offloaded_block
 from .pruning import PrunePlan, PruneState
 from .schedules import TEMPLATES
 from .text_encoder import TextCond
@@ -742,6 +743,7 @@ class InfinityTransformer(nn.Module):
         drop_path_generator: torch.Generator | None = None,
         prefix_attention: bool = False,
         ops: BlockOps = EAGER_OPS,
+        offload: HostOffload | None = None,
     ) -> Tensor:
         """Teacher-forced logits over all scales, ``logits_BLV`` float32.
 
@@ -755,6 +757,8 @@ class InfinityTransformer(nn.Module):
         ``prefix_attention`` attends scale by scale (:class:`ScalePrefixes`) instead of through an
         (L, L) mask: faster on a GPU, equal up to rounding. ``ops``: the blocks' element-wise
         stages (e.g. :func:`compiled_block_ops`, whose fused kernels also serve the backward pass).
+        ``offload``: the recomputed blocks keep their inputs in host memory until the backward pass
+        (:mod:`.offload`; the same numbers).
         """
         scales = self._check_scales(scales)
         frame_hw = frame_hw or rope_frame(scales)
@@ -784,7 +788,12 @@ class InfinityTransformer(nn.Module):
                 # the whole residual stream in bf16), so recomputing any number of blocks gives the
                 # same numbers; the block itself adds in float32
                 args = (x_BLC.to(self.compute_dtype), *args[1:])
-            if bi < recompute and torch.is_grad_enabled():
+            if bi < recompute and torch.is_grad_enabled() and offload is not None:
+                def run(x, ada, text_k, text_v, block=block, rest=args[3:]):
+                    return block(x, ada, (text_k, text_v), *rest, ops=ops)
+
+                x_BLC = offloaded_block(run, offload, args[0], cond.ada_B16C, *text_kv)
+            elif bi < recompute and torch.is_grad_enabled():
                 x_BLC = checkpoint(block, *args, ops=ops, use_reentrant=False)
             else:
                 x_BLC = block(*args, ops=ops)

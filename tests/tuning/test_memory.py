@@ -43,3 +43,36 @@ def test_every_memory_policy_gives_the_same_subject(photos, policy):
     other = tune(TuneConfig(**base, name="other", **policy))
     a, b = load_file(plain.subject), load_file(other.subject)
     assert all(torch.equal(a[n], b[n]) for n in a) and plain.losses == other.losses
+
+
+def test_block_inputs_kept_in_host_memory_change_no_number():
+    """--memory low on a GPU: the recomputed blocks' inputs wait in host memory for the backward
+    pass; the logits and every gradient are those of the plain checkpointed blocks, bit for bit."""
+    from arbooth_cli.models.build import build_components
+    from arbooth_cli.models.offload import HostOffload
+    from arbooth_cli.models.schedules import get_schedule
+    from arbooth_cli.specs.tiny import TINY_INFINITY
+
+    c = build_components(TINY_INFINITY)
+    tr = c.transformer
+    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
+    L = sum(h * w for _, h, w in scales)
+    text = c.text_encoder.encode(["a red star", "a blue square"])
+    x = torch.randn(2, L - 1, tr.cfg.bits, generator=torch.Generator().manual_seed(0))
+    for p in tr.parameters():
+        p.requires_grad_(True)
+
+    def run(**kw):
+        tr.zero_grad(set_to_none=True)
+        out = tr(text, x, scales, **kw)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}
+
+    store = HostOffload(torch.device("cpu"))
+    want, want_grads = run(checkpoint_blocks=True)
+    for _ in range(2):  # a second step reuses the host buffers
+        store.start_step()
+        got, grads = run(checkpoint_blocks=True, offload=store)
+        assert torch.equal(got, want) and grads.keys() == want_grads.keys()
+        assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
+    assert len(store._buffers) == tr.cfg.depth
