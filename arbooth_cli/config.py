@@ -415,6 +415,9 @@ class TuneConfig(_Checked):
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
     drop_path: float | None = None  #: --drop-path: stochastic depth (default: the model's, 0.1)
     seed: int = 0  #: --seed
+    #: --early-stop P: stop before --steps once the subject loss (means of 25-step windows) has not
+    #: fallen by 1% for P windows in a row (0: off, run every step)
+    early_stop: int = 0
     validate_every: int = 100  #: --validate-every N steps (0: never)
     #: --validation-prompt (repeatable); None: the model's (prompts it can draw)
     validation_prompts: tuple[str, ...] | None = None
@@ -519,6 +522,8 @@ class TuneConfig(_Checked):
             out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
         if self.grad_checkpointing not in ("auto", "on", "off"):
             out.append("--grad-checkpointing must be auto, on or off")
+        if self.early_stop < 0:
+            out.append("--early-stop must be >= 0 (0: off)")
         if self.memory not in ("auto", "low", "high"):
             out.append("--memory must be auto, low or high")
         if self.compile not in ("auto", "on", "off"):

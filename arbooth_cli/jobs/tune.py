@@ -54,6 +54,7 @@ from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
 from ..tuning.optim import TuningAdamW
+from ..tuning.plateau import plateaued
 from ..tuning.pool_store import PoolStore
 from ..tuning.prior import (POOL_COMPILE_MIN, POOL_FILE, PriorPool, inputs_from_bits, load_pool, pool_batch,
                             pool_key, prior_class_prompts, sample_prior_pool, save_pool)
@@ -68,6 +69,11 @@ from .session import EventFn
 RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
                      "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token",
                      "memory", "grad_checkpointing"}
+
+
+#: --early-stop: the subject loss is judged in means of this many steps, and must fall by this share
+PLATEAU_WINDOW = 25
+PLATEAU_DELTA = 0.01
 
 
 class TuneInterrupted(KeyboardInterrupt):
@@ -432,6 +438,8 @@ class _Run:
         self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
         self.step = 0
         self.history: list[Tensor] = []  # (3,) loss, ce, prior per step, on the device, not yet read
+        self.ce_read: list[float] = []  # the subject loss of every step read so far (--early-stop)
+        self.stopped_early = False
         self.last_logged: dict[str, float] = {}
         tr.train()
         self.emit("trainable", {"tensors": len(self.tuned), "params": self.trainable_params, "by_type": by_type,
@@ -615,6 +623,7 @@ class _Run:
                 where += f" (the last checkpoint could not be written: {failed})"
             raise TrainingDivergedError(f"the loss became {values[int(bad[0, 0]), 0].item()} at step {at}{where}",
                                         hint="lower --lr, or use --optimizer-state fp32") from failed
+        self.ce_read += values[:, 1].tolist()
         loss, ce, prior = values[-1].tolist()
         self.last_logged = {"loss": loss, "ce": ce, "prior": prior}
         return self.last_logged
@@ -669,6 +678,13 @@ class _Run:
             saved = bool(c.checkpoint_every) and self.step % c.checkpoint_every == 0 and not at_end
             if saved:
                 self.save_checkpoint()
+            if (c.early_stop and not at_end and self.step % c.log_every == 0
+                    and plateaued(self.ce_read, window=PLATEAU_WINDOW, patience=c.early_stop,
+                                  min_delta=PLATEAU_DELTA)):
+                self.emit("note", {"message": f"early stop at step {self.step}: the subject loss has not fallen by "
+                                              f"{PLATEAU_DELTA:.0%} for {c.early_stop} windows of {PLATEAU_WINDOW} steps"})
+                self.stopped_early = True
+                break
             if self._stop:
                 # Ctrl-C: the checkpoint is on disk before the run stops (this step's, if just submitted)
                 ckpt = self.finish_checkpoint() if saved else self.save_checkpoint(wait=True)
