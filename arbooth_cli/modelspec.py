@@ -141,6 +141,9 @@ class TuningDefaults:
     lr: float = 2.34375e-5
     #: prompts of the validation images ({token} and {cls} filled in): ones the model can draw
     validation_prompts: tuple[str, ...] = ("a {token} {cls} on the beach",)
+    #: (word, smaller word) pairs of sizes its captions say; a zoomed-out copy (``--augment-zoom``)
+    #: of a photo captioned with the first says the second (empty: captions say no size)
+    size_words: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

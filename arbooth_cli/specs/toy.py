@@ -67,7 +67,8 @@ TOY = ModelSpec(
     # 4x the official rate: the best of a sweep on the toy subjects (docs/embedded-model.md); at the
     # official rate a 4 M-parameter model learns most subjects only in part in 500 steps
     tuning=TuningDefaults(lr=1e-4, validation_prompts=("a {token} {cls} on the left, white background",
-                                                       "a small {token} {cls} at the top, black background")),
+                                                       "a small {token} {cls} at the top, black background"),
+                          size_words=(("large", "small"),)),
     sizes=("toy",),
     num_scales=5,
     license="MIT",

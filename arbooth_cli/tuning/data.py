@@ -9,6 +9,7 @@ is an error. A caption file beside a photo (same stem, ``.txt``) overrides the d
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,4 +137,42 @@ def with_augmented_copies(images: list[SubjectImage], copies: int, *, shift: flo
         for k in range(copies):
             rng = np.random.default_rng([seed, i, k, 7])
             out.append(SubjectImage(im.path, im.caption, augmented_copy(im.pixels_HW3, rng, shift=shift, scale=scale)))
+    return out
+
+
+def zoomed_copy(pixels_HW3: np.ndarray, factor: float) -> np.ndarray:
+    """The photo shrunk by ``factor`` about its centre (area resampling) on a frame of the same size:
+    the margin takes the photo's border colour when one colour covers at least 2/3 of the border (a
+    plain background), else the shrunk photo's edges are extended."""
+    from PIL import Image
+
+    H, W = pixels_HW3.shape[:2]
+    h, w = max(1, round(H * factor)), max(1, round(W * factor))
+    small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), Image.Resampling.BOX))
+    top, left = (H - h) // 2, (W - w) // 2
+    border = np.concatenate([pixels_HW3[0], pixels_HW3[-1], pixels_HW3[:, 0], pixels_HW3[:, -1]])
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    if 3 * counts.max() >= 2 * len(border):
+        out = np.empty_like(pixels_HW3)
+        out[:] = colours[counts.argmax()]
+        out[top : top + h, left : left + w] = small
+        return out
+    return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
+
+
+def with_zoomed_copies(images: list[SubjectImage], factor: float,
+                       size_words: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
+    """``images`` followed by a :func:`zoomed_copy` of each. ``size_words``: (word, smaller word)
+    pairs of a model whose captions say sizes (toy: large, small): only photos whose caption has
+    such a word get a copy, captioned with the word replaced; without pairs every photo gets one
+    with its own caption."""
+    out = list(images)
+    for im in images:
+        caption = im.caption
+        if size_words:
+            pair = next(((a, b) for a, b in size_words if re.search(rf"\b{re.escape(a)}\b", caption)), None)
+            if pair is None:
+                continue
+            caption = re.sub(rf"\b{re.escape(pair[0])}\b", pair[1], caption)
+        out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor)))
     return out

@@ -93,3 +93,32 @@ def test_an_augmented_copy_moves_and_rescales_and_extends_the_edges():
         moved = augmented_copy(photo, np.random.default_rng(seed), shift=0.1, scale=0.0)
         padded = np.pad(photo, ((8, 8), (8, 8), (0, 0)), mode="edge")
         assert any((moved == padded[8 - dy:48 - dy, 8 - dx:48 - dx]).all() for dy in range(-4, 5) for dx in range(-4, 5))
+
+
+def test_a_zoomed_copy_shrinks_the_photo_about_its_centre_on_its_background():
+    from arbooth_cli.tuning.data import zoomed_copy
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:] = (0, 0, 255)  # a plain blue background
+    img[8:40, 0:32] = (255, 0, 0)  # a red square touching the left edge
+    out = zoomed_copy(img, 0.5)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    red = np.argwhere((out == (255, 0, 0)).all(-1))
+    assert red.min(0).tolist() == [20, 16] and red.max(0).tolist() == [35, 31]  # half size, about the centre
+    assert (out[:, :16] == (0, 0, 255)).all()  # the margin is the background, not the square's edge
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255  # no colour covers 2/3 of the border: the edges are extended
+    assert zoomed_copy(stripes, 0.5)[:, :16].std() == 0
+
+
+def test_zoomed_copies_say_the_smaller_size_where_captions_say_sizes():
+    from arbooth_cli.tuning.data import SubjectImage, with_zoomed_copies
+
+    px = np.full((16, 16, 3), 9, np.uint8)
+    ims = [SubjectImage(Path("a.png"), "a large sks star on the left", px),
+           SubjectImage(Path("b.png"), "a small sks star at the top", px),
+           SubjectImage(Path("c.png"), "a photo of sks dog", px)]
+    toy = with_zoomed_copies(ims, 0.64, (("large", "small"),))
+    assert [im.caption for im in toy[3:]] == ["a small sks star on the left"]
+    real = with_zoomed_copies(ims, 0.64)
+    assert [im.caption for im in real[3:]] == [im.caption for im in ims]
