@@ -201,6 +201,8 @@ class GenConfig(_Checked):
     #: --prune S:R,...: at scale S, remove the share R of the tokens in the middle blocks and refill
     #: them from a coarser scale (FastVAR; empty: every token)
     prune: tuple[tuple[int, float], ...] = ()
+    #: --fast: the model's measured preset of the three above (options given win)
+    fast: bool = False
 
     def problems(self) -> list[str]:
         out = []

@@ -125,12 +125,35 @@ class FileSpec:
 
 
 @dataclass(frozen=True)
+class FastPreset:
+    """What `gen --fast` turns on for a model, counted from the end of the schedule so that it
+    fits every size; chosen by measurement (docs/sampling.md). Empty: the model has none yet."""
+
+    skip_last: int = 0  #: --skip-scales
+    #: (k, ratio): --prune of the k-th scale from the end (1: the last)
+    prune_from_end: tuple[tuple[int, float], ...] = ()
+    #: --cfg-until-scale K = scales - this (None: guidance on every scale)
+    cfg_stops_before_end: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.skip_last or self.prune_from_end or self.cfg_stops_before_end)
+
+    def resolve(self, num_scales: int) -> dict[str, object]:
+        """``skip_scales``, ``prune`` and ``cfg_until_scale`` for a schedule of ``num_scales``."""
+        stop = None if self.cfg_stops_before_end is None else num_scales - self.cfg_stops_before_end
+        return {"skip_scales": self.skip_last, "cfg_until_scale": stop,
+                "prune": tuple((num_scales - k, r) for k, r in self.prune_from_end)}
+
+
+@dataclass(frozen=True)
 class SamplingDefaults:
     cfg: float = 3.0
     tau: float = 0.5
     top_p: float = 0.97
     top_k: int = 0
     size: str = "1M"
+    fast: FastPreset = FastPreset()  #: `gen --fast`
 
 
 @dataclass(frozen=True)

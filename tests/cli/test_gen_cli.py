@@ -204,3 +204,25 @@ def test_prune_thins_the_large_scales_and_says_so(cli, tmp_path):
         r = cli("gen", prompt, "--prune", bad, "--out", str(tmp_path / "bad"))
         assert r.exit_code == 4 and message in r.stderr and " on cpu (" not in r.stderr, (bad, r.output)
         assert not (tmp_path / "bad").exists()
+
+
+def test_fast_uses_the_models_preset_and_options_given_win(cli, tmp_path):
+    """--fast on toy: guidance stops two scales before the end (its measured preset): the same image
+    as --cfg-until-scale 3, recorded; an option given wins over the preset; a model without a
+    preset refuses --fast before loading."""
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    prompt = "a red star on the left, blue background"
+    for name, extra in (("fast", ["--fast"]), ("cut", ["--cfg-until-scale", "3"]),
+                        ("mine", ["--fast", "--cfg-until-scale", "4"]), ("four", ["--cfg-until-scale", "4"])):
+        r = cli("gen", prompt, *extra, "--out", str(tmp_path / name))
+        assert r.exit_code == 0, r.output
+    (fast,), (cut,), (mine,), (four,) = (list((tmp_path / d).glob("*.png")) for d in ("fast", "cut", "mine", "four"))
+    assert fast.read_bytes() != cut.read_bytes()  # the metadata differs ...
+    assert np.array_equal(np.asarray(Image.open(fast)), np.asarray(Image.open(cut)))  # ... the pixels do not
+    meta = read_png_metadata(fast)
+    assert meta["fast"] is True and meta["cfg_until_scale"] == 3 and meta["skip_scales"] == 0 and meta["prune"] is None
+    assert read_png_metadata(mine)["cfg_until_scale"] == 4
+    assert np.array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(four)))
+    r = cli("gen", prompt, *TINY, "--fast", "--out", str(tmp_path / "tiny"))
+    assert r.exit_code == 4 and "no --fast preset" in r.stderr and not (tmp_path / "tiny").exists()
