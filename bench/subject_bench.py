@@ -162,16 +162,20 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
         except OSError:  # another process wrote it first
             pass
     name = f"{subject.name}-{variant}-s{seed}"
+    fields = dict(fields)
+    rank = fields.pop("eval_rank", 0)  # score the rank-R compressed subject (--save-rank R) instead
     cfg = TuneConfig(photos=str(photos), token=TOKEN, cls=subject.cls, model="toy", name=name, seed=seed,
                      overwrite=True, validate_every=0, checkpoint_every=0, device=device, dtype="fp32",
-                     compile="off", **fields)
+                     compile="off", **fields, **({"save_rank": rank} if rank else {}))
     t0 = time.perf_counter()
-    tune(cfg)
+    result = tune(cfg)
     tune_s = time.perf_counter() - t0
+    scored = result.lowrank["path"] if rank else name
     prompts = prompts_for(subject)
     pfile = Path(work) / f"{name}.prompts.txt"
     pfile.write_text("\n".join(p for p, _ in prompts) + "\n", encoding="utf-8")
-    rep = evaluate(EvalConfig(subject=name, prompts_file=str(pfile), seeds=EVAL_SEEDS, device=device, dtype="fp32"))
+    rep = evaluate(EvalConfig(subject=scored, prompts_file=str(pfile), seeds=EVAL_SEEDS, device=device, dtype="fp32",
+                              photos=str(photos)))
     hits = {"small": [0, 0], "large": [0, 0]}
     for row, (_, size) in zip(rep.prompts, prompts):
         hits[size][0] += row.subject_hits
@@ -245,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subjects", nargs="+", default=None, help="only these subjects (names from the table)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="TuneConfig fields as JSON, e.g. 'steps300={\"steps\": 300}' (default: the defaults)")
+                    help="TuneConfig fields as JSON, e.g. 'steps300={\"steps\": 300}' (default: the defaults); "
+                         "\"eval_rank\": R scores the rank-R compressed subject (--save-rank R)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
