@@ -65,7 +65,7 @@ def tune_cmd(
     save_rank: Annotated[Optional[int], _opt("--save-rank", help="Also save a rank-R compressed subject and report its cost; 0: no (default: 0).")] = None,
     optimizer_state: Annotated[Optional[str], _opt("--optimizer-state", help="AdamW moments in fp32, bf16 or fp8; auto: fp8 on a GPU for big models, else fp32 (default: auto).")] = None,
     grad_checkpointing: Annotated[Optional[str], _opt("--grad-checkpointing", help="Recompute block activations in the backward pass: on (every block), off (none), auto (as --memory says) (default: auto).")] = None,
-    memory: Annotated[Optional[str], _opt("--memory", help="GPU memory policy: low (recompute every block's activations: the least memory), auto (measure in the first two steps, then keep as many blocks' activations as fit), high (recompute none; refused if it cannot fit) (default: low).")] = None,
+    memory: Annotated[Optional[str], _opt("--memory", help="GPU memory policy: low (recompute every block's activations, their inputs kept in host memory: the least GPU memory), auto (measure in the first two steps, then keep as many blocks' activations as fit), high (recompute none; refused if it cannot fit) (default: low).")] = None,
     compile_: Annotated[Optional[str], _opt("--compile", help="Fused kernels for the blocks (the first step compiles them, about 30 s): auto (on a GPU), on, off (default: auto).")] = None,
     device: Annotated[Optional[str], _opt("--device", help=f"{DEVICE_HELP[:-1]} (default: auto).")] = None,
     dtype: Annotated[Optional[str], _opt("--dtype", help="Transformer weights: auto (bf16 on GPU, fp32 on CPU), fp32, bf16 (default: auto).")] = None,
