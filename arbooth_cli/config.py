@@ -193,14 +193,15 @@ class GenConfig(_Checked):
     compile: Literal["auto", "on", "off"] = "auto"
     #: --strict: a prompt or setting the model cannot draw is an error, not a warning
     strict: bool = False
-    #: --skip-scales N: the last N scales are not sampled (faster; 0: exact sampling)
-    skip_scales: int = 0
+    #: --skip-scales N: the last N scales are not sampled (faster; 0: exact sampling; None: not
+    #: given, 0 unless --fast's preset says otherwise)
+    skip_scales: int | None = None
     #: --cfg-until-scale K: guidance on the first K scales only; the later ones skip the
     #: unconditional branch (faster; None: every scale, exact sampling)
     cfg_until_scale: int | None = None
     #: --prune S:R,...: at scale S, remove the share R of the tokens in the middle blocks and refill
     #: them from a coarser scale (FastVAR; empty: every token)
-    prune: tuple[tuple[int, float], ...] = ()
+    prune: tuple[tuple[int, float], ...] | None = None
     #: --fast: the model's measured preset of the three above (options given win)
     fast: bool = False
 
@@ -232,7 +233,7 @@ class GenConfig(_Checked):
                     out.append(f"{where}{name} must be finite, got {v}")
         if self.batch_size < 1:
             out.append("--batch-size must be >= 1")
-        if self.skip_scales < 0 or any(j.skip_scales is not None and j.skip_scales < 0 for j in self.prompts):
+        if (self.skip_scales or 0) < 0 or any(j.skip_scales is not None and j.skip_scales < 0 for j in self.prompts):
             out.append("--skip-scales must be >= 0")
         if any(v is not None and v < 1 for v in [self.cfg_until_scale, *(j.cfg_until_scale for j in self.prompts)]):
             out.append("--cfg-until-scale must be >= 1 (the first scale is always guided)")
@@ -273,7 +274,10 @@ def _number(value: Any, key: str, line: int) -> Number:
 
 
 def parse_prune(text: str, flag: str = "--prune") -> tuple[tuple[int, float], ...]:
-    """``'9:0.4,10:0.5'`` -> ((9, 0.4), (10, 0.5)): scale index and share of its tokens removed."""
+    """``'9:0.4,10:0.5'`` -> ((9, 0.4), (10, 0.5)): scale index and share of its tokens removed;
+    ``'none'`` -> () (no pruning, also under ``--fast``)."""
+    if text.strip().lower() == "none":
+        return ()
     out = []
     for part in text.split(","):
         si, sep, ratio = part.strip().partition(":")

@@ -43,9 +43,9 @@ def gen_cmd(
     dtype: DtypeOpt = "auto",
     rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
-    skip_scales: Annotated[int, typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact).")] = 0,
+    skip_scales: Annotated[Optional[int], typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact, the default).")] = None,
     cfg_until_scale: Annotated[Optional[int], typer.Option("--cfg-until-scale", help="Guidance on the first K scales only; the later ones skip the unconditional pass (faster; default: every scale).")] = None,
-    prune: Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,...: at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")] = None,
+    prune: Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,... ('none': off): at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="The model's measured speed preset of --skip-scales, --prune and --cfg-until-scale (options given win; docs/sampling.md).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
@@ -78,7 +78,7 @@ def gen_cmd(
         stream=rng_stream,  # type: ignore[arg-type]
         compile=compile_,  # type: ignore[arg-type]
         strict=strict, skip_scales=skip_scales, cfg_until_scale=cfg_until_scale,
-        prune=parse_prune(prune) if prune else (), fast=fast,
+        prune=parse_prune(prune) if prune is not None else None, fast=fast,
     ).validate()
     # Each image's line goes out (flushed) as soon as its file is written, so a killed or still
     # running job has a record of every file it wrote. While the progress bar is drawn on a terminal,

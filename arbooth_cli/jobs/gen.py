@@ -125,9 +125,9 @@ def plan_images(spec: ModelSpec, config: GenConfig,
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
                 **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
-                skip_scales=_first(job.skip_scales, config.skip_scales or None, fast.get("skip_scales"), 0),
+                skip_scales=_first(job.skip_scales, config.skip_scales, fast.get("skip_scales"), 0),
                 cfg_until_scale=_first(job.cfg_until_scale, config.cfg_until_scale, fast.get("cfg_until_scale")),
-                prune=_first(job.prune, config.prune or None, fast.get("prune"), ()),
+                prune=_first(job.prune, config.prune, fast.get("prune"), ()),
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):

@@ -1,52 +1,63 @@
 """Recomputed blocks whose inputs wait for the backward pass in host memory (``tune --memory low``).
 
-A recomputed (checkpointed) block keeps only its input for the backward pass; for infinity-2b at
-1024x1024 with the prior that is 4 x 10,521 x 2048 bf16 values, 172 MB a block, 5.5 GB for the 32.
-:class:`HostOffload` copies each input to pinned host memory on a side stream as the forward goes
-on, and brings it back one block ahead of the backward (the copy of block i - 1's input overlaps
-block i's recomputation and backward), so the GPU holds one or two block inputs at a time.
+A recomputed (checkpointed) block keeps only its inputs for the backward pass; for infinity-2b at
+1024x1024 with the prior the residual-stream input is 4 x 10,521 x 2048 bf16 values, 172 MB a
+block, 5.5 GB for the 32. :class:`HostOffload` moves what a checkpoint saves to pinned host memory
+as the forward goes on (a side stream copies it) and brings it back one block ahead of the backward
+(block i - 1's input is copied in while block i recomputes), so the GPU holds one or two block
+inputs at a time.
 
-:func:`offloaded_block` is the recomputing block: a custom autograd function that runs the block
-without keeping anything, then, in the backward pass, reloads the input, runs the block again with
-gradients on and back-propagates through it. The recomputation is the same operations on the same
-values as :func:`torch.utils.checkpoint.checkpoint`, so the losses and updates are the same.
+It works through :func:`torch.autograd.graph.saved_tensors_hooks` around
+``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: the checkpoint saves its inputs
+for the backward pass outside its own hooks, so these hooks see exactly those inputs; what the
+recomputation needs inside the block is the checkpoint's business. The arithmetic is untouched:
+the same losses and gradients as plain recomputation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
 
+#: tensors smaller than this stay where they are (RoPE tables, AdaLN terms, text keys and values)
+MIN_BYTES = 1 << 20
+
 
 class _Stored:
-    """One block input: in host memory (``host``) until :meth:`HostOffload.fetch` brings it back."""
+    """One saved tensor in host memory until :meth:`HostOffload._unpack` brings it back."""
 
-    def __init__(self, host: Tensor, done: torch.cuda.Event | None, device: torch.device) -> None:
-        self.host, self.done, self.device = host, done, device
+    def __init__(self, index: int, host: Tensor, done: torch.cuda.Event | None, device: torch.device) -> None:
+        self.index, self.host, self.done, self.device = index, host, done, device
         self.back: Tensor | None = None
         self.back_done: torch.cuda.Event | None = None
 
 
 class HostOffload:
-    """Block inputs of one training step, kept in host memory between the forward and the backward.
+    """The large tensors the recomputed blocks save in one training step, kept in host memory.
 
-    On a CUDA device the copies run on a side stream into pinned buffers that are reused from step
-    to step (one per block position); on a CPU device a copy is made all the same (what the tests
-    check: the arithmetic, not the speed).
+    On a CUDA device the copies run on one side stream (so a buffer reused by the next step cannot
+    race an earlier copy) into pinned buffers kept from step to step; on a CPU device a copy is made
+    all the same (the tests check the arithmetic, not the speed). ``min_bytes``: smaller tensors
+    are left alone.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, min_bytes: int = MIN_BYTES) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.min_bytes = min_bytes
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self._buffers: dict[int, Tensor] = {}
         self._order: list[_Stored] = []
 
     def start_step(self) -> None:
-        """Forget the last step's inputs (their buffers are reused)."""
+        """Forget the last step's tensors (their buffers are reused)."""
         self._order = []
+
+    def hooks(self) -> AbstractContextManager:
+        """The context to run a checkpointed block in."""
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
     def _buffer(self, i: int, like: Tensor) -> Tensor:
         buf = self._buffers.get(i)
@@ -55,20 +66,23 @@ class HostOffload:
             self._buffers[i] = buf
         return buf
 
-    def store(self, x: Tensor) -> _Stored:
-        buf = self._buffer(len(self._order), x)
+    def _pack(self, t: Tensor) -> Tensor | _Stored:
+        if t.numel() * t.element_size() < self.min_bytes or t.device.type != self.device.type:
+            return t
+        index = len(self._order)
+        buf = self._buffer(index, t)
         if not self.cuda:
-            buf.copy_(x)
-            stored = _Stored(buf, None, x.device)
+            buf.copy_(t)
+            stored = _Stored(index, buf, None, t.device)
         else:
             assert self.stream is not None
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(self.stream):
-                buf.copy_(x, non_blocking=True)
+                buf.copy_(t, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record()
-            x.record_stream(self.stream)  # its memory is not reused before the copy has read it
-            stored = _Stored(buf, done, x.device)
+            t.record_stream(self.stream)  # its memory is not reused before the copy has read it
+            stored = _Stored(index, buf, done, t.device)
         self._order.append(stored)
         return stored
 
@@ -85,44 +99,17 @@ class HostOffload:
             stored.back_done = torch.cuda.Event()
             stored.back_done.record()
 
-    def fetch(self, stored: _Stored) -> Tensor:
-        """The input back on the device; starts bringing back the input stored before it."""
-        self._prefetch(stored)
-        k = next((i for i, s in enumerate(self._order) if s is stored), 0)
-        if k > 0:
-            self._prefetch(self._order[k - 1])
-        x, stored.back = stored.back, None
+    def _unpack(self, packed: Tensor | _Stored) -> Tensor:
+        if not isinstance(packed, _Stored):
+            return packed
+        self._prefetch(packed)
+        if packed.index > 0:  # the backward runs the blocks in reverse: start the one before
+            self._prefetch(self._order[packed.index - 1])
+        x, packed.back = packed.back, None
         assert x is not None
         if self.cuda:
-            assert stored.back_done is not None
+            assert packed.back_done is not None
             cur = torch.cuda.current_stream(self.device)
-            cur.wait_event(stored.back_done)
+            cur.wait_event(packed.back_done)
             x.record_stream(cur)
         return x
-
-
-class _OffloadedBlock(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, run: Callable[..., Tensor], store: HostOffload, x: Tensor, *tensors: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.run, ctx.store = run, store
-        ctx.stored = store.store(x)
-        ctx.save_for_backward(*tensors)
-        with torch.no_grad():
-            return run(x, *tensors)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        x = ctx.store.fetch(ctx.stored)
-        inputs = [x, *ctx.saved_tensors]
-        wants = ctx.needs_input_grad[2:]
-        detached = [t.detach().requires_grad_(w) for t, w in zip(inputs, wants)]
-        with torch.enable_grad():
-            out = ctx.run(*detached)
-        torch.autograd.backward(out, grad_out)
-        return (None, None, *[d.grad if w else None for d, w in zip(detached, wants)])
-
-
-def offloaded_block(run: Callable[..., Tensor], store: HostOffload, x: Tensor, *tensors: Tensor) -> Tensor:
-    """``run(x, *tensors)`` as a recomputed block whose input ``x`` waits in host memory; gradients
-    reach ``x``, ``tensors`` (those that require them) and the parameters ``run`` uses."""
-    return _OffloadedBlock.apply(run, store, x, *tensors)

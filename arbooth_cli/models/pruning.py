@@ -49,10 +49,11 @@ class PrunePlan:
         return dict(self.keep).get(si)
 
     def prunes(self, si: int, block: int) -> bool:
-        return self.blocks[0] <= block < self.blocks[1] and self.kept(si) is not None
+        return self.in_range(block) and self.kept(si) is not None
 
-    def records(self, block: int) -> bool:
-        """Whether ``block`` keeps its source-scale branch outputs (it prunes a later scale)."""
+    def in_range(self, block: int) -> bool:
+        """Whether ``block`` prunes (its scales named in ``keep``); it then also records its
+        sublayers' updates at the source scale."""
         return self.blocks[0] <= block < self.blocks[1]
 
     def kv_start(self, si: int, block: int) -> int:
@@ -60,7 +61,7 @@ class PrunePlan:
         the kept tokens of the pruned scales before ``si``."""
         rows = 0
         for s in range(si):
-            n = self.kept(s) if self.records(block) else None
+            n = self.kept(s) if self.in_range(block) else None
             rows += n if n is not None else math.prod(self.hw[s])
         return rows
 
@@ -138,38 +139,25 @@ class PruneState:
     @staticmethod
     def new(plan: PrunePlan, batch: int, width: int, depth: int, dtype: torch.dtype, device: torch.device) -> PruneState:
         s = math.prod(plan.hw[plan.source])
-        return PruneState(plan, [torch.zeros(3, batch, s, width, dtype=dtype, device=device) if plan.records(i)
+        return PruneState(plan, [torch.zeros(3, batch, s, width, dtype=dtype, device=device) if plan.in_range(i)
                                  else None for i in range(depth)])
 
     def rows(self, n: int) -> PruneState:
         return PruneState(self.plan, [None if b is None else b[:, :n] for b in self.branches])
 
 
-def block_step(block, x_BLC: Tensor, a, text_kv: tuple[Tensor, Tensor], text_mask_BT: Tensor, cos_LP: Tensor,
-               sin_LP: Tensor, kv: tuple[Tensor, Tensor, int], ops, *, si: int, state: PruneState,
-               index: int) -> Tensor:
-    """Block ``index`` on scale ``si`` of a pruned pass; ``cos_LP``/``sin_LP``: this scale's RoPE rows.
-
-    At the source scale it runs every token and records its branch outputs; at a pruned scale each
-    sublayer runs on the top tokens and refills the rest from the record.
-    """
+def pruned_block(block, x_BLC: Tensor, a, text_kv: tuple[Tensor, Tensor], text_mask_BT: Tensor, cos_LP: Tensor,
+                 sin_LP: Tensor, kv: tuple[Tensor, Tensor, int], ops, *, si: int, state: PruneState,
+                 index: int) -> Tensor:
+    """Block ``index`` on pruned scale ``si``: each sublayer runs on the top tokens of the residual
+    stream and the others are refilled from the block's record of the source scale (written by
+    ``InfinityBlock.forward(..., record_3BLC=...)``); ``cos_LP``/``sin_LP``: this scale's RoPE rows."""
     plan = state.plan
-    dt, eps = block.compute_dtype, block.eps
-    n = plan.kept(si) if plan.prunes(si, index) else None
-    if n is None:  # every token; the source scale also keeps what each sublayer added
-        d_sa = block.sa(ops.ln_modulate(x_BLC, a.scale1p, a.shift1, eps, dt), cos_LP[:, None], sin_LP[:, None], None,
-                        kv, ops).float() * a.gamma1
-        x_BLC = x_BLC + d_sa
-        h = F.layer_norm(x_BLC, (x_BLC.shape[-1],), block.ca_norm.weight.float(), block.ca_norm.bias.float(), eps)
-        d_ca = block.ca(h.to(dt), text_kv, text_mask_BT, ops).float()
-        x_BLC = x_BLC + d_ca
-        d_ffn = block.ffn(ops.ln_modulate(x_BLC, a.scale2p, a.shift2, eps, dt)).float() * a.gamma2
-        if si == plan.source and state.branches[index] is not None:
-            state.branches[index].copy_(torch.stack([d_sa, d_ca, d_ffn]))
-        return x_BLC + d_ffn
-
+    n = plan.kept(si)
     src, src_hw, hw = state.branches[index], plan.hw[plan.source], plan.hw[si]
-    assert src is not None
+    assert n is not None and src is not None
+    dt, eps = block.compute_dtype, block.eps
+
     idx = top_tokens(x_BLC, n)
     h = ops.ln_modulate(gather_tokens(x_BLC, idx), a.scale1p, a.shift1, eps, dt)
     d = block.sa(h, cos_LP[idx][:, :, None], sin_LP[idx][:, :, None], None, kv, ops).float() * a.gamma1

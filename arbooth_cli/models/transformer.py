@@ -61,7 +61,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import InvalidInputError
 from ..registry import TransformerConfig
 from . import pruning
-from .offload import HostOffload, offloaded_block
+from .offload import HostOffload
 from .pruning import PrunePlan, PruneState
 from .schedules import TEMPLATES
 from .text_encoder import TextCond
@@ -490,22 +490,31 @@ class InfinityBlock(nn.Module):
         kv: tuple[Tensor, Tensor, int] | None = None,
         keep_B11: tuple[Tensor, Tensor] | None = None,
         ops: BlockOps = EAGER_OPS,
+        record_3BLC: Tensor | None = None,
     ) -> Tensor:
         """``x_BLC`` is the float32 residual stream; ``ada`` the shared ``ada_B16C`` or this block's
         :meth:`modulation` of it; ``kv`` as in :meth:`ScaleSelfAttention.forward`; ``keep_B11`` are
-        drop-path multipliers."""
+        drop-path multipliers; ``record_3BLC`` receives what the three sublayers add to the
+        residual stream (the refill source of token pruning, :mod:`.pruning`)."""
         dt = self.compute_dtype
         a = self.modulation(ada) if isinstance(ada, Tensor) else ada
         keep1, keep2 = (None, None) if keep_B11 is None else keep_B11
 
         h = ops.ln_modulate(x_BLC, a.scale1p, a.shift1, self.eps, dt)
         h = self.sa(h, cos_L1P, sin_L1P, mask_LL, kv, ops)
+        if record_3BLC is not None:
+            record_3BLC[0].copy_(h.float() * a.gamma1)
         # LayerNorm in float32 (with its affine weights) before the text attention, as CUDA
         # autocast does it in the official bf16 run
         x_BLC, h = ops.residual_ln(x_BLC, h, a.gamma1, keep1, self.ca_norm.weight, self.ca_norm.bias, self.eps, dt)
         h = self.ca(h, text_kv, text_mask_BT, ops)
+        if record_3BLC is not None:
+            record_3BLC[1].copy_(h)
         x_BLC, h = ops.residual_ln_modulate(x_BLC, h, a.scale2p, a.shift2, self.eps, dt)
-        return ops.residual(x_BLC, self.ffn(h), a.gamma2, keep2)
+        h = self.ffn(h)
+        if record_3BLC is not None:
+            record_3BLC[2].copy_(h.float() * a.gamma2)
+        return ops.residual(x_BLC, h, a.gamma2, keep2)
 
 
 class BlockChunk(nn.Module):
@@ -788,13 +797,9 @@ class InfinityTransformer(nn.Module):
                 # the whole residual stream in bf16), so recomputing any number of blocks gives the
                 # same numbers; the block itself adds in float32
                 args = (x_BLC.to(self.compute_dtype), *args[1:])
-            if bi < recompute and torch.is_grad_enabled() and offload is not None:
-                def run(x, ada, text_k, text_v, block=block, rest=args[3:]):
-                    return block(x, ada, (text_k, text_v), *rest, ops=ops)
-
-                x_BLC = offloaded_block(run, offload, args[0], cond.ada_B16C, *text_kv)
-            elif bi < recompute and torch.is_grad_enabled():
-                x_BLC = checkpoint(block, *args, ops=ops, use_reentrant=False)
+            if bi < recompute and torch.is_grad_enabled():
+                with offload.hooks() if offload is not None else contextlib.nullcontext():
+                    x_BLC = checkpoint(block, *args, ops=ops, use_reentrant=False)
             else:
                 x_BLC = block(*args, ops=ops)
         return self.logits(x_BLC, cond.cond_BD)
@@ -887,12 +892,14 @@ class InfinityTransformer(nn.Module):
                 kv = (*cache.self_kv[i], kv_start)
             else:  # a pruned block cached fewer rows of the pruned scales
                 kv = (*cache.self_kv[i], p.plan.kv_start(si, i))
-                if p.plan.prunes(si, i) or (si == p.plan.source and p.plan.records(i)):
-                    x_BlC = pruning.block_step(block, x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT,
-                                               cos_lP, sin_lP, kv, cache.ops, si=si, state=p, index=i)
+                if p.plan.prunes(si, i):
+                    x_BlC = pruning.pruned_block(block, x_BlC, cache.block_ada[i], cache.text_kv[i],
+                                                 cond.text_mask_BT, cos_lP, sin_lP, kv, cache.ops, si=si, state=p,
+                                                 index=i)
                     continue
+            record = p.branches[i] if p is not None and si == p.plan.source else None
             x_BlC = block(x_BlC, cache.block_ada[i], cache.text_kv[i], cond.text_mask_BT, cos_lP[:, None],
-                          sin_lP[:, None], None, kv, ops=cache.ops)
+                          sin_lP[:, None], None, kv, ops=cache.ops, record_3BLC=record)
         assert cache.head_ada is not None
         return self.head(cache.ops.head_norm(x_BlC, *cache.head_ada, self.head_nm.eps))
 

@@ -66,9 +66,9 @@ class SamplingParams:
         if not 0 <= self.skip_scales < n:
             raise InvalidInputError(f"--skip-scales {self.skip_scales}: the schedule has {n} scales, so it must be "
                                     f"in 0..{n - 1}")
-        if self.cfg_until_scale is not None and not 1 <= self.cfg_until_scale < n:
+        if self.cfg_until_scale is not None and not 1 <= self.cfg_until_scale <= n:
             raise InvalidInputError(f"--cfg-until-scale {self.cfg_until_scale}: the schedule has {n} scales, so it "
-                                    f"must be in 1..{n - 1}")
+                                    f"must be in 1..{n} ({n}: every scale)")
         problems = prune_problems(self.prune, n)
         if problems:
             raise InvalidInputError(problems[0])

@@ -177,7 +177,7 @@ def test_cfg_until_scale_guides_the_first_scales_and_says_so(cli, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(exact)), np.asarray(Image.open(cut)))
     assert np.array_equal(np.asarray(Image.open(cut)), np.asarray(Image.open(from_file)))
     assert read_png_metadata(cut)["cfg_until_scale"] == 3 and read_png_metadata(exact)["cfg_until_scale"] is None
-    for bad, message in (("5", "the schedule has 5 scales"), ("0", "must be >= 1")):
+    for bad, message in (("6", "the schedule has 5 scales"), ("0", "must be >= 1")):
         r = cli("gen", prompt, "--cfg-until-scale", bad, "--out", str(tmp_path / "bad"))
         assert r.exit_code == 4 and message in r.stderr and " on cpu (" not in r.stderr, r.output
 
@@ -224,5 +224,16 @@ def test_fast_uses_the_models_preset_and_options_given_win(cli, tmp_path):
     assert meta["fast"] is True and meta["cfg_until_scale"] == 3 and meta["skip_scales"] == 0 and meta["prune"] is None
     assert read_png_metadata(mine)["cfg_until_scale"] == 4
     assert np.array_equal(np.asarray(Image.open(mine)), np.asarray(Image.open(four)))
+    # an explicit value of the preset's option, on the command line or a prompts-file line, wins too
+    r = cli("gen", prompt, "--fast", "--cfg-until-scale", "5", "--out", str(tmp_path / "all"))
+    assert r.exit_code == 0, r.output
+    (every,) = list((tmp_path / "all").glob("*.png"))
+    exact = tmp_path / "exact"
+    assert cli("gen", prompt, "--out", str(exact)).exit_code == 0
+    assert np.array_equal(np.asarray(Image.open(every)), np.asarray(Image.open(next(exact.glob("*.png")))))
+    lines = tmp_path / "p.jsonl"
+    lines.write_text(json.dumps({"prompt": prompt, "cfg_until_scale": 4}) + "\n")
+    assert cli("gen", "--prompts", str(lines), "--fast", "--out", str(tmp_path / "line")).exit_code == 0
+    assert read_png_metadata(next((tmp_path / "line").glob("*.png")))["cfg_until_scale"] == 4
     r = cli("gen", prompt, *TINY, "--fast", "--out", str(tmp_path / "tiny"))
     assert r.exit_code == 4 and "no --fast preset" in r.stderr and not (tmp_path / "tiny").exists()

@@ -125,3 +125,21 @@ def test_sampling_with_pruning_keeps_the_early_scales_bits(tiny):
                                gens())
     assert all(torch.equal(a, b) for a, b in zip(exact.bits_per_scale[:3], pruned.bits_per_scale[:3]))
     assert pruned.bits_per_scale[3].shape == exact.bits_per_scale[3].shape
+
+
+def test_pruned_and_full_blocks_read_only_key_value_rows_they_wrote(tiny):
+    """Block 0 runs every token and block 1 prunes two scales in a row: each block must attend to
+    the rows it wrote and no others (the buffers start as NaN, so a wrong row shows)."""
+    c, scales, text, xs = tiny
+    tr = c.transformer
+    plan = plan_pruning(scales, [(2, 0.5), (3, 0.5)], tr.cfg.depth, blocks=(1, 2))
+    assert plan.prunes(3, 1) and not plan.prunes(3, 0) and plan.kv_start(3, 1) < plan.kv_start(3, 0)
+    with torch.no_grad():
+        cache = tr.new_cache(text, scales, prune=plan)
+        for k, v in cache.self_kv:
+            k.fill_(float("nan"))
+            v.fill_(float("nan"))
+        out = [tr.forward_scale(cache, x) for x in xs]
+    assert all(torch.isfinite(o).all() for o in out)
+    exact = _pass(tiny, None)
+    assert all(torch.equal(a, b) for a, b in zip(exact[:2], out[:2]))

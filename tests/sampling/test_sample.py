@@ -103,6 +103,7 @@ def test_cfg_until_scale_guides_the_first_scales_only(tiny):
     assert all(not torch.equal(x, full) and not torch.equal(x, none) for x in cut[:1])
     per_scale = _sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=(4.0, 4.0) + (1.0,) * (n - 2), tau=1.0))
     assert torch.equal(per_scale, cut[1])  # the same guidance said per scale
-    for bad in (0, n, -1):
+    assert torch.equal(_sample(tiny, PROMPTS[:2], [3, 4], SamplingParams(cfg=4.0, tau=1.0, cfg_until_scale=n)), full)
+    for bad in (0, n + 1, -1):
         with pytest.raises(InvalidInputError, match="--cfg-until-scale"):
             SamplingParams(cfg=4.0, cfg_until_scale=bad).per_scale(n)
