@@ -8,7 +8,7 @@ its own photos' captions.
 
 Tunes one benchmark subject (bench/subject_bench_subjects.json) with the toy model's defaults plus
 ``--fields`` (TuneConfig fields as JSON), seed 0, then scores with `arbooth eval`: every position
-x the sizes asked x two backgrounds none of its photos shows, 4 seeds each, and its photos' own
+x the sizes asked x two backgrounds (ones no photo shows first), 4 seeds each, and its photos' own
 captions, 8 seeds each. ``--extra-small N`` adds N small views (new positions and backgrounds) to
 the photos folder first, to see what more photos of that size would do.
 """
@@ -33,13 +33,17 @@ from subject_bench import TOKEN, bench_subjects  # noqa: E402
 POSITIONS = ("left", "right", "top", "bottom", "center")
 
 
+def _shown(subject) -> set[str]:
+    return {c for bg in subject.photo_backgrounds for c in ((bg,) if isinstance(bg, str) else bg)}
+
+
 def add_small_views(subject, folder: Path, n: int) -> None:
     from PIL import Image
 
     from arbooth_cli.toyworld.subjects import photo_caption, render_subject
 
-    shown = {c for bg in subject.photo_backgrounds for c in ((bg,) if isinstance(bg, str) else bg)}
-    spare = [c for c in subject.safe_backgrounds() if c not in shown][::-1]
+    # backgrounds no photo shows first (a subject may have none left), then the others
+    spare = [c for c in subject.safe_backgrounds() if c not in _shown(subject)][::-1] + list(subject.safe_backgrounds())
     for k in range(n):
         attrs = {"file": f"{6 + k:02d}.png", "position": ("left", "bottom", "right", "center")[k % 4],
                  "size": "small", "background": (spare[k % len(spare)],)}
@@ -75,8 +79,8 @@ def main() -> None:
     fields = json.loads(args.fields)
     tune(TuneConfig(photos=str(photos), token=TOKEN, cls=subject.cls, model="toy", name="probe", seed=0, overwrite=True,
                     validate_every=0, checkpoint_every=0, device="cpu", dtype="fp32", compile="off", **fields))
-    shown = {c for bg in subject.photo_backgrounds for c in ((bg,) if isinstance(bg, str) else bg)}
-    backgrounds = [c for c in subject.safe_backgrounds() if c not in shown][:2] or list(subject.safe_backgrounds()[:2])
+    backgrounds = ([c for c in subject.safe_backgrounds() if c not in _shown(subject)] + list(subject.safe_backgrounds()))[:2]
+    print(f"backgrounds of the grid: {', '.join(backgrounds)}")
     grid = []
     for size in args.sizes.split(","):
         for pos in POSITIONS:
