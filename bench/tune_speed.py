@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--memory", default="auto", help="auto, low or high (see docs/tuning.md)")
     ap.add_argument("--compile", default="auto")
     ap.add_argument("--train-scales", type=int, default=None, help="loss and compute on the first K scales only")
+    ap.add_argument("--step-peaks", action="store_true",
+                    help="also report each training step's peak and what stays allocated between steps "
+                         "(a device sync per step: leave it off for timings)")
     ap.add_argument("--photos", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--work", default=None, help="folder for photos, the store and the run (default: a temp dir)")
@@ -153,6 +156,21 @@ def main() -> None:
         last[0] = now
 
     resolved = ResolvedModel(spec, {}, "random-init-" + spec_hash(spec))
+    step_peaks: list[tuple[int, int]] = []  # (allocated before the step, the step's peak), bytes
+    if args.step_peaks and dev.type == "cuda":
+        from arbooth_cli.jobs.tune import _Run
+
+        plain_step = _Run.train_step
+
+        def measured_step(self, pool):
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            before = torch.cuda.memory_allocated(dev)
+            plain_step(self, pool)
+            torch.cuda.synchronize(dev)
+            step_peaks.append((before, torch.cuda.max_memory_allocated(dev)))
+
+        _Run.train_step = measured_step  # type: ignore[method-assign]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t1 = time.perf_counter()
@@ -194,6 +212,11 @@ def main() -> None:
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if dev.type == "cuda" else None,
         "final_losses": result.losses,
     }
+    if step_peaks:  # the steps after the first (it allocates the optimizer state)
+        later = step_peaks[1:] or step_peaks
+        out["step_peak_gib"] = round(max(p for _, p in later) / 2**30, 2)
+        out["held_between_steps_gib"] = round(later[-1][0] / 2**30, 2)
+        out["peak_allocated_gib"] = out["peak_reserved_gib"] = None  # reset every step: not the run's
     if per_step and args.steps < 500:
         # the default run: 500 steps, a pool of 1000, checkpoints and validation every 100
         ck = ckpt_cost or 0.0
