@@ -569,6 +569,19 @@ class TuneConfig(_Checked):
             raise InvalidInputError(f"{where}: {exc}") from None
 
 
+#: `tune --preset NAME`: TuneConfig fields it sets where neither an option nor the --config file
+#: does. Each part of "fast" cost at most 0.03 subject fidelity on the toy subject benchmark
+#: (docs/subject-benchmark.md): an early stop on a plateau, and a prior pool of 200 samples.
+TUNE_PRESETS: dict[str, dict[str, Any]] = {"fast": {"early_stop": 2, "prior_pool": 200}}
+
+
+def tune_preset(name: str) -> dict[str, Any]:
+    """The fields of a `tune --preset` (InvalidInputError for an unknown name)."""
+    if name not in TUNE_PRESETS:
+        raise InvalidInputError(f"unknown --preset {name!r}; choose from {', '.join(TUNE_PRESETS)}")
+    return dict(TUNE_PRESETS[name])
+
+
 def read_tune_file(path: str | Path) -> dict[str, Any]:
     """The settings of a TOML file for ``arbooth tune --config`` (keys: :class:`TuneConfig` fields;
     ``class`` is accepted for ``cls``)."""

@@ -73,6 +73,23 @@ def test_a_config_file_is_read_and_options_override_it(cli, photos, tmp_path):
     assert out["steps"] == 2 and out["name"] == "other"
 
 
+def test_a_preset_sets_what_the_config_file_and_options_do_not(cli, photos, tmp_path):
+    """--preset fast: an early stop and a prior pool of 200, below a --config file and the options
+    given; an unknown preset is refused before any work."""
+    from arbooth_cli.config import TUNE_PRESETS
+
+    toml = tmp_path / "tune.toml"
+    toml.write_text("prior_pool = 6\n")
+    r = cli("tune", str(photos), "--token", "sks", "--class", "dog", *TINY, "--steps", "3", "--validate-every", "0",
+            "--preset", "fast", "--config", str(toml), "--json")
+    assert r.exit_code == 0, r.output
+    config = json.loads(cli("subjects", "info", "sks", "--json").stdout)["config"]
+    assert config["early_stop"] == TUNE_PRESETS["fast"]["early_stop"] == 2 and config["prior_pool"] == 6
+    r = cli("tune", str(photos), "--token", "sks", "--class", "dog", *TINY, "--preset", "fastest", "--name", "x")
+    assert r.exit_code == 4 and "unknown --preset 'fastest'" in r.stderr
+    assert not (paths.home() / "subjects" / "x").exists()
+
+
 def test_an_unknown_config_key_is_invalid_input(cli, photos, tmp_path):
     toml = tmp_path / "tune.toml"
     toml.write_text('token = "sks"\nclass = "dog"\nlearning_rate = 0.1\n')
