@@ -6,6 +6,7 @@ No torch import: the CLI builds these before anything heavy loads.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -238,10 +239,7 @@ class GenConfig(_Checked):
         if any(v is not None and v < 1 for v in [self.cfg_until_scale, *(j.cfg_until_scale for j in self.prompts)]):
             out.append("--cfg-until-scale must be >= 1 (the first scale is always guided)")
         for where, src in [("--", self)] + [(f"prompts file line {j.line}: ", j) for j in self.prompts]:
-            for si, ratio in src.prune or ():
-                if si < 1 or not 0 <= ratio < 1:
-                    out.append(f"{where}prune {si}:{ratio:g}: SCALE must be >= 1 (the first scale is one token) "
-                               "and RATIO, the share of tokens removed, in [0, 1)")
+            out += prune_problems(src.prune or (), where=where)
         if self.overwrite and self.skip_existing:
             out.append("--overwrite and --skip-existing exclude each other")
         if self.subject is not None and self.delta is not None:
@@ -271,6 +269,25 @@ def _number(value: Any, key: str, line: int) -> Number:
     if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
         return tuple(float(v) for v in value)
     raise InvalidInputError(f"prompts file line {line}: {key} must be a number or a list of numbers")
+
+
+def prune_problems(ratios: Sequence[tuple[int, float]], num_scales: int | None = None, where: str = "--") -> list[str]:
+    """What is wrong with ``--prune`` pairs (scale index, share removed); with ``num_scales``, also
+    against a schedule of that many scales."""
+    out = []
+    seen: set[int] = set()
+    for si, ratio in ratios:
+        if si in seen:
+            out.append(f"{where}prune names scale {si} twice")
+        seen.add(si)
+        if num_scales is not None and not 1 <= si < num_scales:
+            out.append(f"{where}prune scale {si}: the schedule has {num_scales} scales, so it must be in "
+                       f"1..{num_scales - 1}")
+        elif si < 1:
+            out.append(f"{where}prune {si}:{ratio:g}: SCALE must be >= 1 (the first scale is one token)")
+        if not 0 <= ratio < 1:
+            out.append(f"{where}prune {si}:{ratio:g}: the ratio is the share of tokens removed, in [0, 1)")
+    return out
 
 
 def parse_prune(text: str, flag: str = "--prune") -> tuple[tuple[int, float], ...]:

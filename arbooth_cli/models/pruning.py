@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import prune_problems
 from ..errors import InvalidInputError
 
 Scale = tuple[int, int, int]
@@ -69,21 +70,6 @@ class PrunePlan:
 def default_blocks(depth: int) -> tuple[int, int]:
     """FastVAR's pruned blocks scaled to ``depth``: 3..27 of 32 (the first 3 and last 4 run in full)."""
     return round(3 * depth / 32), depth - round(4 * depth / 32)
-
-
-def prune_problems(ratios: Sequence[tuple[int, float]], num_scales: int) -> list[str]:
-    """What is wrong with ``ratios`` (scale index, share removed) for a schedule of ``num_scales``."""
-    out = []
-    seen: set[int] = set()
-    for si, ratio in ratios:
-        if si in seen:
-            out.append(f"--prune names scale {si} twice")
-        seen.add(si)
-        if not 1 <= si < num_scales:
-            out.append(f"--prune scale {si}: the schedule has {num_scales} scales, so it must be in 1..{num_scales - 1}")
-        if not 0 <= ratio < 1:
-            out.append(f"--prune {si}:{ratio:g}: the ratio is the share of tokens removed, in [0, 1)")
-    return out
 
 
 def plan_pruning(scales: Sequence[Scale], ratios: Sequence[tuple[int, float]], depth: int,

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from ..errors import InvalidInputError
 from ..models.bsq_vae import BSQVAE
-from ..models.pruning import PrunePlan, plan_pruning, prune_problems
+from ..config import prune_problems
+from ..models.pruning import PrunePlan, plan_pruning
 from ..models.text_encoder import TextCond
 from ..models.transformer import (
     EAGER_OPS,
