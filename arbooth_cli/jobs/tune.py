@@ -49,7 +49,7 @@ from ..subjects.embedding import splice_subject, word_token_span
 from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
-from ..tuning.data import load_subject_images, to_tensor, with_augmented_copies, with_zoomed_copies
+from ..tuning.data import load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
@@ -312,9 +312,9 @@ class _Run:
         tokenizer = comps.text_encoder.tokenizer
         self._check_token(tokenizer)
         train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
-                                      seed=c.seed) if c.augment else self.images
-        if c.augment_zoom:
-            train = with_zoomed_copies(train, c.augment_zoom, self.spec.tuning.size_words)
+                                      seed=c.seed) if c.augment else list(self.images)
+        if c.augment_zoom:  # of the photos themselves, not of their --augment copies
+            train += zoomed_copies(self.images, c.augment_zoom, self.spec.tuning.size_words)
         captions = [im.caption for im in train]
         if c.flip:
             captions = captions + captions

@@ -160,13 +160,13 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float) -> np.ndarray:
     return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
 
 
-def with_zoomed_copies(images: list[SubjectImage], factor: float,
-                       size_words: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
-    """``images`` followed by a :func:`zoomed_copy` of each. ``size_words``: (word, smaller word)
-    pairs of a model whose captions say sizes (toy: large, small): only photos whose caption has
-    such a word get a copy, captioned with the word replaced; without pairs every photo gets one
-    with its own caption."""
-    out = list(images)
+def zoomed_copies(images: list[SubjectImage], factor: float,
+                  size_words: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
+    """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
+    whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
+    copy, captioned with the word replaced; without pairs every photo gets one with its own
+    caption."""
+    out = []
     for im in images:
         caption = im.caption
         if size_words:
