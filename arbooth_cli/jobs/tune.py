@@ -66,7 +66,7 @@ from .session import EventFn
 # "checkpoint", "lowrank", "saved"
 
 #: settings a resumed run may change (the rest must equal the checkpoint's)
-RESUMABLE_CHANGES = {"steps", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
+RESUMABLE_CHANGES = {"steps", "early_stop", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
                      "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token",
                      "memory", "grad_checkpointing"}
 
