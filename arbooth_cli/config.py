@@ -575,7 +575,7 @@ class TuneConfig(_Checked):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
-                    "text_dropout", "drop_path", "augment_shift", "augment_scale"):
+                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom"):
             if _is_number(kw.get(key)):
                 kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:
