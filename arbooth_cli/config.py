@@ -602,6 +602,45 @@ def tune_preset(name: str) -> dict[str, Any]:
 def read_tune_file(path: str | Path) -> dict[str, Any]:
     """The settings of a TOML file for ``arbooth tune --config`` (keys: :class:`TuneConfig` fields;
     ``class`` is accepted for ``cls``)."""
+    data = _read_toml(path, "tune")
+    if "class" in data:
+        data["cls"] = data.pop("class")
+    return data
+
+
+#: `gen --config` keys that are named after the option rather than the GenConfig field
+GEN_FILE_ALIASES = {"out": "out_dir", "n": "num_images", "rng_stream": "stream", "prompts": "prompts_file"}
+
+
+def read_gen_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML file for ``arbooth gen --config``: GenConfig fields by their option
+    names (``out``, ``n`` or ``num_images``, ``rng_stream``, ``prune = "9:0.4,10:0.5"``, and
+    ``prompts``: a prompts file), checked; keys may sit under a ``[gen]`` table."""
+    where = f"config file {path}"
+    data = {GEN_FILE_ALIASES.get(k, k): v for k, v in _read_toml(path, "gen").items()}
+    known = {f.name for f in fields(GenConfig)} - {"prompts"} | {"prompts_file"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInputError(f"{where}: unknown keys {unknown}; see 'arbooth gen --help' for the names")
+    if "prune" in data:
+        if not isinstance(data["prune"], str):
+            raise InvalidInputError(f"{where}: prune must be a string like \"9:0.4,10:0.5\" (or \"none\")")
+        data["prune"] = parse_prune(data["prune"], f"{where}: prune")
+    if isinstance(data.get("prompts_file"), str):
+        data["prompts_file"] = str(Path(path).parent / data["prompts_file"])  # relative to the file
+    elif "prompts_file" in data:
+        raise InvalidInputError(f"{where}: prompts must be the path of a prompts file")
+    for key in ("cfg", "tau"):
+        if isinstance(data.get(key), list):
+            data[key] = tuple(data[key])
+    problems = field_type_problems(GenConfig, {k: v for k, v in data.items() if k != "prompts_file"}, where)
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def _read_toml(path: str | Path, table: str) -> dict[str, Any]:
+    """A TOML file's keys (those of its ``[table]`` if it has one), dashes read as underscores."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -614,9 +653,7 @@ def read_tune_file(path: str | Path) -> dict[str, Any]:
         raise InvalidInputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"config file {p} is not valid TOML: {exc}") from None
-    data = data.get("tune", data)
-    if "class" in data:
-        data["cls"] = data.pop("class")
+    data = data.get(table, data)
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 

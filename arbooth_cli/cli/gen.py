@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..config import GenConfig, PromptJob, parse_number_list, parse_prune, read_prompts_file
+from ..config import GenConfig, PromptJob, parse_number_list, parse_prune, read_gen_file, read_prompts_file
 from ._options import DeviceOpt, DtypeOpt, PromptModelOpt
 from ._output import EventProgress, Output, get_output
 
@@ -48,6 +48,7 @@ def gen_cmd(
     prune: Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,... ('none': off): at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="The model's measured speed preset of --skip-scales, --prune and --cfg-until-scale (options given win; docs/sampling.md).")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="A TOML file of these settings (keys as the option names, e.g. seed = 3, prune = \"9:0.4,10:0.5\", prompts = \"p.txt\"); options given here win.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,
 ) -> None:
     """Generate images from prompts.
@@ -65,21 +66,28 @@ def gen_cmd(
     from ..jobs.gen import generate
 
     out_ = get_output(ctx)
-    jobs = [PromptJob(prompt=p) for p in (prompt or [])]
-    if prompts_file is not None:
-        jobs += read_prompts_file(prompts_file)
-    config = GenConfig(
-        prompts=tuple(jobs), model=model, subject=subject, delta=str(delta) if delta is not None else None,
+    settings: dict[str, Any] = dict(
+        model=model, subject=subject, delta=str(delta) if delta is not None else None,
         num_images=num_images, seed=seed,
         cfg=parse_number_list(cfg, "--cfg") if cfg else None,
         tau=parse_number_list(tau, "--tau") if tau else None,
         top_k=top_k, top_p=top_p, size=size, aspect=aspect, batch_size=batch_size, out_dir=str(out),
         grid=grid, overwrite=overwrite, skip_existing=skip_existing, device=device, dtype=dtype,
-        stream=rng_stream,  # type: ignore[arg-type]
-        compile=compile_,  # type: ignore[arg-type]
-        strict=strict, skip_scales=skip_scales, cfg_until_scale=cfg_until_scale,
-        prune=parse_prune(prune) if prune is not None else None, fast=fast,
-    ).validate()
+        stream=rng_stream, compile=compile_, strict=strict, skip_scales=skip_scales,
+        cfg_until_scale=cfg_until_scale, prune=parse_prune(prune) if prune is not None else None, fast=fast,
+        prompts_file=prompts_file,
+    )
+    if config_file is not None:  # the file's settings where the command line gives none
+        param = {"out_dir": "out", "stream": "rng_stream", "compile": "compile_"}
+        for key, value in read_gen_file(config_file).items():
+            # by name: typer may bring its own copy of click's ParameterSource enum
+            if getattr(ctx.get_parameter_source(param.get(key, key)), "name", None) != "COMMANDLINE":
+                settings[key] = value
+    jobs = [PromptJob(prompt=p) for p in (prompt or [])]
+    prompts_path = settings.pop("prompts_file")
+    if prompts_path is not None:
+        jobs += read_prompts_file(prompts_path)
+    config = GenConfig(prompts=tuple(jobs), **settings).validate()
     # Each image's line goes out (flushed) as soon as its file is written, so a killed or still
     # running job has a record of every file it wrote. While the progress bar is drawn on a terminal,
     # rich sends sys.stdout to stderr (above the bar): that is right when stdout is that terminal,

@@ -237,3 +237,25 @@ def test_fast_uses_the_models_preset_and_options_given_win(cli, tmp_path):
     assert read_png_metadata(next((tmp_path / "line").glob("*.png")))["cfg_until_scale"] == 4
     r = cli("gen", prompt, *TINY, "--fast", "--out", str(tmp_path / "tiny"))
     assert r.exit_code == 4 and "no --fast preset" in r.stderr and not (tmp_path / "tiny").exists()
+
+
+def test_a_config_file_sets_what_the_command_line_does_not(cli, tmp_path):
+    """gen --config: a TOML file of option names ([gen] table or bare keys); options given win;
+    its prompts file is read relative to it; unknown keys and malformed values exit 4."""
+    from arbooth_cli.sampling.writers import read_png_metadata
+
+    (tmp_path / "p.txt").write_text("a red star on the left, blue background\n")
+    toml = tmp_path / "gen.toml"
+    toml.write_text('[gen]\nseed = 3\nn = 2\nprune = "3:0.5,4:0.5"\nprompts = "p.txt"\nrng-stream = "batch"\n')
+    r = cli("gen", "--config", str(toml), "--seed", "5", "--out", str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+    files = sorted((tmp_path / "a").glob("*.png"))
+    assert [p.name[-6:] for p in files] == ["-5.png", "-6.png"]  # --seed won over the file's 3
+    meta = read_png_metadata(files[0])
+    assert meta["prune"] == "3:0.5,4:0.5" and meta["rng_stream"] == "batch"
+    for text, needle in (("colour = 1\n", "unknown keys ['colour']"), ("prune = 3\n", "prune must be a string"),
+                         ("seed = \"x\"\n", "seed")):
+        toml.write_text(text)
+        r = cli("gen", "a red star", "--config", str(toml), "--out", str(tmp_path / "bad"))
+        assert r.exit_code == 4 and needle in r.stderr, (text, r.output)
+        assert not (tmp_path / "bad").exists()
