@@ -38,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from arbooth_cli.config import parse_prune  # noqa: E402
 from arbooth_cli.models.build import build_transformer, build_vae, transformer_tensor_shapes, vae_tensor_shapes  # noqa: E402
 from arbooth_cli.models.schedules import get_schedule  # noqa: E402
 from arbooth_cli.models.text_encoder import TextCond  # noqa: E402
@@ -87,8 +88,8 @@ def parse_variant(text: str) -> dict:
     out: dict = {}
     for part in text.split("+"):
         key, _, value = part.partition(":")
-        if key == "prune":
-            out["prune"] = tuple((int(si), float(r)) for si, _, r in (v.partition(":") for v in value.split("/")))
+        if key == "prune":  # S:R/S:R, as --prune's S:R,S:R (commas separate the variants)
+            out["prune"] = parse_prune(value.replace("/", ","))
             continue
         field = {"cfg-until": "cfg_until_scale", "skip": "skip_scales"}.get(key)
         if field is None or not value.isdigit():
