@@ -441,7 +441,6 @@ class _Run:
         self.step = 0
         self.history: list[Tensor] = []  # (3,) loss, ce, prior per step, on the device, not yet read
         self.ce_read: list[float] = []  # the subject loss of every step read so far (--early-stop)
-        self.stopped_early = False
         self.last_logged: dict[str, float] = {}
         tr.train()
         self.emit("trainable", {"tensors": len(self.tuned), "params": self.trainable_params, "by_type": by_type,
@@ -685,7 +684,6 @@ class _Run:
                                   min_delta=PLATEAU_DELTA)):
                 self.emit("note", {"message": f"early stop at step {self.step}: the subject loss has not fallen by "
                                               f"{PLATEAU_DELTA:.0%} for {c.early_stop} windows of {PLATEAU_WINDOW} steps"})
-                self.stopped_early = True
                 break
             if self._stop:
                 # Ctrl-C: the checkpoint is on disk before the run stops (this step's, if just submitted)

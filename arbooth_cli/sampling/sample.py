@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import prune_problems
 from ..errors import InvalidInputError
 from ..models.bsq_vae import BSQVAE
-from ..config import prune_problems
 from ..models.pruning import PrunePlan, plan_pruning
 from ..models.text_encoder import TextCond
 from ..models.transformer import (
