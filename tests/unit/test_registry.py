@@ -56,10 +56,10 @@ def test_specs_are_frozen_and_serialisable():
 
 def test_the_fast_presets_resolve_against_the_schedule():
     """--fast: infinity-2b's preset is FastVAR's released setting at 1M (13 scales: skip 11 and 12,
-    prune 9 and 10); toy's stops guidance two scales before the end; infinity-8b has none yet."""
+    prune 9 and 10), and infinity-8b's the same; toy's stops guidance two scales before the end."""
     from arbooth_cli.registry import get_spec
 
     assert get_spec("infinity-2b").sampling.fast.resolve(13) == {
         "skip_scales": 2, "cfg_until_scale": None, "prune": ((9, 0.4), (10, 0.5))}
     assert get_spec("toy").sampling.fast.resolve(5) == {"skip_scales": 0, "cfg_until_scale": 3, "prune": ()}
-    assert get_spec("infinity-8b").sampling.fast.empty
+    assert get_spec("infinity-8b").sampling.fast == get_spec("infinity-2b").sampling.fast
