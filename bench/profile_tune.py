@@ -108,7 +108,7 @@ def main() -> None:
     if "pool" not in skip:
         from arbooth_cli.sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
-        b = pool_batch(run.transformer, run.scales)
+        b = pool_batch(run.transformer, run.scales, config.memory)
         out["pool_batch"] = b
         params = SamplingParams(cfg=1.0, tau=0.5, top_p=0.97)
         for name, engine in (("graphs", SamplingEngine(compile=False)), ("graphs+compile", SamplingEngine())):

@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--grad-checkpointing", default="auto")
     ap.add_argument("--memory", default="auto", help="auto, low or high (see docs/tuning.md)")
     ap.add_argument("--compile", default="auto")
+    ap.add_argument("--early-stop", type=int, default=0, help="stop on a plateau (as tune --early-stop P)")
     ap.add_argument("--train-scales", type=int, default=None, help="loss and compute on the first K scales only")
     ap.add_argument("--step-peaks", action="store_true",
                     help="also report each training step's peak and what stays allocated between steps "
@@ -117,7 +118,7 @@ def main() -> None:
                         batch_size=args.batch_size, prior=not args.no_prior, prior_pool=args.prior_pool,
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
-                        memory=args.memory, train_scales=args.train_scales,
+                        memory=args.memory, train_scales=args.train_scales, early_stop=args.early_stop,
                         compile=args.compile,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)
@@ -135,6 +136,8 @@ def main() -> None:
             marks["pool_start"] = last[0]
         if kind == "pool" and data["done"] == data["total"]:
             marks["pool_end"] = now
+            if dev.type == "cuda":  # the peak from the start of tune() to the pool's end
+                phase_peaks["setup_and_pool_peak_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
         if kind == "trainable":
             info.update({k: data[k] for k in ("params", "tensors", "optimizer_state", "optimizer_bytes",
                                                "grad_checkpointing", "recomputed_blocks", "blocks")})
@@ -171,6 +174,7 @@ def main() -> None:
             step_peaks.append((before, torch.cuda.max_memory_allocated(dev)))
 
         _Run.train_step = measured_step  # type: ignore[method-assign]
+    phase_peaks: dict[str, float] = {}
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t1 = time.perf_counter()
@@ -198,7 +202,8 @@ def main() -> None:
     out = {
         "model": spec.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__, "resolution": f"{w}x{h}", "steps": args.steps, "batch_size": args.batch_size,
-        "prior": not args.no_prior, "train_scales": args.train_scales, "prior_pool": pool_n if not args.no_prior else 0, **info,
+        "prior": not args.no_prior, "early_stop": args.early_stop,
+        "steps_run": result.steps, "train_scales": args.train_scales, "prior_pool": pool_n if not args.no_prior else 0, **info,
         "build_s": round(t_build, 2), "tune_total_s": round(total, 2), "pool_s": round(pool_s, 2),
         "pool_s_per_sample": round(pool_s / pool_n, 4) if pool_s else None,
         "setup_s_before_pool": round(marks.get("pool_start", t1) - t1, 2),
@@ -212,6 +217,7 @@ def main() -> None:
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if dev.type == "cuda" else None,
         "final_losses": result.losses,
     }
+    out.update(phase_peaks)
     if step_peaks:  # the steps after the first (it allocates the optimizer state)
         later = step_peaks[1:] or step_peaks
         out["step_peak_gib"] = round(max(p for _, p in later) / 2**30, 2)

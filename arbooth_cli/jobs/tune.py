@@ -374,7 +374,7 @@ class _Run:
         pool = load_pool(partial, key)
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
-                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales),
+                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales, c.memory),
                                  compile=compiled, start_from=pool,
                                  stop=lambda: self._stop,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))

@@ -78,15 +78,23 @@ def prior_class_prompts(config: TuneConfig, captions: Sequence[str]) -> list[str
 #: key/value cache memory the prior pool's sampling may use at once (the optimizer state does not
 #: exist yet at that point)
 POOL_KV_BUDGET = 14 * 2**30
+#: --memory low: the pool stays below a training step's own peak (infinity-2b: two samples at once)
+POOL_KV_BUDGET_LOW = 6 * 2**30
+#: what sampling needs besides the cache (activations of the largest scale, logits, the decoder)
+POOL_MARGIN = 2 * 2**30
 #: pools at least this big are sampled with compiled stages (when --compile allows)
 POOL_COMPILE_MIN = 300
 
 
-def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...]) -> int:
-    """Samples drawn together for the prior pool: as many as the KV budget holds, at most 32."""
-    if transformer.device.type != "cuda":
+def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...], memory: str) -> int:
+    """Samples drawn together for the prior pool: as many as the KV budget (``memory`` low: the
+    smaller one) and the free GPU memory hold, at most 32. The pool does not depend on it."""
+    dev = transformer.device
+    if dev.type != "cuda":
         return 4
-    return max(1, min(32, POOL_KV_BUDGET // transformer.kv_cache_bytes(scales)))
+    free, _ = torch.cuda.mem_get_info(dev)
+    budget = min(POOL_KV_BUDGET_LOW if memory == "low" else POOL_KV_BUDGET, free - POOL_MARGIN)
+    return max(1, min(32, budget // transformer.kv_cache_bytes(scales)))
 
 
 def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequence[TextCond],

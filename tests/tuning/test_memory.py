@@ -48,7 +48,8 @@ def test_every_memory_policy_gives_the_same_subject(photos, policy):
 def test_block_inputs_kept_in_host_memory_change_no_number():
     """--memory low on a GPU: the recomputed blocks' inputs wait in host memory for the backward
     pass; the logits and every gradient are those of the plain checkpointed blocks, bit for bit,
-    whichever parameters train (also when no block input needs a gradient)."""
+    whichever parameters train (also when no block input needs a gradient); nothing brought back
+    stays behind after the backward pass."""
     from arbooth_cli.models.build import build_components
     from arbooth_cli.models.offload import HostOffload
     from arbooth_cli.models.schedules import get_schedule
@@ -79,5 +80,7 @@ def test_block_inputs_kept_in_host_memory_change_no_number():
             assert torch.equal(got, want) and grads.keys() == want_grads.keys()
             assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
             assert len(store._order) >= tr.cfg.depth  # at least every block's input went to the host
+            # each came back once, and no copy is left waiting for the next step
+            assert all(st.used and st.back is None for st in store._order)
     for p in tr.parameters():
         p.requires_grad_(True)
