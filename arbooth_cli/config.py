@@ -433,9 +433,10 @@ class TuneConfig(_Checked):
     augment: int = 0  #: --augment N: N shifted and rescaled copies of each photo (0: off)
     augment_shift: float = 0.05  #: --augment-shift: largest move of a copy, a share of the side
     augment_scale: float = 0.1  #: --augment-scale: largest rescale of a copy (0.1: 0.9x to 1.1x)
-    #: --augment-zoom F: also train on each photo shrunk to F of its size about the centre (0: off); on a
-    #: model whose captions say sizes (toy) only photos of the larger size get a copy, captioned smaller
-    augment_zoom: float = 0.0
+    #: --augment-zoom F: also train on each photo shrunk to F of its size (0: off; None: the model's,
+    #: toy 0.64, others 0); on a model whose captions say sizes and places (toy) only photos of the
+    #: larger size get a copy, captioned smaller and shrunk about the place the caption says
+    augment_zoom: float | None = None
     bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
     bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
@@ -548,7 +549,7 @@ class TuneConfig(_Checked):
             out.append("--optimizer-state must be auto, fp32, bf16 or fp8")
         if self.grad_checkpointing not in ("auto", "on", "off"):
             out.append("--grad-checkpointing must be auto, on or off")
-        if not 0 <= self.augment_zoom < 1:
+        if self.augment_zoom is not None and not 0 <= self.augment_zoom < 1:
             out.append("--augment-zoom must be in [0, 1) (0: off; 0.64 shrinks the photo to 64%)")
         if self.early_stop < 0:
             out.append("--early-stop must be >= 0 (0: off)")

@@ -167,6 +167,11 @@ class TuningDefaults:
     #: (word, smaller word) pairs of sizes its captions say; a zoomed-out copy (``--augment-zoom``)
     #: of a photo captioned with the first says the second (empty: captions say no size)
     size_words: tuple[tuple[str, str], ...] = ()
+    #: (word, x, y) of places its captions say (shares of the width and height); a zoomed-out copy
+    #: of a photo captioned with the word shrinks about that point, so it still shows that place
+    position_words: tuple[tuple[str, float, float], ...] = ()
+    #: ``--augment-zoom`` when the user does not say (0: off)
+    augment_zoom: float = 0.0
 
 
 @dataclass(frozen=True)

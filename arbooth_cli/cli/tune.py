@@ -51,7 +51,7 @@ def tune_cmd(
     augment: Annotated[Optional[int], _opt("--augment", help="Also train on N copies of each photo, each moved and rescaled a little (edges extended); 0: off (default: 0).")] = None,
     augment_shift: Annotated[Optional[float], _opt("--augment-shift", help="Largest move of a copy, as a share of the side (default: 0.05).")] = None,
     augment_scale: Annotated[Optional[float], _opt("--augment-scale", help="Largest rescale of a copy: 0.1 is 0.9x to 1.1x (default: 0.1).")] = None,
-    augment_zoom: Annotated[Optional[float], _opt("--augment-zoom", help="Also train on each photo shrunk to F of its size about the centre, margin filled (on toy only larger views get one, captioned small); 0: off (default: 0).")] = None,
+    augment_zoom: Annotated[Optional[float], _opt("--augment-zoom", help="Also train on each photo shrunk to F of its size, margin filled (on toy only large views get one, captioned small and shrunk about the place the caption says); 0: off (default: the model's: toy 0.64, others 0).")] = None,
     bsc_strength: Annotated[Optional[float], _opt("--bsc-strength", help="Bitwise self-correction: bits flipped at a random rate up to this; 0 turns it off (default: 0.3).")] = None,
     text_dropout: Annotated[Optional[float], _opt("--text-dropout", help="Probability a caption is replaced by the null text (default: 0.1).")] = None,
     drop_path: Annotated[Optional[float], _opt("--drop-path", help="Stochastic depth rate (default: the model's, 0.1).")] = None,

@@ -178,6 +178,8 @@ class _Run:
             config = config.with_(lr=self.spec.tuning.lr)
         if config.validation_prompts is None:
             config = config.with_(validation_prompts=self.spec.tuning.validation_prompts)
+        if config.augment_zoom is None:
+            config = config.with_(augment_zoom=self.spec.tuning.augment_zoom)
         # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
         config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
@@ -314,7 +316,8 @@ class _Run:
         train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
                                       seed=c.seed) if c.augment else list(self.images)
         if c.augment_zoom:  # of the photos themselves, not of their --augment copies
-            train += zoomed_copies(self.images, c.augment_zoom, self.spec.tuning.size_words)
+            train += zoomed_copies(self.images, c.augment_zoom, self.spec.tuning.size_words,
+                                   self.spec.tuning.position_words)
         captions = [im.caption for im in train]
         if c.flip:
             captions = captions + captions

@@ -71,7 +71,13 @@ TOY = ModelSpec(
     # official rate a 4 M-parameter model learns most subjects only in part in 500 steps
     tuning=TuningDefaults(lr=1e-4, validation_prompts=("a {token} {cls} on the left, white background",
                                                        "a small {token} {cls} at the top, black background"),
-                          size_words=(("large", "small"),)),
+                          size_words=(("large", "small"),),
+                          # the renderer's shape centres (toyworld.render.POSITION_CENTRE)
+                          position_words=(("left", 0.25, 0.5), ("right", 0.75, 0.5), ("top", 0.5, 0.25),
+                                          ("bottom", 0.5, 0.75), ("center", 0.5, 0.5)),
+                          # a large view shrunk to a small one (radius 0.14 of 0.22) where it stands:
+                          # small views at places no photo shows them (docs/subject-benchmark.md)
+                          augment_zoom=0.64),
     sizes=("toy",),
     num_scales=5,
     license="MIT",

@@ -140,16 +140,18 @@ def with_augmented_copies(images: list[SubjectImage], copies: int, *, shift: flo
     return out
 
 
-def zoomed_copy(pixels_HW3: np.ndarray, factor: float) -> np.ndarray:
-    """The photo shrunk by ``factor`` about its centre (area resampling) on a frame of the same size:
-    the margin takes the photo's border colour when one colour covers at least 2/3 of the border (a
-    plain background), else the shrunk photo's edges are extended."""
+def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """The photo shrunk by ``factor`` (area resampling) on a frame of the same size, about the point
+    ``centre_xy`` (shares of the width and height: that point stays where it is); the margin takes
+    the photo's border colour when one colour covers at least 2/3 of the border (a plain
+    background), else the shrunk photo's edges are extended."""
     from PIL import Image
 
     H, W = pixels_HW3.shape[:2]
     h, w = max(1, round(H * factor)), max(1, round(W * factor))
     small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), Image.Resampling.BOX))
-    top, left = (H - h) // 2, (W - w) // 2
+    top = min(max(round(centre_xy[1] * (H - h)), 0), H - h)
+    left = min(max(round(centre_xy[0] * (W - w)), 0), W - w)
     border = np.concatenate([pixels_HW3[0], pixels_HW3[-1], pixels_HW3[:, 0], pixels_HW3[:, -1]])
     colours, counts = np.unique(border, axis=0, return_counts=True)
     if 3 * counts.max() >= 2 * len(border):
@@ -160,19 +162,26 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float) -> np.ndarray:
     return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
 
 
-def zoomed_copies(images: list[SubjectImage], factor: float,
-                  size_words: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
+def _word_in(word: str, caption: str) -> bool:
+    return re.search(rf"\b{re.escape(word)}\b", caption) is not None
+
+
+def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[tuple[str, str], ...] = (),
+                  position_words: tuple[tuple[str, float, float], ...] = ()) -> list[SubjectImage]:
     """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
     whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
     copy, captioned with the word replaced; without pairs every photo gets one with its own
-    caption."""
+    caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
+    photo whose caption has the word shrinks about that point, so the copy still shows the place
+    it says (others shrink about the centre)."""
     out = []
     for im in images:
         caption = im.caption
         if size_words:
-            pair = next(((a, b) for a, b in size_words if re.search(rf"\b{re.escape(a)}\b", caption)), None)
+            pair = next(((a, b) for a, b in size_words if _word_in(a, caption)), None)
             if pair is None:
                 continue
             caption = re.sub(rf"\b{re.escape(pair[0])}\b", pair[1], caption)
-        out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor)))
+        centre = next(((x, y) for word, x, y in position_words if _word_in(word, caption)), (0.5, 0.5))
+        out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
     return out

@@ -125,3 +125,39 @@ def test_zoomed_copies_say_the_smaller_size_where_captions_say_sizes():
     assert [im.caption for im in toy] == ["a small sks star on the left"]
     real = zoomed_copies(ims, 0.64)
     assert [im.caption for im in real] == [im.caption for im in ims]
+
+
+def test_a_zoomed_copy_about_a_point_keeps_that_point_in_place():
+    from arbooth_cli.tuning.data import zoomed_copy
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[30:70, 5:45] = (255, 0, 0)  # a 40-px square centred at (25, 50): "on the left"
+    out = zoomed_copy(img, 0.5, (0.25, 0.5))
+    red = np.argwhere((out == (255, 0, 0)).all(-1))
+    assert red.min(0).tolist() == [40, 15] and red.max(0).tolist() == [59, 33]  # half size, still about (25, 50)
+    assert (out[:, 60:] == (0, 0, 255)).all()
+
+
+def test_zoomed_copies_shrink_about_the_place_the_caption_says():
+    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[30:70, 55:95] = (255, 0, 0)  # centred at (75, 50): "on the right"
+    places = (("left", 0.25, 0.5), ("right", 0.75, 0.5))
+    ims = [SubjectImage(Path("a.png"), "a large sks square on the right", img)]
+    (copy,) = zoomed_copies(ims, 0.5, (("large", "small"),), places)
+    assert copy.caption == "a small sks square on the right"
+    red = np.argwhere((copy.pixels_HW3 == (255, 0, 0)).all(-1))
+    assert red.mean(0).round().tolist() == [50, 75]
+    (about_centre,) = zoomed_copies(ims, 0.5, (("large", "small"),))
+    red = np.argwhere((about_centre.pixels_HW3 == (255, 0, 0)).all(-1))
+    assert red.mean(0).round().tolist() == [50, 62]  # drawn towards the middle: no longer where it says
+
+
+def test_the_toy_places_are_the_renderers():
+    from arbooth_cli.specs.toy import TOY
+    from arbooth_cli.toyworld.render import POSITION_CENTRE
+
+    assert {w: (x, y) for w, x, y in TOY.tuning.position_words} == POSITION_CENTRE

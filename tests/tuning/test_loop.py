@@ -499,13 +499,15 @@ def test_the_prior_pool_of_a_run_draws_each_caption_without_the_token_and_is_reu
     assert reused == [{"done": 6, "total": 6, "cached": True}]
 
 
-def test_the_learning_rate_defaults_to_the_models_and_is_recorded(photos):
+def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photos):
     """No --lr: the model's rate (the official one for Infinity-family specs, toy's own), written
-    into the run's config so checkpoints and the subject's metadata say what was used."""
+    into the run's config so checkpoints and the subject's metadata say what was used; the same
+    for --augment-zoom (toy's 0.64, off elsewhere)."""
     for model, lr, expected in (("tiny-infinity", None, 2.34375e-5), ("toy", None, 1e-4), ("toy", 3e-4, 3e-4)):
         res = tune(config(photos, steps=1, model=model, lr=lr, name=f"{model}-{lr}", prior=False))
         meta, _ = read_subject_header(Path(res.subject))
         assert json.loads(meta["config"])["lr"] == expected
+        assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
