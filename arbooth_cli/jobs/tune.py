@@ -259,11 +259,17 @@ class _Run:
                 return None
             state = read_state(ckpt)
             saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
+            if saved.augment_zoom is None:  # written before the option existed: it ran without
+                saved = saved.with_(augment_zoom=0.0)
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
+                hint = "use the same settings (only --steps and the logging/saving ones may change)"
+                if "augment_zoom" in diff:
+                    hint += (f"; the checkpoint ran with --augment-zoom {saved.augment_zoom} (the toy model's "
+                             "default changed to 0.64 in this version)")
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
-                                        hint="use the same settings (only --steps and the logging/saving ones may change)")
+                                        hint=hint)
             if state["model_hash"] != self.resolved.model_hash:
                 raise InvalidInputError("the checkpoint was made from another version of the model's files")
             if state["step"] > c.steps:
@@ -362,9 +368,10 @@ class _Run:
             return None
         n = c.prior_pool or c.steps * c.batch_size
         compiled = self.compiled and n >= POOL_COMPILE_MIN
+        batch = pool_batch(self.transformer, self.scales, c.memory)
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         numerics = (f"{where}/{str(self.dtype).replace('torch.', '')}/{'compiled' if compiled else 'eager'}/"
-                    f"arbooth {__version__}/torch {torch.__version__}/cuda {torch.version.cuda}")
+                    f"batch {batch}/arbooth {__version__}/torch {torch.__version__}/cuda {torch.version.cuda}")
         key = pool_key(c, self.resolved.model_hash, self.scales, n, self.class_prompts, numerics)
         store = PoolStore(paths.home())
         pool = store.get(key)
@@ -377,7 +384,7 @@ class _Run:
         pool = load_pool(partial, key)
         # compiled stages cost ~20 s once and save ~30% per sample (infinity-2b, H200)
         pool = sample_prior_pool(self.transformer, self.vae, self.class_texts, self.scales, n, seed=c.seed + 10_000_019,
-                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=pool_batch(self.transformer, self.scales, c.memory),
+                                 tau=c.prior_tau, top_p=c.prior_top_p, batch=batch,
                                  compile=compiled, start_from=pool,
                                  stop=lambda: self._stop,
                                  on_progress=lambda done, total: self.emit("pool", {"done": done, "total": total}))
@@ -582,6 +589,8 @@ class _Run:
         # the optimizer updates each tensor inside the backward pass, as its gradient completes
         self.opt.begin_step()
         loss.backward()
+        if self.offload is not None:
+            self.offload.finish_step()
         self.history.append(torch.stack([loss.detach(), ce.detach(), prior.detach()]).float())
         self.step += 1
         if self.probe is not None:

@@ -16,12 +16,13 @@ the same losses and gradients as plain recomputation.
 
 from __future__ import annotations
 
+import weakref
 from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
 
-#: tensors smaller than this stay where they are (RoPE tables, AdaLN terms, text keys and values)
+#: tensors smaller than this stay where they are (AdaLN terms, text keys and values)
 MIN_BYTES = 1 << 20
 
 
@@ -51,10 +52,18 @@ class HostOffload:
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self._buffers: dict[int, Tensor] = {}
         self._order: list[_Stored] = []
+        self._seen: dict[int, weakref.ref] = {}  # id -> the tensors packed this step
 
     def start_step(self) -> None:
         """Forget the last step's tensors (their buffers are reused)."""
         self._order = []
+        self._seen = {}
+
+    def finish_step(self) -> None:
+        """After the backward pass: drop copies brought back for blocks whose backward never ran
+        (frozen blocks below the tuned ones, which the prefetch cannot tell apart)."""
+        for stored in self._order:
+            stored.back = None
 
     def hooks(self) -> AbstractContextManager:
         """The context to run a checkpointed block in."""
@@ -70,6 +79,12 @@ class HostOffload:
     def _pack(self, t: Tensor) -> Tensor | _Stored:
         if t.numel() * t.element_size() < self.min_bytes or t.device.type != self.device.type:
             return t
+        seen = self._seen.get(id(t))
+        if seen is not None and seen() is t:
+            # saved by an earlier block too (the RoPE tables every block saves): it stays alive
+            # on the device anyway, so a copy per block would only cost transfers
+            return t
+        self._seen[id(t)] = weakref.ref(t)
         index = len(self._order)
         buf = self._buffer(index, t)
         if not self.cuda:

@@ -162,8 +162,16 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, f
     return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
 
 
-def _word_in(word: str, caption: str) -> bool:
-    return re.search(rf"\b{re.escape(word)}\b", caption) is not None
+def _word_at(word: str, caption: str) -> int | None:
+    """Where ``word`` first stands as a whole word in ``caption`` (any case), else None."""
+    m = re.search(rf"\b{re.escape(word)}\b", caption, flags=re.IGNORECASE)
+    return m.start() if m else None
+
+
+def _first_of(words: list[str], caption: str) -> str | None:
+    """The one of ``words`` the caption says first."""
+    found = [(at, w) for w in words if (at := _word_at(w, caption)) is not None]
+    return min(found)[1] if found else None
 
 
 def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[tuple[str, str], ...] = (),
@@ -172,16 +180,18 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
     whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
     copy, captioned with the word replaced; without pairs every photo gets one with its own
     caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
-    photo whose caption has the word shrinks about that point, so the copy still shows the place
-    it says (others shrink about the centre)."""
+    photo shrinks about the point of the first such word its caption says, so the copy still
+    shows the place it says (others shrink about the centre). Words match whole, in any case."""
     out = []
     for im in images:
         caption = im.caption
         if size_words:
-            pair = next(((a, b) for a, b in size_words if _word_in(a, caption)), None)
-            if pair is None:
+            larger = _first_of([a for a, _ in size_words], caption)
+            if larger is None:
                 continue
-            caption = re.sub(rf"\b{re.escape(pair[0])}\b", pair[1], caption)
-        centre = next(((x, y) for word, x, y in position_words if _word_in(word, caption)), (0.5, 0.5))
+            smaller = dict(size_words)[larger]
+            caption = re.sub(rf"\b{re.escape(larger)}\b", smaller, caption, count=1, flags=re.IGNORECASE)
+        place = _first_of([w for w, _, _ in position_words], caption)
+        centre = next(((x, y) for w, x, y in position_words if w == place), (0.5, 0.5))
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
     return out

@@ -87,14 +87,20 @@ POOL_COMPILE_MIN = 300
 
 
 def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...], memory: str) -> int:
-    """Samples drawn together for the prior pool: as many as the KV budget (``memory`` low: the
-    smaller one) and the free GPU memory hold, at most 32. The pool does not depend on it."""
+    """Samples drawn together for the prior pool on this device (see :func:`pool_batch_size`)."""
     dev = transformer.device
     if dev.type != "cuda":
         return 4
     free, _ = torch.cuda.mem_get_info(dev)
+    return pool_batch_size(transformer.kv_cache_bytes(scales), memory, free)
+
+
+def pool_batch_size(per_sample: int, memory: str, free: int) -> int:
+    """As many samples as the key/value budget (``memory`` low: the smaller one) and the free
+    memory less a margin hold, at least 1, at most 32. GPU sampling is not batch-invariant to the
+    last bit, so the pool's key records the batch it was drawn with."""
     budget = min(POOL_KV_BUDGET_LOW if memory == "low" else POOL_KV_BUDGET, free - POOL_MARGIN)
-    return max(1, min(32, budget // transformer.kv_cache_bytes(scales)))
+    return max(1, min(32, budget // per_sample))
 
 
 def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequence[TextCond],
@@ -102,8 +108,8 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequ
                       compile: bool = False, on_progress: Callable[[int, int], None] | None = None,
                       start_from: PriorPool | None = None, stop: Callable[[], bool] | None = None) -> PriorPool:
     """``n`` samples of the one-prompt ``texts`` in turn (sample i: prompt i mod P), each drawn
-    from its own generator (seed + i), so the pool does not depend on the batch size it was
-    drawn with, nor on being drawn in several goes: ``start_from`` (a pool cut short) gives its
+    from its own generator (seed + i), so the pool does not depend on being drawn in several
+    goes, nor (up to GPU kernels' last-bit rounding) on the batch size it was drawn with: ``start_from`` (a pool cut short) gives its
     samples and drawing goes on after them; ``stop()`` true after a batch ends drawing early
     (the pool's ``done`` says how far it got)."""
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps

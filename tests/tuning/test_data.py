@@ -151,6 +151,12 @@ def test_zoomed_copies_shrink_about_the_place_the_caption_says():
     assert copy.caption == "a small sks square on the right"
     red = np.argwhere((copy.pixels_HW3 == (255, 0, 0)).all(-1))
     assert red.mean(0).round().tolist() == [50, 75]
+    # the first place the caption says, in any case; only the first size word changes
+    other = [SubjectImage(Path("b.png"), "a Large sks square on the Right, large stripes on the left", img)]
+    (copy,) = zoomed_copies(other, 0.5, (("large", "small"),), places)
+    assert copy.caption == "a small sks square on the Right, large stripes on the left"
+    red = np.argwhere((copy.pixels_HW3 == (255, 0, 0)).all(-1))
+    assert red.mean(0).round().tolist() == [50, 75]
     (about_centre,) = zoomed_copies(ims, 0.5, (("large", "small"),))
     red = np.argwhere((about_centre.pixels_HW3 == (255, 0, 0)).all(-1))
     assert red.mean(0).round().tolist() == [50, 62]  # drawn towards the middle: no longer where it says

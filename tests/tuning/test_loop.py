@@ -157,6 +157,13 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
         tune(cfg_b.with_(resume=True, lr=1e-3))
     with pytest.raises(InvalidInputError, match="left a checkpoint"):
         tune(cfg_b)  # neither --resume nor --overwrite
+    with pytest.raises(InvalidInputError, match="augment_zoom") as refused:
+        tune(cfg_b.with_(resume=True, augment_zoom=0.5))
+    assert "ran with --augment-zoom 0.0" in refused.value.hint
+    # a checkpoint written before --augment-zoom existed ran without it
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["config"]["augment_zoom"]
+    (ckpt / "state.json").write_text(json.dumps(state))
 
     steps_seen: list[int] = []
     b = tune(cfg_b.with_(resume=True), on_event=lambda k, d: steps_seen.append(d["step"]) if k == "step" else None)

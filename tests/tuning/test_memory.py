@@ -45,6 +45,20 @@ def test_every_memory_policy_gives_the_same_subject(photos, policy):
     assert all(torch.equal(a[n], b[n]) for n in a) and plain.losses == other.losses
 
 
+def test_a_tensor_every_block_saves_goes_to_the_host_once():
+    """The RoPE tables are saved by every block: the first block's copy is the only one; a new
+    tensor, even of the same shape, gets its own."""
+    from arbooth_cli.models.offload import HostOffload, _Stored
+
+    store = HostOffload(torch.device("cpu"), min_bytes=0)
+    table, x = torch.randn(16, 8), torch.randn(16, 8)
+    assert isinstance(store._pack(table), _Stored)
+    assert store._pack(table) is table and store._pack(table) is table
+    assert isinstance(store._pack(x), _Stored) and len(store._order) == 2
+    store.start_step()  # a new step: saved afresh
+    assert isinstance(store._pack(table), _Stored)
+
+
 def test_block_inputs_kept_in_host_memory_change_no_number():
     """--memory low on a GPU: the recomputed blocks' inputs wait in host memory for the backward
     pass; the logits and every gradient are those of the plain checkpointed blocks, bit for bit,
@@ -68,19 +82,39 @@ def test_block_inputs_kept_in_host_memory_change_no_number():
         out.square().mean().backward()
         return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}
 
-    for trainable in ("", ".ffn."):  # every parameter; the FFNs alone (no block input needs a gradient)
+    top = {id(p) for p in tr.blocks[-1].parameters()}
+    chosen = {"all": lambda n, p: True, "ffn": lambda n, p: ".ffn." in n,  # no block input needs a gradient
+              "top block": lambda n, p: id(p) in top}  # the blocks below it run no backward of their own
+    for trainable, wanted in chosen.items():
         for n, p in tr.named_parameters():
-            p.requires_grad_(trainable in n)
+            p.requires_grad_(wanted(n, p))
         store = HostOffload(torch.device("cpu"), min_bytes=0)
         want, want_grads = run(checkpoint_blocks=True)
-        assert want_grads and all(".ffn." in n for n in want_grads) == bool(trainable)
+        assert want_grads and all(wanted(n, p) for n, p in tr.named_parameters() if n in want_grads)
         for _ in range(2):  # a second step reuses the host buffers
             store.start_step()
             got, grads = run(checkpoint_blocks=True, offload=store)
+            store.finish_step()
             assert torch.equal(got, want) and grads.keys() == want_grads.keys()
             assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
             assert len(store._order) >= tr.cfg.depth  # at least every block's input went to the host
-            # each came back once, and no copy is left waiting for the next step
-            assert all(st.used and st.back is None for st in store._order)
+            # no copy brought back is left on the device for the next step
+            assert all(st.back is None for st in store._order)
+            # every one came back exactly when a backward pass needed it
+            assert all(st.used for st in store._order) == (trainable != "top block")
     for p in tr.parameters():
         p.requires_grad_(True)
+
+
+def test_the_prior_pool_batch_follows_the_memory_policy_and_the_free_memory():
+    """infinity-2b at 1M: 2.57 GiB of key/value cache a sample; `low` draws two at once, the other
+    policies five, never more than the free memory less a margin holds, and always at least one."""
+    from arbooth_cli.tuning.prior import pool_batch_size
+
+    GiB = 2**30
+    per_sample = 32 * 2 * 10521 * 2048 * 2
+    assert pool_batch_size(per_sample, "low", free=100 * GiB) == 2
+    assert pool_batch_size(per_sample, "auto", free=100 * GiB) == pool_batch_size(per_sample, "high", free=100 * GiB) == 5
+    assert pool_batch_size(per_sample, "auto", free=10 * GiB) == 3  # 8 GiB after the margin
+    assert pool_batch_size(per_sample, "low", free=1 * GiB) == 1  # not even one fits: one all the same
+    assert pool_batch_size(1 << 20, "auto", free=100 * GiB) == 32
