@@ -91,8 +91,9 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     assert meta["base_model"] == "tiny-infinity"
     assert meta["base_model_hash"] == resolve_model("tiny-infinity").model_hash == result.model_hash
     assert meta["steps"] == "3" and meta["arbooth_version"] == __version__ and meta["kind"] == "full"
-    recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr,  # the unset lr and prompts are resolved to the model's
-                         validation_prompts=TINY_INFINITY.tuning.validation_prompts)
+    recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr,  # the unset lr, prompts and zoom are resolved to the model's
+                         validation_prompts=TINY_INFINITY.tuning.validation_prompts,
+                         augment_zoom=TINY_INFINITY.tuning.augment_zoom)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
