@@ -109,9 +109,9 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequ
                       start_from: PriorPool | None = None, stop: Callable[[], bool] | None = None) -> PriorPool:
     """``n`` samples of the one-prompt ``texts`` in turn (sample i: prompt i mod P), each drawn
     from its own generator (seed + i), so the pool does not depend on being drawn in several
-    goes, nor (up to GPU kernels' last-bit rounding) on the batch size it was drawn with: ``start_from`` (a pool cut short) gives its
-    samples and drawing goes on after them; ``stop()`` true after a batch ends drawing early
-    (the pool's ``done`` says how far it got)."""
+    goes, nor (up to GPU kernels' last-bit rounding) on the batch size it was drawn with:
+    ``start_from`` (a pool cut short) gives its samples and drawing goes on after them;
+    ``stop()`` true after a batch ends drawing early (the pool's ``done`` says how far it got)."""
     from ..sampling.sample import SamplingEngine, SamplingParams, sample_token_maps
 
     dev = transformer.device
