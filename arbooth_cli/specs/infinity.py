@@ -19,6 +19,10 @@ SOURCE = "https://github.com/FoundationVision/Infinity"
 #: flan-t5-xl, encoder only is used; Apache-2.0. Shared by every Infinity model.
 FLAN_T5_XL = TextEncoderConfig(repo_id="google/flan-t5-xl", width=2048, max_length=512, tokenizer="t5")
 
+#: gen --fast: FastVAR's released Infinity setting (the last two scales skipped, the two before
+#: pruned 40% and 50%); measured at 1M, docs/sampling.md
+FASTVAR_PRESET = FastPreset(skip_last=2, prune_from_end=((4, 0.4), (3, 0.5)))
+
 _T5_FILE = FileSpec(
     role="text_encoder",
     kind="hf-dir",
@@ -69,11 +73,8 @@ INFINITY_2B = ModelSpec(
         ),
         _T5_FILE,
     ),
-    # --fast: FastVAR's released setting (the last two scales skipped, the two before pruned 40% and
-    # 50%): 0.147 s an image at 1024x1024 against 0.296 s exact, 8.98 img/s at batch 8 (H200,
-    # docs/sampling.md); measured at 1M
-    sampling=SamplingDefaults(cfg=3.0, tau=0.5, top_p=0.97, size="1M",
-                              fast=FastPreset(skip_last=2, prune_from_end=((4, 0.4), (3, 0.5)))),
+    # --fast: 0.147 s an image at 1024x1024 against 0.296 s exact, 8.98 img/s at batch 8 (H200)
+    sampling=SamplingDefaults(cfg=3.0, tau=0.5, top_p=0.97, size="1M", fast=FASTVAR_PRESET),
     license="MIT (weights and code); flan-t5-xl: Apache-2.0",
     source=SOURCE,
 )
@@ -105,10 +106,9 @@ INFINITY_8B = ModelSpec(
         ),
         _T5_FILE,
     ),
-    # --fast: the same setting as infinity-2b (FastVAR released none for 8B): 0.327 s an image at
-    # 1024x1024 against 0.799 s exact (H100, docs/sampling.md); scales 0-8 drawn bit for bit as exact
-    sampling=SamplingDefaults(cfg=3.0, tau=1.0, top_p=0.97, size="1M",
-                              fast=FastPreset(skip_last=2, prune_from_end=((4, 0.4), (3, 0.5)))),
+    # --fast: infinity-2b's (FastVAR released none for 8B): 0.327 s an image at 1024x1024 against
+    # 0.799 s exact (H100); scales 0-8 drawn bit for bit as exact
+    sampling=SamplingDefaults(cfg=3.0, tau=1.0, top_p=0.97, size="1M", fast=FASTVAR_PRESET),
     license="MIT (weights and code); flan-t5-xl: Apache-2.0",
     source=SOURCE,
 )
