@@ -82,6 +82,8 @@ def main() -> None:
     ap.add_argument("--step-peaks", action="store_true",
                     help="also report each training step's peak and what stays allocated between steps "
                          "(a device sync per step: leave it off for timings)")
+    ap.add_argument("--save-rank", type=int, default=None,
+                    help="also write the rank-R file and report its loss cost (as tune --save-rank R)")
     ap.add_argument("--photos", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--work", default=None, help="folder for photos, the store and the run (default: a temp dir)")
@@ -119,7 +121,7 @@ def main() -> None:
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
                         memory=args.memory, train_scales=args.train_scales, early_stop=args.early_stop,
-                        compile=args.compile,
+                        compile=args.compile, save_rank=args.save_rank,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)
     marks: dict[str, float] = {}
@@ -160,6 +162,7 @@ def main() -> None:
 
     resolved = ResolvedModel(spec, {}, "random-init-" + spec_hash(spec))
     step_peaks: list[tuple[int, int]] = []  # (allocated before the step, the step's peak), bytes
+    run_peaks = [0, 0]  # allocated, reserved: the whole run's, kept across the per-step resets
     if args.step_peaks and dev.type == "cuda":
         from arbooth_cli.jobs.tune import _Run
 
@@ -167,6 +170,8 @@ def main() -> None:
 
         def measured_step(self, pool):
             torch.cuda.synchronize(dev)
+            run_peaks[0] = max(run_peaks[0], torch.cuda.max_memory_allocated(dev))
+            run_peaks[1] = max(run_peaks[1], torch.cuda.max_memory_reserved(dev))
             torch.cuda.reset_peak_memory_stats(dev)
             before = torch.cuda.memory_allocated(dev)
             plain_step(self, pool)
@@ -216,13 +221,16 @@ def main() -> None:
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved(dev) / 2**30, 2) if dev.type == "cuda" else None,
         "final_losses": result.losses,
+        "lowrank": result.lowrank,
     }
     out.update(phase_peaks)
     if step_peaks:  # the steps after the first (it allocates the optimizer state)
         later = step_peaks[1:] or step_peaks
         out["step_peak_gib"] = round(max(p for _, p in later) / 2**30, 2)
         out["held_between_steps_gib"] = round(later[-1][0] / 2**30, 2)
-        out["peak_allocated_gib"] = out["peak_reserved_gib"] = None  # reset every step: not the run's
+        # the stats were reset before every step: the run's peak is the largest of the pieces
+        out["peak_allocated_gib"] = round(max(run_peaks[0], torch.cuda.max_memory_allocated(dev)) / 2**30, 2)
+        out["peak_reserved_gib"] = round(max(run_peaks[1], torch.cuda.max_memory_reserved(dev)) / 2**30, 2)
     if per_step and args.steps < 500:
         # the default run: 500 steps, a pool of 1000, checkpoints and validation every 100
         ck = ckpt_cost or 0.0

@@ -1,7 +1,7 @@
 """Low-rank forms of a tuned tensor's change (``--save-rank``); ``subjects.use.tuned_values`` applies them.
 
 For a tuned matrix W' of base W, the change D = W' - W is replaced by its best rank-R
-approximation U_R S_R V_R^T (truncated SVD, Eckart-Young), stored as ``lora_up = U_R S_R``
+approximation U_R S_R V_R^T (Eckart-Young), stored as ``lora_up = U_R S_R``
 (out, R) and ``lora_down = V_R^T`` (R, in). 1-D tensors (biases) keep their whole change.
 """
 
@@ -23,12 +23,25 @@ class LowRankReport:
 
 
 def lowrank_factors(delta_OI: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """``(up_OR, down_RI)`` with ``up @ down`` the best rank-``rank`` approximation of ``delta``."""
+    """``(up_OR, down_RI)`` with ``up @ down`` the best rank-``rank`` approximation of ``delta``.
+
+    From the eigenvectors of the smaller Gram matrix in float64 rather than a full SVD: the same
+    subspace, and on a GPU a 2048 x 2048 ``eigh`` takes milliseconds where a CPU SVD of an
+    8192 x 2048 change took seconds (infinity-2b has 160 such matrices)."""
     if delta_OI.ndim != 2:
         raise ValueError(f"expected a matrix, got shape {tuple(delta_OI.shape)}")
-    r = min(rank, *delta_OI.shape)
-    U, S, Vh = torch.linalg.svd(delta_OI.float(), full_matrices=False)
-    return (U[:, :r] * S[:r]).contiguous(), Vh[:r].contiguous()
+    O, I = delta_OI.shape
+    r = min(rank, O, I)
+    D = delta_OI.double()
+    if O >= I:
+        _, V_IR = torch.linalg.eigh(D.T @ D)  # ascending: the last r are the top right singular vectors
+        V_IR = V_IR[:, -r:].flip(-1)
+        return (D @ V_IR).float().contiguous(), V_IR.T.float().contiguous()
+    evals, U_OR = torch.linalg.eigh(D @ D.T)
+    U_OR, S_R = U_OR[:, -r:].flip(-1), evals[-r:].flip(-1).clamp_min(0).sqrt()
+    # down = S^-1 U^T D = V^T; a zero singular value's row is zero (its column of up is too)
+    down_RI = (U_OR.T @ D) / torch.where(S_R > 0, S_R, torch.ones_like(S_R))[:, None]
+    return (U_OR * S_R).float().contiguous(), down_RI.float().contiguous()
 
 
 def compress(tuned: Mapping[str, Tensor], base: Mapping[str, Tensor], rank: int,
@@ -39,15 +52,15 @@ def compress(tuned: Mapping[str, Tensor], base: Mapping[str, Tensor], rank: int,
     bytes_full = 0
     for name, w in tuned.items():
         bytes_full += w.numel() * w.element_size()
-        delta = w.float().cpu() - base[name].float().cpu()
+        delta = w.float() - base[name].to(w.device).float()  # on the tuned tensor's device (a GPU's eigh)
         tot2 += float(delta.square().sum())
         if delta.ndim == 2 and rank < min(delta.shape):
             up, down = lowrank_factors(delta, rank)
-            out[f"{name}.lora_up"], out[f"{name}.lora_down"] = up.to(dtype), down.to(dtype)
-            err2 += float((delta - out[f"{name}.lora_up"].float() @ out[f"{name}.lora_down"].float()).square().sum())
+            out[f"{name}.lora_up"], out[f"{name}.lora_down"] = up.to("cpu", dtype), down.to("cpu", dtype)
+            err2 += float((delta - up.to(dtype).float() @ down.to(dtype).float()).square().sum())
         else:
-            out[f"{name}.delta"] = delta.to(dtype)
-            err2 += float((delta - out[f"{name}.delta"].float()).square().sum())
+            out[f"{name}.delta"] = delta.to("cpu", dtype)
+            err2 += float((delta - delta.to(dtype).float()).square().sum())
     nbytes = sum(t.numel() * t.element_size() for t in out.values())
     rel = (err2 / tot2) ** 0.5 if tot2 > 0 else 0.0
     return out, LowRankReport(rank, bytes_full, nbytes, rel)

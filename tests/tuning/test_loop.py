@@ -413,12 +413,17 @@ def test_compress_and_tuned_values_reproduce_low_rank_changes():
 def test_lowrank_factors_are_the_best_rank_r_approximation():
     """The error is the norm of the dropped singular values (Eckart-Young)."""
     m = torch.randn(10, 7, generator=torch.Generator().manual_seed(1))
-    s = torch.linalg.svdvals(m)
-    for r in (1, 3, 6):
-        up, down = lowrank_factors(m, r)
-        assert up.shape == (10, r) and down.shape == (r, 7)
-        err = torch.linalg.norm(m - up @ down)
-        assert err.item() == pytest.approx(s[r:].norm().item(), rel=1e-4)
+    for tall_or_wide in (m, m.T.contiguous()):  # each takes the smaller Gram matrix's side
+        s = torch.linalg.svdvals(tall_or_wide)
+        for r in (1, 3, 6):
+            up, down = lowrank_factors(tall_or_wide, r)
+            assert up.shape == (tall_or_wide.shape[0], r) and down.shape == (r, tall_or_wide.shape[1])
+            err = torch.linalg.norm(tall_or_wide - up @ down)
+            assert err.item() == pytest.approx(s[r:].norm().item(), rel=1e-4)
+    rank2 = torch.randn(9, 2, dtype=torch.float64) @ torch.randn(2, 12, dtype=torch.float64)
+    up, down = lowrank_factors(rank2.float(), 4)  # more rank asked for than there is: no NaN
+    assert torch.isfinite(up).all() and torch.isfinite(down).all()
+    torch.testing.assert_close(up @ down, rank2.float(), rtol=0, atol=1e-5)
     up, down = lowrank_factors(m, 50)
     assert up.shape == (10, 7)
     torch.testing.assert_close(up @ down, m, rtol=0, atol=1e-5)
