@@ -121,7 +121,7 @@ def main() -> None:
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
                         memory=args.memory, train_scales=args.train_scales, early_stop=args.early_stop,
-                        compile=args.compile, save_rank=args.save_rank,
+                        compile=args.compile, save_rank=args.save_rank or 0,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)
     marks: dict[str, float] = {}

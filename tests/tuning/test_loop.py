@@ -384,6 +384,15 @@ def test_save_rank_writes_a_compressed_subject_and_reports_its_cost(photos):
     assert SubjectStore().get(result.name).lowrank == (low_path,)
 
 
+def test_a_rank_that_keeps_every_change_costs_nothing(photos):
+    """At a rank no smaller than any tuned matrix, the compressed weights are the tuned ones up to
+    bf16 rounding of the changes, so the loss pass must see (nearly) the same losses."""
+    lr = tune(config(photos, steps=3, save_rank=4096)).lowrank
+    assert lr is not None and lr["relative_error"] < 1e-2
+    assert lr["ce_lowrank"] == pytest.approx(lr["ce_full"], rel=1e-3)
+    assert lr["prior_lowrank"] == pytest.approx(lr["prior_full"], rel=1e-2, abs=1e-5)
+
+
 def test_compress_and_tuned_values_reproduce_low_rank_changes():
     """A change of rank <= R comes back (up to bf16 rounding); 1-D tensors keep their whole change."""
     g = torch.Generator().manual_seed(0)
