@@ -184,7 +184,8 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
     exact = [bool(subject.find(im).found) for im in imgs]
     reader = [i.found for i in rep.images if i.set == "subject"]
     m = rep.metrics
-    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": variant, "fields": fields,
+    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": variant,
+            "fields": {**fields, **({"eval_rank": rank} if rank else {})},
             "seed": seed, "tune_seconds": round(tune_s, 1), "fidelity": m["subject_fidelity"].value,
             "fidelity_small": hits["small"][0] / hits["small"][1], "fidelity_large": hits["large"][0] / hits["large"][1],
             "text_fidelity": m["text_fidelity"].value, "drift": m["drift"].value, "base": m["base_fidelity"].value,
