@@ -437,6 +437,10 @@ class TuneConfig(_Checked):
     #: toy 0.64, others 0); on a model whose captions say sizes and places (toy) only photos of the
     #: larger size get a copy, captioned smaller and shrunk about the place the caption says
     augment_zoom: float | None = None
+    #: --zoom-places N: zoomed copies of each photo at N places, its own first, then the next ones
+    #: the model's captions name (a copy moves only on a plain background; None: the model's, 1
+    #: where captions say no places)
+    zoom_places: int | None = None
     bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
     bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
@@ -551,6 +555,8 @@ class TuneConfig(_Checked):
             out.append("--grad-checkpointing must be auto, on or off")
         if self.augment_zoom is not None and not 0 <= self.augment_zoom < 1:
             out.append("--augment-zoom must be in [0, 1) (0: off; 0.64 shrinks the photo to 64%)")
+        if self.zoom_places is not None and self.zoom_places < 1:
+            out.append("--zoom-places must be >= 1 (1: each copy at its photo's own place)")
         if self.early_stop < 0:
             out.append("--early-stop must be >= 0 (0: off)")
         if self.memory not in ("auto", "low", "high"):

@@ -170,8 +170,14 @@ class TuningDefaults:
     #: (word, x, y) of places its captions say (shares of the width and height); a zoomed-out copy
     #: of a photo captioned with the word shrinks about that point, so it still shows that place
     position_words: tuple[tuple[str, float, float], ...] = ()
+    #: how its captions phrase a place: a regex with ``{word}`` for one of ``position_words``, and
+    #: what a copy moved to another place (``--zoom-places``) says instead ("" : copies never move)
+    place_phrase_re: str = ""
+    place_phrase: str = ""
     #: ``--augment-zoom`` when the user does not say (0: off)
     augment_zoom: float = 0.0
+    #: ``--zoom-places`` when the user does not say
+    zoom_places: int = 1
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,8 @@ class _Run:
             config = config.with_(validation_prompts=self.spec.tuning.validation_prompts)
         if config.augment_zoom is None:
             config = config.with_(augment_zoom=self.spec.tuning.augment_zoom)
+        if config.zoom_places is None:
+            config = config.with_(zoom_places=self.spec.tuning.zoom_places)
         # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
         config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
@@ -261,6 +263,8 @@ class _Run:
             saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
             if saved.augment_zoom is None:  # written before the option existed: it ran without
                 saved = saved.with_(augment_zoom=0.0)
+            if saved.zoom_places is None:  # written before --zoom-places: copies at their own place
+                saved = saved.with_(zoom_places=1)
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
@@ -322,8 +326,9 @@ class _Run:
         train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
                                       seed=c.seed) if c.augment else list(self.images)
         if c.augment_zoom:  # of the photos themselves, not of their --augment copies
-            train += zoomed_copies(self.images, c.augment_zoom, self.spec.tuning.size_words,
-                                   self.spec.tuning.position_words)
+            t = self.spec.tuning
+            train += zoomed_copies(self.images, c.augment_zoom, t.size_words, t.position_words,
+                                   places=c.zoom_places or 1, place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
         captions = [im.caption for im in train]
         if c.flip:
             captions = captions + captions

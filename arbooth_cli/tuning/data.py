@@ -140,26 +140,39 @@ def with_augmented_copies(images: list[SubjectImage], copies: int, *, shift: flo
     return out
 
 
-def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+def plain_border(pixels_HW3: np.ndarray) -> np.ndarray | None:
+    """The photo's background colour when one colour covers at least 2/3 of its border, else None."""
+    border = np.concatenate([pixels_HW3[0], pixels_HW3[-1], pixels_HW3[:, 0], pixels_HW3[:, -1]])
+    colours, counts = np.unique(border, axis=0, return_counts=True)
+    return colours[counts.argmax()] if 3 * counts.max() >= 2 * len(border) else None
+
+
+def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, float] = (0.5, 0.5),
+                to_xy: tuple[float, float] | None = None) -> np.ndarray:
     """The photo shrunk by ``factor`` (area resampling) on a frame of the same size, about the point
-    ``centre_xy`` (shares of the width and height: that point stays where it is); the margin takes
-    the photo's border colour when one colour covers at least 2/3 of the border (a plain
-    background), else the shrunk photo's edges are extended."""
+    ``centre_xy`` (shares of the width and height: that point stays where it is, or lands on
+    ``to_xy``); the margin takes the photo's border colour when one colour covers at least 2/3 of
+    the border (a plain background), else the shrunk photo's edges are extended (and then the copy
+    cannot move: ValueError)."""
     from PIL import Image
 
     H, W = pixels_HW3.shape[:2]
     h, w = max(1, round(H * factor)), max(1, round(W * factor))
     small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), Image.Resampling.BOX))
-    top = min(max(round(centre_xy[1] * (H - h)), 0), H - h)
-    left = min(max(round(centre_xy[0] * (W - w)), 0), W - w)
-    border = np.concatenate([pixels_HW3[0], pixels_HW3[-1], pixels_HW3[:, 0], pixels_HW3[:, -1]])
-    colours, counts = np.unique(border, axis=0, return_counts=True)
-    if 3 * counts.max() >= 2 * len(border):
-        out = np.empty_like(pixels_HW3)
-        out[:] = colours[counts.argmax()]
-        out[top : top + h, left : left + w] = small
-        return out
-    return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
+    to_x, to_y = to_xy if to_xy is not None else centre_xy
+    top, left = round(to_y * H - centre_xy[1] * h), round(to_x * W - centre_xy[0] * w)
+    fill = plain_border(pixels_HW3)
+    if fill is None:
+        if to_xy is not None and tuple(to_xy) != tuple(centre_xy):
+            raise ValueError("only a photo on a plain background can move (its margin is one colour)")
+        top, left = min(max(top, 0), H - h), min(max(left, 0), W - w)
+        return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
+    out = np.empty_like(pixels_HW3)
+    out[:] = fill
+    y0, x0 = max(top, 0), max(left, 0)  # a moved frame may stick out: only its part inside is pasted
+    y1, x1 = min(top + h, H), min(left + w, W)
+    out[y0:y1, x0:x1] = small[y0 - top : y1 - top, x0 - left : x1 - left]
+    return out
 
 
 def _word_at(word: str, caption: str) -> int | None:
@@ -175,14 +188,21 @@ def _first_of(words: list[str], caption: str) -> str | None:
 
 
 def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[tuple[str, str], ...] = (),
-                  position_words: tuple[tuple[str, float, float], ...] = ()) -> list[SubjectImage]:
+                  position_words: tuple[tuple[str, float, float], ...] = (), *, places: int = 1,
+                  place_phrase_re: str = "", place_phrase: str = "") -> list[SubjectImage]:
     """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
     whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
     copy, captioned with the word replaced; without pairs every photo gets one with its own
     caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
     photo shrinks about the point of the first such word its caption says, so the copy still
-    shows the place it says (others shrink about the centre). Words match whole, in any case."""
+    shows the place it says (others shrink about the centre). Words match whole, in any case.
+
+    ``places`` > 1 (with ``place_phrase_re`` and ``place_phrase``): a photo on a plain background
+    also gets copies moved to the next ``places`` - 1 places of ``position_words`` after its own,
+    the caption's place phrase rewritten: small views at places no photo shows."""
     out = []
+    order = [w for w, _, _ in position_words]
+    point = {w: (x, y) for w, x, y in position_words}
     for im in images:
         caption = im.caption
         if size_words:
@@ -191,7 +211,16 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
                 continue
             smaller = dict(size_words)[larger]
             caption = re.sub(rf"\b{re.escape(larger)}\b", smaller, caption, count=1, flags=re.IGNORECASE)
-        place = _first_of([w for w, _, _ in position_words], caption)
-        centre = next(((x, y) for w, x, y in position_words if w == place), (0.5, 0.5))
+        place = _first_of(order, caption)
+        centre = point.get(place, (0.5, 0.5)) if place else (0.5, 0.5)
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
+        if places <= 1 or place is None or not place_phrase_re or plain_border(im.pixels_HW3) is None:
+            continue
+        said = re.compile(place_phrase_re.format(word=re.escape(place)), flags=re.IGNORECASE)
+        if not said.search(caption):
+            continue
+        k = order.index(place)
+        for other in (order[(k + i) % len(order)] for i in range(1, min(places, len(order)))):
+            moved = said.sub(place_phrase.format(word=other), caption, count=1)
+            out.append(SubjectImage(im.path, moved, zoomed_copy(im.pixels_HW3, factor, centre, point[other])))
     return out

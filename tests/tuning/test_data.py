@@ -167,3 +167,61 @@ def test_the_toy_places_are_the_renderers():
     from arbooth_cli.toyworld.render import POSITION_CENTRE
 
     assert {w: (x, y) for w, x, y in TOY.tuning.position_words} == POSITION_CENTRE
+
+
+def test_a_zoomed_copy_moves_its_place_to_another_on_a_plain_background():
+    from arbooth_cli.tuning.data import zoomed_copy
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[30:70, 55:95] = (255, 0, 0)  # centred at (75, 50): "on the right"
+    out = zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(0.5, 0.25))  # moved to "the top"
+    red = np.argwhere((out == (255, 0, 0)).all(-1))
+    in_place = np.argwhere((zoomed_copy(img, 0.5, (0.75, 0.5)) == (255, 0, 0)).all(-1))
+    assert np.allclose(red.mean(0), [25, 50], atol=1) and len(red) == len(in_place)  # moved whole
+    assert (out[40:] == (0, 0, 255)).all() and (out[:, 65:] == (0, 0, 255)).all()  # nothing left where it was
+    far = zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(0.1, 0.5))  # the frame sticks out: clipped
+    red = np.argwhere((far == (255, 0, 0)).all(-1))
+    assert np.allclose(red.mean(0), [50, 10], atol=1)
+    assert np.array_equal(zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(0.75, 0.5)), zoomed_copy(img, 0.5, (0.75, 0.5)))
+    stripes = np.zeros((100, 100, 3), np.uint8)
+    stripes[::2] = 255
+    with pytest.raises(ValueError, match="plain background"):
+        zoomed_copy(stripes, 0.5, (0.75, 0.5), to_xy=(0.25, 0.5))
+
+
+def test_zoomed_copies_at_more_places_rewrite_the_place_phrase():
+    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[30:70, 55:95] = (255, 0, 0)
+    stripes = img.copy()
+    stripes[::4] = (0, 255, 0)  # no colour covers 2/3 of the border: this photo cannot move
+    places = (("left", 0.25, 0.5), ("right", 0.75, 0.5), ("top", 0.5, 0.25))
+    phrase = dict(place_phrase_re=r"\b(?:on|at) the {word}\b", place_phrase="at the {word}")
+    ims = [SubjectImage(Path("a.png"), "a large sks square on the right, blue background", img),
+           SubjectImage(Path("b.png"), "a large sks square on the right, striped background", stripes)]
+    copies = zoomed_copies(ims, 0.5, (("large", "small"),), places, places=3, **phrase)
+    assert [c.caption for c in copies] == ["a small sks square on the right, blue background",
+                                           "a small sks square at the top, blue background",  # the next places, in turn
+                                           "a small sks square at the left, blue background",
+                                           "a small sks square on the right, striped background"]
+    for c, (y, x) in zip(copies[:3], ((50, 75), (25, 50), (50, 25))):
+        assert np.allclose(np.argwhere((c.pixels_HW3 == (255, 0, 0)).all(-1)).mean(0), [y, x], atol=1)
+    assert len(zoomed_copies(ims, 0.5, (("large", "small"),), places, places=9, **phrase)) == 4  # at most every place
+    assert len(zoomed_copies(ims, 0.5, (("large", "small"),), places, places=3)) == 2  # no phrase: no move
+
+
+def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
+    import re
+
+    from arbooth_cli.specs.toy import TOY
+    from arbooth_cli.toyworld.scene import _POS_PHRASES
+
+    t = TOY.tuning
+    for word, phrases in _POS_PHRASES.items():
+        for ph in phrases:
+            said = re.search(t.place_phrase_re.format(word=word), f"a large sks star {ph}, red background")
+            assert (said is not None) == (word in ph.split()), ph  # "in the middle" names no place word
+        assert re.search(t.place_phrase_re.format(word=word), t.place_phrase.format(word=word))

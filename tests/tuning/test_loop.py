@@ -93,7 +93,8 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     assert meta["steps"] == "3" and meta["arbooth_version"] == __version__ and meta["kind"] == "full"
     recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr,  # the unset lr, prompts and zoom are resolved to the model's
                          validation_prompts=TINY_INFINITY.tuning.validation_prompts,
-                         augment_zoom=TINY_INFINITY.tuning.augment_zoom)
+                         augment_zoom=TINY_INFINITY.tuning.augment_zoom,
+                         zoom_places=TINY_INFINITY.tuning.zoom_places)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
@@ -161,9 +162,9 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     with pytest.raises(InvalidInputError, match="augment_zoom") as refused:
         tune(cfg_b.with_(resume=True, augment_zoom=0.5))
     assert "ran with --augment-zoom 0.0" in refused.value.hint
-    # a checkpoint written before --augment-zoom existed ran without it
+    # a checkpoint written before --augment-zoom (and --zoom-places) existed ran without it
     state = json.loads((ckpt / "state.json").read_text())
-    del state["config"]["augment_zoom"]
+    del state["config"]["augment_zoom"], state["config"]["zoom_places"]
     (ckpt / "state.json").write_text(json.dumps(state))
 
     steps_seen: list[int] = []
@@ -530,6 +531,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         meta, _ = read_subject_header(Path(res.subject))
         assert json.loads(meta["config"])["lr"] == expected
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
+        assert json.loads(meta["config"])["zoom_places"] == 1
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
