@@ -771,6 +771,11 @@ class EvalConfig(_Checked):
     batch_size: int = 0  #: --batch-size: images sampled together (0: automatic)
     device: str = "auto"  #: --device
     dtype: str = "auto"  #: --dtype
+    #: sample as `gen` would with these (what a subject costs with them; default: exact sampling)
+    fast: bool = False  #: --fast: the model's preset of the three below where not given
+    skip_scales: int | None = None  #: --skip-scales
+    cfg_until_scale: int | None = None  #: --cfg-until-scale
+    prune: tuple[tuple[int, float], ...] | None = None  #: --prune
 
     def problems(self) -> list[str]:
         out = []

@@ -146,8 +146,7 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
             threads: int | None) -> dict:
     import torch
 
-    from arbooth_cli.config import EvalConfig, TuneConfig
-    from arbooth_cli.jobs.evaluate import evaluate
+    from arbooth_cli.config import TuneConfig
     from arbooth_cli.jobs.tune import tune
     from arbooth_cli.toyworld.procedural import write_photos
 
@@ -171,11 +170,25 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
     result = tune(cfg)
     tune_s = time.perf_counter() - t0
     scored = result.lowrank["path"] if rank else name
+    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": variant,
+            "fields": {**fields, **({"eval_rank": rank} if rank else {})},
+            "seed": seed, "tune_seconds": round(tune_s, 1), **score(subject, scored, work, device)}
+
+
+def score(subject, scored: str, work: str, device: str, sampling: dict | None = None) -> dict:
+    """Eval's numbers for the tuned subject ``scored`` (a store name or file) on the subject's
+    benchmark prompts; ``sampling``: EvalConfig's speed options (gen --fast and its parts)."""
+    import torch
+
+    from arbooth_cli.config import EvalConfig
+    from arbooth_cli.jobs.evaluate import evaluate
+
+    photos = Path(work) / "photos" / subject.name
     prompts = prompts_for(subject)
-    pfile = Path(work) / f"{name}.prompts.txt"
+    pfile = Path(work) / f"{Path(scored).stem}.{os.getpid()}.prompts.txt"
     pfile.write_text("\n".join(p for p, _ in prompts) + "\n", encoding="utf-8")
     rep = evaluate(EvalConfig(subject=scored, prompts_file=str(pfile), seeds=EVAL_SEEDS, device=device, dtype="fp32",
-                              photos=str(photos)))
+                              photos=str(photos), **(sampling or {})))
     hits = {"small": [0, 0], "large": [0, 0]}
     for row, (_, size) in zip(rep.prompts, prompts):
         hits[size][0] += row.subject_hits
@@ -184,13 +197,25 @@ def run_one(set_name: str, subject, variant: str, fields: dict, seed: int, work:
     exact = [bool(subject.find(im).found) for im in imgs]
     reader = [i.found for i in rep.images if i.set == "subject"]
     m = rep.metrics
-    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": variant,
-            "fields": {**fields, **({"eval_rank": rank} if rank else {})},
-            "seed": seed, "tune_seconds": round(tune_s, 1), "fidelity": m["subject_fidelity"].value,
+    return {"fidelity": m["subject_fidelity"].value,
             "fidelity_small": hits["small"][0] / hits["small"][1], "fidelity_large": hits["large"][0] / hits["large"][1],
             "text_fidelity": m["text_fidelity"].value, "drift": m["drift"].value, "base": m["base_fidelity"].value,
             "exact_fidelity": sum(exact) / len(exact), "reader_agrees": sum(a == b for a, b in zip(exact, reader)) / len(exact),
             "images": len(exact), "device": rep.device, "threads": torch.get_num_threads(), **codec_ceiling(subject)}
+
+
+def rescore(set_name: str, subject, variant: str, seed: int, sampling_name: str, sampling: dict, work: str,
+            device: str, threads: int | None) -> dict:
+    """A subject already tuned in ``work`` (run ``variant``, ``seed``) scored again with gen's speed
+    options ``sampling``: its row is variant ``<variant>+<sampling_name>``."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    name = f"{subject.name}-{variant}-s{seed}"
+    return {"set": set_name, "subject": subject.name, "cls": subject.cls, "variant": f"{variant}+{sampling_name}",
+            "fields": {"sampling": sampling}, "seed": seed, "tune_seconds": None,
+            **score(subject, name, work, device, sampling)}
 
 
 METRICS = ("fidelity", "fidelity_small", "fidelity_large", "text_fidelity", "drift", "base", "exact_fidelity",
@@ -252,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
                     help="TuneConfig fields as JSON, e.g. 'steps300={\"steps\": 300}' (default: the defaults); "
                          "\"eval_rank\": R scores the rank-R compressed subject (--save-rank R)")
+    ap.add_argument("--sampling", action="append", default=[], metavar="NAME=JSON",
+                    help="do not tune: score the runs of --variant already tuned in $ARBOOTH_BENCH_WORK again with "
+                         "gen's speed options (EvalConfig fields, e.g. 'fast={\"fast\": true}')")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -285,11 +313,27 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("ARBOOTH_HOME", str(Path(work) / "home"))
         have = {(r["subject"], r["variant"], r["seed"]) for r in done}
         set_name = "dev" if args.quick else args.set
-        todo = [(set_name, s, v, f, seed, work, args.device, args.threads) for seed in seeds for s in subjects
-                for v, f in variants.items() if (s.name, v, seed) not in have]
+        samplings = {}
+        for item in args.sampling:
+            sname, _, js = item.partition("=")
+            try:
+                samplings[sname] = {k: tuple(map(tuple, v)) if k == "prune" else v for k, v in json.loads(js).items()}
+            except (json.JSONDecodeError, TypeError) as exc:
+                ap.error(f"--sampling {item!r}: not NAME=JSON of EvalConfig fields ({exc})")
+        if samplings and not os.environ.get("ARBOOTH_BENCH_WORK"):
+            ap.error("--sampling scores runs already tuned: set ARBOOTH_BENCH_WORK to their work folder")
+        if samplings:
+            fn = rescore
+            todo = [(set_name, s, v, seed, sn, sf, work, args.device, args.threads) for seed in seeds
+                    for s in subjects for v in variants for sn, sf in samplings.items()
+                    if (s.name, f"{v}+{sn}", seed) not in have]
+        else:
+            fn = run_one
+            todo = [(set_name, s, v, f, seed, work, args.device, args.threads) for seed in seeds for s in subjects
+                    for v, f in variants.items() if (s.name, v, seed) not in have]
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
-            rows = (f.result() for f in as_completed([pool.submit(run_one, *job) for job in todo])) if pool \
-                else (run_one(*job) for job in todo)
+            rows = (f.result() for f in as_completed([pool.submit(fn, *job) for job in todo])) if pool \
+                else (fn(*job) for job in todo)
             for row in rows:
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as f:

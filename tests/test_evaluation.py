@@ -315,6 +315,8 @@ def test_eval_table_and_out(toy_subject, tmp_path):
     ("no-token", 4, "does not name the subject's token 'sks'"),
     ("unknown", 3, "no subject named 'nobody'"),
     ("seeds", 4, "--seeds must be >= 1"),
+    ("skip", 4, "--skip-scales 5: the schedule has 5 scales"),
+    ("prune", 4, "--prune takes SCALE:RATIO pairs"),
 ])
 def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, case, code, message):
     args = {
@@ -324,12 +326,26 @@ def test_eval_bad_input_fails_before_any_work(toy_subject, tmp_path, case, code,
         "no-token": [str(toy_subject), "--prompts", _prompts_file(tmp_path / "p.txt", "a star on the left")],
         "unknown": ["nobody"],
         "seeds": [str(toy_subject), "--seeds", "0"],
+        "skip": [str(toy_subject), "--skip-scales", "5"],
+        "prune": [str(toy_subject), "--prune", "4=0.5"],
     }[case]
     r = cli("eval", *args)
     assert r.exit_code == code, r.output
     assert message in r.stderr and "Traceback" not in r.output and LOADED_NOTE not in r.stderr
     if case == "gone":
         assert str(tmp_path / "moved") in r.stderr and "--photos" in r.stderr
+
+
+def test_eval_samples_with_gens_speed_options(toy_subject, tmp_path):
+    """--fast (toy: guidance off for the last two scales) samples other images than exact sampling,
+    and the report records what was used."""
+    prompts = _prompts_file(tmp_path / "p.txt", PROMPTS[0])
+    exact = evaluate(EvalConfig(subject=str(toy_subject), prompts_file=prompts, seeds=2))
+    fast = evaluate(EvalConfig(subject=str(toy_subject), prompts_file=prompts, seeds=2, fast=True))
+    assert fast.config["fast"] is True and exact.config["fast"] is False
+    assert not np.array_equal(fast.pixels["subject"], exact.pixels["subject"])
+    same = evaluate(EvalConfig(subject=str(toy_subject), prompts_file=prompts, seeds=2, cfg_until_scale=3))
+    assert np.array_equal(same.pixels["subject"], fast.pixels["subject"])  # what the toy preset resolves to
 
 
 def test_eval_reads_a_subject_it_has_never_seen(tmp_path, monkeypatch):

@@ -18,3 +18,9 @@ SubjectModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="B
 PromptModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help=f"Model name (default: the base model of the prompt's subject, else {MODEL_DEFAULTS}).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")]
+
+# gen's speed options (docs/sampling.md); eval samples with them too
+SkipScalesOpt = Annotated[Optional[int], typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact, the default).")]
+CfgUntilScaleOpt = Annotated[Optional[int], typer.Option("--cfg-until-scale", help="Guidance on the first K scales only; the later ones skip the unconditional pass (faster; default: every scale).")]
+PruneOpt = Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,... ('none': off): at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")]
+FastOpt = Annotated[bool, typer.Option("--fast", help="The model's measured speed preset of --skip-scales, --prune and --cfg-until-scale (options given win; docs/sampling.md).")]

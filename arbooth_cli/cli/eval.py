@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..config import EvalConfig
-from ._options import DeviceOpt, DtypeOpt, SubjectModelOpt
+from ..config import EvalConfig, parse_prune
+from ._options import CfgUntilScaleOpt, DeviceOpt, DtypeOpt, FastOpt, PruneOpt, SkipScalesOpt, SubjectModelOpt
 from ._output import EventProgress, get_output
 
 
@@ -30,6 +30,10 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images sampled together; 0: automatic.")] = 0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    fast: FastOpt = False,
+    skip_scales: SkipScalesOpt = None,
+    cfg_until_scale: CfgUntilScaleOpt = None,
+    prune: PruneOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
 ) -> None:
     """Measure how well a tuned subject is personalized.
@@ -43,6 +47,7 @@ def eval_cmd(
     Examples:\n
       arbooth eval sks\n
       arbooth eval sks --prompts my-prompts.txt --seeds 4 --out eval-sks\n
+      arbooth eval sks --fast            # what the subject keeps with gen --fast\n
       arbooth eval ./dog.safetensors -m infinity-2b --dino ./dino-vits16 --clip ./clip-vit-b32 --json
     """
     from ..jobs.evaluate import evaluate
@@ -51,6 +56,8 @@ def eval_cmd(
     config = EvalConfig(
         subject=subject, model=model, photos=_s(photos), prompts_file=_s(prompts_file), seeds=seeds, dino=_s(dino),
         clip=_s(clip), out_dir=_s(out), overwrite=overwrite, batch_size=batch_size, device=device, dtype=dtype,
+        fast=fast, skip_scales=skip_scales, cfg_until_scale=cfg_until_scale,
+        prune=parse_prune(prune) if prune is not None else None,
     ).validate()
     with _Progress(o) as progress:
         report = evaluate(config, on_event=progress.event)

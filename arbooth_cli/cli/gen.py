@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..config import GenConfig, PromptJob, parse_number_list, parse_prune, read_gen_file, read_prompts_file
-from ._options import DeviceOpt, DtypeOpt, PromptModelOpt
+from ._options import CfgUntilScaleOpt, DeviceOpt, DtypeOpt, FastOpt, PromptModelOpt, PruneOpt, SkipScalesOpt
 from ._output import EventProgress, Output, get_output
 
 
@@ -43,10 +43,10 @@ def gen_cmd(
     dtype: DtypeOpt = "auto",
     rng_stream: Annotated[str, typer.Option("--rng-stream", help="per-image: an image depends only on its seed; batch: one draw per scale for the batch, as the official sampler.")] = "per-image",
     compile_: Annotated[str, typer.Option("--compile", help="CUDA graphs and compiled kernels on a GPU (about 2.5x faster after a first call of about 50 s): auto (on for 64 images or more), on, off.")] = "auto",
-    skip_scales: Annotated[Optional[int], typer.Option("--skip-scales", help="Do not sample the last N scales: the image is decoded from the others (faster, less detail; 0: exact, the default).")] = None,
-    cfg_until_scale: Annotated[Optional[int], typer.Option("--cfg-until-scale", help="Guidance on the first K scales only; the later ones skip the unconditional pass (faster; default: every scale).")] = None,
-    prune: Annotated[Optional[str], typer.Option("--prune", help="SCALE:RATIO,... ('none': off): at each scale (an index, e.g. 9 for 32x32 at 1M), remove that share of the tokens in the middle blocks and refill them from the scale before the first one named (FastVAR; faster, approximate).")] = None,
-    fast: Annotated[bool, typer.Option("--fast", help="The model's measured speed preset of --skip-scales, --prune and --cfg-until-scale (options given win; docs/sampling.md).")] = False,
+    skip_scales: SkipScalesOpt = None,
+    cfg_until_scale: CfgUntilScaleOpt = None,
+    prune: PruneOpt = None,
+    fast: FastOpt = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail (exit 4) instead of warning when a prompt or setting is one the model cannot draw (e.g. words outside the toy world).")] = False,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A TOML file of these settings (keys as the option names, e.g. seed = 3, prune = \"9:0.4,10:0.5\", prompts = \"p.txt\"); options given here win.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON line per image on stdout.")] = False,

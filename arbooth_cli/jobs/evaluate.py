@@ -20,6 +20,7 @@ the output folder.
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,7 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     if spec.world not in (None, "toy"):
         raise InvalidInputError(f"model {spec.name} draws the {spec.world!r} world, which eval has no detectors for")
     scales = model_scales(spec.sampling.size, num_scales=spec.num_scales or None)
+    params = _sampling_params(spec, config, len(scales))  # bad values: one line before any loading
     height, width = pixel_size(scales, spec.vae.token_stride)
     folder = photos_folder(info, config.photos)
     photos = load_photos(folder, info.token, info.cls, height, width, emit)
@@ -243,7 +245,29 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
     if config.out_dir is not None:
         files = {"json": REPORT_JSON, **{s: f"{s}.png" for s in plan.sets}}
         paths = session.prepare_report_dir(config.out_dir, files, config.overwrite)
-    return _Evaluation(config, resolved, info, plan, scales, folder, photos, paths, emit).run(components)
+    return _Evaluation(config, resolved, info, plan, scales, params, folder, photos, paths, emit).run(components)
+
+
+def _sampling_params(spec: Any, c: EvalConfig, num_scales: int) -> Any:
+    """The model's sampling settings with `gen`'s speed options of ``c`` (``--fast``: the model's
+    preset where an option is not given)."""
+    fast: dict[str, Any] = {}
+    if c.fast:
+        if spec.sampling.fast.empty:
+            raise InvalidInputError(f"{spec.name} has no --fast preset yet (none measured)",
+                                    hint="pass --skip-scales, --prune or --cfg-until-scale instead")
+        fast = spec.sampling.fast.resolve(num_scales)
+
+    def first(*values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
+
+    params = dataclasses.replace(
+        session.sampling_params(spec),
+        skip_scales=first(c.skip_scales, fast.get("skip_scales"), 0),
+        cfg_until_scale=first(c.cfg_until_scale, fast.get("cfg_until_scale")),
+        prune=first(c.prune, fast.get("prune"), ()))
+    params.per_scale(num_scales)
+    return params
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -251,8 +275,9 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
 
 class _Evaluation:
     def __init__(self, config: EvalConfig, resolved: ResolvedModel, info: SubjectInfo, plan: _Plan, scales: Any,
-                 folder: Path, photos: list[np.ndarray], paths: dict[str, Path], emit: EventFn) -> None:
+                 params: Any, folder: Path, photos: list[np.ndarray], paths: dict[str, Path], emit: EventFn) -> None:
         self.c, self.resolved, self.info, self.plan, self.scales = config, resolved, info, plan, scales
+        self.params = params
         self.folder, self.photos, self.paths, self.emit = folder, photos, paths, emit
         self.seeds = list(range(config.seeds))
 
@@ -292,7 +317,7 @@ class _Evaluation:
         from ..sampling.sample import sample_images
         from ..subjects.use import SubjectSwitch
 
-        c, spec, plan = self.c, self.resolved.spec, self.plan
+        c, plan = self.c, self.plan
         comps = session.open_model(self.resolved, c.device, c.dtype, self.emit, components=comps)
         self.device = device = comps.device
         subject = session.load_subject(comps, self.resolved, self.info)
@@ -301,7 +326,7 @@ class _Evaluation:
         switch = SubjectSwitch(comps.transformer)
         with_subject = {s: subject if plan.with_subject[s] else None for s in plan.sets}
         text = session.encode(comps, [(p, with_subject[s]) for s, ps in plan.sets.items() for p in ps])
-        params = session.sampling_params(spec)
+        params = self.params
         order = sorted(plan.sets, key=lambda s: plan.with_subject[s])  # base model first: one switch
         total = sum(len(plan.sets[s]) * len(self.seeds) for s in order)
         batch = self._batch_size(comps, total)
