@@ -76,7 +76,7 @@ TOY = ModelSpec(
                           position_words=(("left", 0.25, 0.5), ("right", 0.75, 0.5), ("top", 0.5, 0.25),
                                           ("bottom", 0.5, 0.75), ("center", 0.5, 0.5)),
                           # every phrase of toyworld.scene._POS_PHRASES (a test checks)
-                          place_phrase_re=r"\b(?:on|at|in|near) the {word}(?: side)?\b",
+                          place_phrase_re=r"\b(?:on|at|in|near) the {word}(?: side)?(?![\w-])",
                           place_phrase="at the {word}",
                           # a large view shrunk to a small one (radius 0.14 of 0.22) where it stands:
                           # small views at places no photo shows them (docs/subject-benchmark.md)

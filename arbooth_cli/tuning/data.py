@@ -170,7 +170,7 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, f
     out = np.empty_like(pixels_HW3)
     out[:] = fill
     y0, x0 = max(top, 0), max(left, 0)  # a moved frame may stick out: only its part inside is pasted
-    y1, x1 = min(top + h, H), min(left + w, W)
+    y1, x1 = max(min(top + h, H), y0), max(min(left + w, W), x0)
     out[y0:y1, x0:x1] = small[y0 - top : y1 - top, x0 - left : x1 - left]
     return out
 
@@ -211,16 +211,20 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
                 continue
             smaller = dict(size_words)[larger]
             caption = re.sub(rf"\b{re.escape(larger)}\b", smaller, caption, count=1, flags=re.IGNORECASE)
-        place = _first_of(order, caption)
+        # the place phrases the caption says (where the model says how it phrases one); else the
+        # first place word
+        said = sorted(((m, w) for w in order if place_phrase_re
+                       for m in re.finditer(place_phrase_re.format(word=re.escape(w)), caption, flags=re.IGNORECASE)),
+                      key=lambda mw: mw[0].start())
+        place = said[0][1] if said else _first_of(order, caption)
         centre = point.get(place, (0.5, 0.5)) if place else (0.5, 0.5)
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
-        if places <= 1 or place is None or not place_phrase_re or plain_border(im.pixels_HW3) is None:
+        # it moves only when it says exactly one place (a caption naming two describes two things,
+        # and only the frame as a whole can move) on a plain background
+        if places <= 1 or len(said) != 1 or plain_border(im.pixels_HW3) is None:
             continue
-        said = re.compile(place_phrase_re.format(word=re.escape(place)), flags=re.IGNORECASE)
-        if not said.search(caption):
-            continue
-        k = order.index(place)
+        (m, _), k = said[0], order.index(place)
         for other in (order[(k + i) % len(order)] for i in range(1, min(places, len(order)))):
-            moved = said.sub(place_phrase.format(word=other), caption, count=1)
+            moved = caption[: m.start()] + place_phrase.format(word=other) + caption[m.end():]
             out.append(SubjectImage(im.path, moved, zoomed_copy(im.pixels_HW3, factor, centre, point[other])))
     return out

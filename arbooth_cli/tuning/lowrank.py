@@ -33,6 +33,18 @@ def lowrank_factors(delta_OI: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     O, I = delta_OI.shape
     r = min(rank, O, I)
     D = delta_OI.double()
+    if not D.any():  # an untouched tensor (cuSOLVER's eigh can fail on an all-zero matrix)
+        return delta_OI.new_zeros(O, r, dtype=torch.float32), delta_OI.new_zeros(r, I, dtype=torch.float32)
+    try:
+        return _from_gram(D, r)
+    except torch.linalg.LinAlgError:  # a GPU solver that did not converge: the SVD on the CPU
+        U, S, Vh = torch.linalg.svd(D.cpu(), full_matrices=False)
+        up, down = (U[:, :r] * S[:r]).float(), Vh[:r].float()
+        return up.to(delta_OI.device).contiguous(), down.to(delta_OI.device).contiguous()
+
+
+def _from_gram(D: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    O, I = D.shape
     if O >= I:
         _, V_IR = torch.linalg.eigh(D.T @ D)  # ascending: the last r are the top right singular vectors
         V_IR = V_IR[:, -r:].flip(-1)

@@ -225,3 +225,26 @@ def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
             said = re.search(t.place_phrase_re.format(word=word), f"a large sks star {ph}, red background")
             assert (said is not None) == (word in ph.split()), ph  # "in the middle" names no place word
         assert re.search(t.place_phrase_re.format(word=word), t.place_phrase.format(word=word))
+
+
+def test_a_caption_naming_two_places_or_none_keeps_its_copy_where_it_is():
+    from arbooth_cli.specs.toy import TOY
+    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies, zoomed_copy
+
+    t = TOY.tuning
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[20:40, 40:60] = (255, 0, 0)
+
+    def copies(caption):
+        return [c.caption for c in zoomed_copies([SubjectImage(Path("a.png"), caption, img)], 0.64, t.size_words,
+                                                 t.position_words, places=5, place_phrase_re=t.place_phrase_re,
+                                                 place_phrase=t.place_phrase)]
+
+    assert copies("a large sks star at the right and a large red square on the left") == [
+        "a small sks star at the right and a large red square on the left"]
+    assert copies("a large sks star on the top-left") == ["a small sks star on the top-left"]
+    assert copies("a large sks star in the middle") == ["a small sks star in the middle"]
+    moved = copies("a top hat beside a large sks star on the left")  # the place phrase, not the word "top"
+    assert moved[:2] == ["a top hat beside a small sks star on the left", "a top hat beside a small sks star at the right"]
+    assert (zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(1.6, 0.5)) == (0, 0, 255)).all()  # wholly outside: background

@@ -439,6 +439,20 @@ def test_lowrank_factors_are_the_best_rank_r_approximation():
     torch.testing.assert_close(up @ down, m, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="expected a matrix"):
         lowrank_factors(torch.zeros(3), 1)
+    up, down = lowrank_factors(torch.zeros(6, 4), 2)  # an untouched tensor: no solver call, zeros
+    assert up.shape == (6, 2) and down.shape == (2, 4) and not up.any() and not down.any()
+
+
+def test_lowrank_factors_fall_back_to_an_svd_when_the_solver_fails(monkeypatch):
+    m = torch.randn(10, 7, generator=torch.Generator().manual_seed(2))
+
+    def fails(*_a, **_k):
+        raise torch.linalg.LinAlgError("did not converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", fails)
+    up, down = lowrank_factors(m, 3)
+    err = torch.linalg.norm(m - up @ down)
+    assert err.item() == pytest.approx(torch.linalg.svdvals(m)[3:].norm().item(), rel=1e-4)
 
 
 def test_validation_images_carry_provenance(photos):
