@@ -272,6 +272,9 @@ class _Run:
                 if "augment_zoom" in diff:
                     hint += (f"; the checkpoint ran with --augment-zoom {saved.augment_zoom} (the toy model's "
                              "default changed to 0.64 in this version)")
+                if "zoom_places" in diff:
+                    hint += (f"; the checkpoint ran with --zoom-places {saved.zoom_places} (the toy model's "
+                             "default changed to 5 in this version)")
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
                                         hint=hint)
             if state["model_hash"] != self.resolved.model_hash:

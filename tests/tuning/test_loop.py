@@ -162,6 +162,9 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     with pytest.raises(InvalidInputError, match="augment_zoom") as refused:
         tune(cfg_b.with_(resume=True, augment_zoom=0.5))
     assert "ran with --augment-zoom 0.0" in refused.value.hint
+    with pytest.raises(InvalidInputError, match="zoom_places") as refused:
+        tune(cfg_b.with_(resume=True, zoom_places=3))
+    assert "ran with --zoom-places 1" in refused.value.hint
     # a checkpoint written before --augment-zoom (and --zoom-places) existed ran without it
     state = json.loads((ckpt / "state.json").read_text())
     del state["config"]["augment_zoom"], state["config"]["zoom_places"]
@@ -545,7 +548,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         meta, _ = read_subject_header(Path(res.subject))
         assert json.loads(meta["config"])["lr"] == expected
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
-        assert json.loads(meta["config"])["zoom_places"] == 1
+        assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
