@@ -20,8 +20,7 @@ the output folder.
 from __future__ import annotations
 
 import time
-import dataclasses
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -249,23 +248,8 @@ def evaluate(config: EvalConfig, *, on_event: EventFn | None = None, resolved: R
 
 
 def _sampling_params(spec: Any, c: EvalConfig, num_scales: int) -> Any:
-    """The model's sampling settings with `gen`'s speed options of ``c`` (``--fast``: the model's
-    preset where an option is not given)."""
-    fast: dict[str, Any] = {}
-    if c.fast:
-        if spec.sampling.fast.empty:
-            raise InvalidInputError(f"{spec.name} has no --fast preset yet (none measured)",
-                                    hint="pass --skip-scales, --prune or --cfg-until-scale instead")
-        fast = spec.sampling.fast.resolve(num_scales)
-
-    def first(*values: Any) -> Any:
-        return next((v for v in values if v is not None), None)
-
-    params = dataclasses.replace(
-        session.sampling_params(spec),
-        skip_scales=first(c.skip_scales, fast.get("skip_scales"), 0),
-        cfg_until_scale=first(c.cfg_until_scale, fast.get("cfg_until_scale")),
-        prune=first(c.prune, fast.get("prune"), ()))
+    """The model's sampling settings with `gen`'s speed options of ``c``, checked."""
+    params = replace(session.sampling_params(spec), **session.speed_settings(spec, c.fast, num_scales, c))
     params.per_scale(num_scales)
     return params
 

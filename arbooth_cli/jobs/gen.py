@@ -119,15 +119,13 @@ def plan_images(spec: ModelSpec, config: GenConfig,
         n = job.num_images or config.num_images
         base = config.seed if job.seed is None else job.seed
         settings = session.sampling_settings(spec, job, config)
-        fast = _fast_settings(spec, config, size, ratio)
+        num_scales = len(model_scales(size, ratio, num_scales=spec.num_scales or None))
+        speed = session.speed_settings(spec, config.fast, num_scales, job, config)  # skip, cfg-until, prune
         for k in range(n):
             seed = base + k
             items.append(ImageItem(
                 index=len(items), prompt_index=pi, prompt=job.prompt, seed=seed, size=size, h_div_w=ratio,
-                **settings, filename=image_filename(pi, job.prompt, seed), subject=subject,
-                skip_scales=_first(job.skip_scales, config.skip_scales, fast.get("skip_scales"), 0),
-                cfg_until_scale=_first(job.cfg_until_scale, config.cfg_until_scale, fast.get("cfg_until_scale")),
-                prune=_first(job.prune, config.prune, fast.get("prune"), ()),
+                **settings, **speed, filename=image_filename(pi, job.prompt, seed), subject=subject,
             ))
     names = [it.filename for it in items]
     if len(set(names)) != len(names):
@@ -168,20 +166,6 @@ def _announce_subjects(config: GenConfig, items: list[ImageItem], emit: EventFn)
         why = ("--delta" if config.delta else "--subject") if config.delta or config.subject else \
             f"the prompt names its token {info.token!r}"
         emit("subject", {"name": name, "token": info.token, "images": n, "why": why})
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None), None)
-
-
-def _fast_settings(spec: ModelSpec, config: GenConfig, size: str, ratio: float) -> dict[str, Any]:
-    """``--fast``: the model's preset for this size's schedule (what the options given say wins)."""
-    if not config.fast:
-        return {}
-    if spec.sampling.fast.empty:
-        raise InvalidInputError(f"{spec.name} has no --fast preset yet (none measured)",
-                                hint="use --cfg-until-scale, --skip-scales or --prune (docs/sampling.md)")
-    return spec.sampling.fast.resolve(len(model_scales(size, ratio, num_scales=spec.num_scales or None)))
 
 
 def _schedule(spec: ModelSpec, item: ImageItem):

@@ -282,6 +282,25 @@ def sampling_settings(spec: ModelSpec, *sources: Any) -> dict[str, Any]:
     return out
 
 
+def speed_settings(spec: ModelSpec, fast: bool, num_scales: int, *sources: Any) -> dict[str, Any]:
+    """``skip_scales``, ``cfg_until_scale`` and ``prune``, each from the first of ``sources`` that
+    sets it, else (with ``fast``: `--fast`) the model's preset for a schedule of ``num_scales``,
+    else off."""
+    preset: dict[str, Any] = {}
+    if fast:
+        if spec.sampling.fast.empty:
+            from ..errors import InvalidInputError
+
+            raise InvalidInputError(f"{spec.name} has no --fast preset yet (none measured)",
+                                    hint="use --cfg-until-scale, --skip-scales or --prune (docs/sampling.md)")
+        preset = spec.sampling.fast.resolve(num_scales)
+    out = {}
+    for key, off in (("skip_scales", 0), ("cfg_until_scale", None), ("prune", ())):
+        given = [getattr(s, key, None) for s in sources] + [preset.get(key)]
+        out[key] = next((v for v in given if v is not None), off)
+    return out
+
+
 def sampling_params(spec: ModelSpec, *sources: Any) -> Any:
     """:func:`sampling_settings` as checked :class:`SamplingParams` (ConfigError for bad values)."""
     from ..errors import ConfigError
