@@ -10,6 +10,7 @@ a small prior pool, then times, after warm-up:
 and prints a profiler table of one step's CUDA kernels.
 
     python bench/profile_tune.py --model infinity-2b
+    python bench/profile_tune.py --model infinity-2b --memory low --skip pool,opt
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--opt-states", default="fp32,bf16,fp8", help="optimizer state kinds to time")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: pool,fwd,opt,profile")
+    ap.add_argument("--memory", default="auto", help="the step's --memory policy: auto, low or high")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     spec = get_spec(args.model)
@@ -100,7 +102,8 @@ def main() -> None:
     comps = Components(spec, dev, torch.bfloat16, comps.transformer, comps.vae,
                        RandomTextEncoder(spec.text_encoder.width, dev))  # type: ignore[arg-type]
     config = TuneConfig(photos=str(work / "photos"), token="sks", cls="dog", model=spec.name, steps=100,
-                        prior_pool=8, validate_every=0, checkpoint_every=0, device="cuda", dtype="bf16")
+                        prior_pool=8, validate_every=0, checkpoint_every=0, device="cuda", dtype="bf16",
+                        memory=args.memory)
     run = L._Run(config, ResolvedModel(spec, {}, "random"), lambda k, d: None, comps)
     run.preflight()
     run.load()
