@@ -441,6 +441,9 @@ class TuneConfig(_Checked):
     #: the model's captions name (a copy moves only on a plain background; None: the model's, 1
     #: where captions say no places)
     zoom_places: int | None = None
+    #: --photo-share F: the share of training draws that are the photos themselves rather than their
+    #: augmented copies (0: every image alike; None: the model's)
+    photo_share: float | None = None
     bsc_strength: float = 0.3  #: --bsc-strength: bitwise self-correction flip rate bound (0: off)
     bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
@@ -557,6 +560,8 @@ class TuneConfig(_Checked):
             out.append("--augment-zoom must be in [0, 1) (0: off; 0.64 shrinks the photo to 64%)")
         if self.zoom_places is not None and self.zoom_places < 1:
             out.append("--zoom-places must be >= 1 (1: each copy at its photo's own place)")
+        if self.photo_share is not None and not 0 <= self.photo_share < 1:
+            out.append("--photo-share must be in [0, 1) (0: photos and copies drawn alike)")
         if self.early_stop < 0:
             out.append("--early-stop must be >= 0 (0: off)")
         if self.memory not in ("auto", "low", "high"):
@@ -582,7 +587,7 @@ class TuneConfig(_Checked):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
-                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom"):
+                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom", "photo_share"):
             if _is_number(kw.get(key)):
                 kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:

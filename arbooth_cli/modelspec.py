@@ -178,6 +178,8 @@ class TuningDefaults:
     augment_zoom: float = 0.0
     #: ``--zoom-places`` when the user does not say
     zoom_places: int = 1
+    #: ``--photo-share`` when the user does not say (0: photos and copies drawn alike)
+    photo_share: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -31,17 +31,16 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import nullcontext
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _sweep
 
+from _sweep import run_rows  # noqa: E402
 from arbooth_cli.toyworld import procedural  # noqa: E402
 
 TOKEN = "sks"
@@ -331,14 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             fn = run_one
             todo = [(set_name, s, v, f, seed, work, args.device, args.threads) for seed in seeds for s in subjects
                     for v, f in variants.items() if (s.name, v, seed) not in have]
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
-            rows = (f.result() for f in as_completed([pool.submit(fn, *job) for job in todo])) if pool \
-                else (fn(*job) for job in todo)
-            for row in rows:
-                print(json.dumps(row), flush=True)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done.append(row)
+        done.extend(run_rows(fn, todo, args.jobs, args.out))
         print(f"{len(todo)} runs in {time.perf_counter() - t0:.0f} s ({args.jobs} at once, {args.threads} thread(s) each)")
     print(table(done))
     if len({r["variant"] for r in done}) > 1:

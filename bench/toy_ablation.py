@@ -22,14 +22,13 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import nullcontext
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _sweep
 
+from _sweep import run_rows  # noqa: E402
 from arbooth_cli.toyworld.subjects import SUBJECTS  # noqa: E402
 from arbooth_cli.tuning.selection import parse_layers  # noqa: E402
 
@@ -133,14 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         todo = [(subject, variant, VARIANTS[variant], seed, args.eval_seeds, args.device, args.dtype, args.threads)
                 for seed in args.seeds for subject in args.subjects for variant in args.variants
                 if (subject, variant, seed) not in have]
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) if args.jobs > 1 else nullcontext() as pool:
-            rows = (f.result() for f in as_completed([pool.submit(run_one, *job) for job in todo])) if pool \
-                else (run_one(*job) for job in todo)
-            for row in rows:  # appended as each finishes, so a stopped sweep keeps them
-                print(json.dumps(row), flush=True)
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                done.append(row)
+        done.extend(run_rows(run_one, todo, args.jobs, args.out))
     print(table(done))
     return 0
 

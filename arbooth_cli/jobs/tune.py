@@ -49,7 +49,7 @@ from ..subjects.embedding import splice_subject, word_token_span
 from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
-from ..tuning.data import load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
+from ..tuning.data import epoch_order, load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
@@ -182,6 +182,8 @@ class _Run:
             config = config.with_(augment_zoom=self.spec.tuning.augment_zoom)
         if config.zoom_places is None:
             config = config.with_(zoom_places=self.spec.tuning.zoom_places)
+        if config.photo_share is None:
+            config = config.with_(photo_share=self.spec.tuning.photo_share)
         # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
         config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
@@ -265,6 +267,8 @@ class _Run:
                 saved = saved.with_(augment_zoom=0.0)
             if saved.zoom_places is None:  # written before --zoom-places: copies at their own place
                 saved = saved.with_(zoom_places=1)
+            if saved.photo_share is None:  # written before --photo-share: uniform draws
+                saved = saved.with_(photo_share=0.0)
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
@@ -275,6 +279,9 @@ class _Run:
                 if "zoom_places" in diff:
                     hint += (f"; the checkpoint ran with --zoom-places {saved.zoom_places} (the toy model's "
                              "default changed to 5 in this version)")
+                if "photo_share" in diff:
+                    hint += (f"; the checkpoint ran with --photo-share {saved.photo_share} (the toy model's "
+                             f"default is {self.spec.tuning.photo_share} in this version)")
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
                                         hint=hint)
             if state["model_hash"] != self.resolved.model_hash:
@@ -332,6 +339,7 @@ class _Run:
             t = self.spec.tuning
             train += zoomed_copies(self.images, c.augment_zoom, t.size_words, t.position_words,
                                    places=c.zoom_places or 1, place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+        self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]
         if c.flip:
             captions = captions + captions
@@ -455,7 +463,7 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.train_ops = compiled_block_ops() if self.compiled else EAGER_OPS
         self.w_L = token_weights(self.scales, _scale_weights(c, self.scales)).to(self.device)
-        self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
+        self.batch = _Batch(self._epoch_order(), 0)
         self.step = 0
         self.history: list[Tensor] = []  # (3,) loss, ce, prior per step, on the device, not yet read
         self.ce_read: list[float] = []  # the subject loss of every step read so far (--early-stop)
@@ -543,11 +551,15 @@ class _Run:
 
     # ---- the loop -------------------------------------------------------------------------
 
+    def _epoch_order(self) -> Tensor:
+        return epoch_order(self.n_train, self.n_photos, self.config.photo_share or 0.0, self.data_gen,
+                           flip=self.config.flip)
+
     def next_indices(self) -> list[int]:
         out = []
         for _ in range(self.config.batch_size):
             if self.batch.pos >= len(self.batch.order):
-                self.batch = _Batch(torch.randperm(len(self.raw), generator=self.data_gen), 0)
+                self.batch = _Batch(self._epoch_order(), 0)
             out.append(int(self.batch.order[self.batch.pos]))
             self.batch.pos += 1
         return out

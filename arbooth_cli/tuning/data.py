@@ -108,6 +108,28 @@ def to_tensor(images: list[SubjectImage], *, flip: bool = False):
     return torch.cat([x, x.flip(-1)]) if flip else x
 
 
+def epoch_order(n_train: int, n_photos: int, photo_share: float, generator, *, flip: bool = False):
+    """One pass over the training images in random order (int64 tensor of indices), the photos
+    themselves drawn ``photo_share`` of the time. ``n_train`` images (``n_photos`` photos first, then
+    augmented copies), and with ``flip`` their mirrored copies after them (index + n_train).
+
+    ``photo_share`` 0 draws every image once (a plain permutation); else each photo appears as
+    often as makes its group's share nearest ``photo_share``, at least once, and each copy once.
+    Why: --zoom-places makes many copies of a few photos, and under uniform draws the photos' own
+    views are crowded out."""
+    import torch
+
+    total = n_train * (2 if flip else 1)
+    n_copies = n_train - n_photos
+    if photo_share <= 0 or n_copies <= 0 or n_photos <= 0:
+        return torch.randperm(total, generator=generator)
+    repeats = max(1, round(photo_share / (1 - photo_share) * n_copies / n_photos))
+    idx = torch.arange(total)
+    is_photo = idx % n_train < n_photos
+    pool = torch.cat([idx[is_photo].repeat(repeats), idx[~is_photo]])
+    return pool[torch.randperm(len(pool), generator=generator)]
+
+
 def augmented_copy(pixels_HW3: np.ndarray, rng: np.random.Generator, *, shift: float, scale: float) -> np.ndarray:
     """A copy of a photo moved by up to ``shift`` of its side in each direction (whole pixels) and
     rescaled by a factor in [1 - scale, 1 + scale]; where it uncovers the frame, the photo's edge

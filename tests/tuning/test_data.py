@@ -248,3 +248,38 @@ def test_a_caption_naming_two_places_or_none_keeps_its_copy_where_it_is():
     moved = copies("a top hat beside a large sks star on the left")  # the place phrase, not the word "top"
     assert moved[:2] == ["a top hat beside a small sks star on the left", "a top hat beside a small sks star at the right"]
     assert (zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(1.6, 0.5)) == (0, 0, 255)).all()  # wholly outside: background
+
+
+def test_an_epoch_without_a_photo_share_is_a_plain_permutation():
+    import torch
+
+    from arbooth_cli.tuning.data import epoch_order
+
+    got = epoch_order(7, 3, 0.0, torch.Generator().manual_seed(5))
+    assert got.tolist() == torch.randperm(7, generator=torch.Generator().manual_seed(5)).tolist()
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 0.75])
+def test_an_epoch_draws_the_photos_about_their_share(share):
+    import torch
+
+    from arbooth_cli.tuning.data import epoch_order
+
+    n_train, n_photos = 22, 5  # 5 photos, 17 zoomed copies
+    got = epoch_order(n_train, n_photos, share, torch.Generator().manual_seed(0))
+    photos = got < n_photos
+    assert abs(photos.float().mean().item() - share) < 0.1
+    counts = torch.bincount(got, minlength=n_train)
+    assert (counts[n_photos:] == 1).all()  # each copy once
+    assert len(set(counts[:n_photos].tolist())) == 1 and counts[0] >= 1  # every photo alike
+
+
+def test_an_epoch_with_flips_counts_a_mirrored_photo_as_a_photo():
+    import torch
+
+    from arbooth_cli.tuning.data import epoch_order
+
+    got = epoch_order(4, 1, 0.5, torch.Generator().manual_seed(0), flip=True)
+    counts = torch.bincount(got, minlength=8)
+    # index 0 and its mirror 4 are the photo: 3 copies each side against one photo -> 3 draws each
+    assert counts[[0, 4]].tolist() == [3, 3] and counts[[1, 2, 3, 5, 6, 7]].tolist() == [1] * 6

@@ -94,7 +94,8 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr,  # the unset lr, prompts and zoom are resolved to the model's
                          validation_prompts=TINY_INFINITY.tuning.validation_prompts,
                          augment_zoom=TINY_INFINITY.tuning.augment_zoom,
-                         zoom_places=TINY_INFINITY.tuning.zoom_places)
+                         zoom_places=TINY_INFINITY.tuning.zoom_places,
+                         photo_share=TINY_INFINITY.tuning.photo_share)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
@@ -165,9 +166,12 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     with pytest.raises(InvalidInputError, match="zoom_places") as refused:
         tune(cfg_b.with_(resume=True, zoom_places=3))
     assert "ran with --zoom-places 1" in refused.value.hint
-    # a checkpoint written before --augment-zoom (and --zoom-places) existed ran without it
+    with pytest.raises(InvalidInputError, match="photo_share") as refused:
+        tune(cfg_b.with_(resume=True, photo_share=0.5))
+    assert "ran with --photo-share 0.0" in refused.value.hint
+    # a checkpoint written before --augment-zoom (and --zoom-places, --photo-share) existed ran without it
     state = json.loads((ckpt / "state.json").read_text())
-    del state["config"]["augment_zoom"], state["config"]["zoom_places"]
+    del state["config"]["augment_zoom"], state["config"]["zoom_places"], state["config"]["photo_share"]
     (ckpt / "state.json").write_text(json.dumps(state))
 
     steps_seen: list[int] = []
@@ -565,6 +569,8 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]  # the photos, not the copies
     plain = tune(config(photos, steps=2, prior=False, name="plain"))
     assert res.losses != plain.losses  # other images in the steps
+    shared = tune(config(photos, steps=2, augment=2, photo_share=0.75, prior=False, name="shared"))
+    assert shared.losses != res.losses  # the photos drawn more often than their copies
     for bad in ({"augment": -1}, {"augment": 65}, {"augment_shift": 0.3}, {"augment_scale": -0.1}):
         with pytest.raises(ConfigError, match="--augment"):
             config(photos, **bad).validate()
