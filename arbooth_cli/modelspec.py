@@ -180,6 +180,8 @@ class TuningDefaults:
     zoom_places: int = 1
     #: ``--photo-share`` when the user does not say (0: photos and copies drawn alike)
     photo_share: float = 0.0
+    #: ``--drop-path`` when the user does not say (None: the transformer's own ``drop_path_rate``)
+    drop_path: float | None = None
 
 
 @dataclass(frozen=True)

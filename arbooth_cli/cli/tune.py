@@ -56,7 +56,7 @@ def tune_cmd(
     zoom_places: Annotated[Optional[int], _opt("--zoom-places", help="Zoomed copies of each photo at N places: its own, then the next places the model's captions name (only photos on a plain background move; models whose captions say no places: 1). Default: the model's, 1.")] = None,
     bsc_strength: Annotated[Optional[float], _opt("--bsc-strength", help="Bitwise self-correction: bits flipped at a random rate up to this; 0 turns it off (default: 0.3).")] = None,
     text_dropout: Annotated[Optional[float], _opt("--text-dropout", help="Probability a caption is replaced by the null text (default: 0.1).")] = None,
-    drop_path: Annotated[Optional[float], _opt("--drop-path", help="Stochastic depth rate (default: the model's, 0.1).")] = None,
+    drop_path: Annotated[Optional[float], _opt("--drop-path", help="Stochastic depth rate while tuning (default: the model's: 0.1, toy 0).")] = None,
     seed: Annotated[Optional[int], _opt("--seed", help="Seed of every random choice (default: 0).")] = None,
     early_stop: Annotated[Optional[int], _opt("--early-stop", help="Stop before --steps once the subject loss (means of 25-step windows) has not fallen by 1% for P windows in a row; 0: off (default: 0).")] = None,
     validate_every: Annotated[Optional[int], _opt("--validate-every", help="Write validation images every N steps; 0: never (default: 100).")] = None,

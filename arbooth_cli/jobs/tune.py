@@ -184,6 +184,8 @@ class _Run:
             config = config.with_(zoom_places=self.spec.tuning.zoom_places)
         if config.photo_share is None:
             config = config.with_(photo_share=self.spec.tuning.photo_share)
+        if config.drop_path is None and self.spec.tuning.drop_path is not None:
+            config = config.with_(drop_path=self.spec.tuning.drop_path)
         # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
         config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
@@ -269,6 +271,8 @@ class _Run:
                 saved = saved.with_(zoom_places=1)
             if saved.photo_share is None:  # written before --photo-share: uniform draws
                 saved = saved.with_(photo_share=0.0)
+            if saved.drop_path is None and c.drop_path is not None:  # it ran at the transformer's own rate
+                saved = saved.with_(drop_path=self.spec.transformer.drop_path_rate)
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
@@ -279,6 +283,9 @@ class _Run:
                 if "zoom_places" in diff:
                     hint += (f"; the checkpoint ran with --zoom-places {saved.zoom_places} (the toy model's "
                              "default changed to 5 in this version)")
+                if "drop_path" in diff and self.spec.tuning.drop_path is not None:
+                    hint += (f"; the checkpoint ran with --drop-path {saved.drop_path} (the {self.spec.name} model's "
+                             f"default is {self.spec.tuning.drop_path} in this version)")
                 if "photo_share" in diff:
                     hint += (f"; the checkpoint ran with --photo-share {saved.photo_share} (the toy model's "
                              f"default is {self.spec.tuning.photo_share} in this version)")

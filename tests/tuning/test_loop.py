@@ -553,6 +553,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         assert json.loads(meta["config"])["lr"] == expected
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
+        assert json.loads(meta["config"])["drop_path"] == (0.0 if model == "toy" else None)
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
@@ -622,3 +623,26 @@ def test_train_scales_stops_the_forward_and_the_loss_after_scale_k(photos, tiny_
         tune(config(photos, train_scales=9, name="bad"))
     with pytest.raises(ConfigError, match="--train-scales must be >= 1"):
         config(photos, train_scales=0).validate()
+
+
+def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_rate_it_ran(photos):
+    """A toy run recorded before toy's --drop-path default became 0 (its config says none: the
+    transformer's 0.1) is refused under the new default with a hint naming the rate it ran at, and
+    resumes when that rate is given."""
+    cfg = config(photos, name="old-toy", model="toy", steps=4, prior=False)
+
+    def interrupt(kind, data):
+        if kind == "step" and data["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TuneInterrupted) as info:
+        tune(cfg, on_event=interrupt)
+    ckpt = Path(info.value.checkpoint)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["config"]["drop_path"] == 0.0  # the new default, recorded
+    state["config"]["drop_path"] = None
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(InvalidInputError, match="drop_path") as refused:
+        tune(cfg.with_(resume=True))
+    assert "ran with --drop-path 0.1" in refused.value.hint
+    assert tune(cfg.with_(resume=True, drop_path=0.1)).resumed_from == 2
