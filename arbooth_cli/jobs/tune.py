@@ -160,6 +160,12 @@ def _expandable_segments() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+#: TuneConfig fields that, unset (None), take the model's TuningDefaults value
+_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path")
+#: what a run checkpointed before the option existed ran with (its saved config has None)
+_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0}
+
+
 @dataclass
 class _Batch:
     """Where the next photos come from: successive random permutations of the photos."""
@@ -174,18 +180,9 @@ class _Run:
     def __init__(self, config: TuneConfig, resolved: ResolvedModel, emit: EventFn,
                  components: Components | None = None) -> None:
         self.spec = resolved.spec
-        if config.lr is None:  # the model's default, recorded in checkpoints and the subject's metadata
-            config = config.with_(lr=self.spec.tuning.lr)
-        if config.validation_prompts is None:
-            config = config.with_(validation_prompts=self.spec.tuning.validation_prompts)
-        if config.augment_zoom is None:
-            config = config.with_(augment_zoom=self.spec.tuning.augment_zoom)
-        if config.zoom_places is None:
-            config = config.with_(zoom_places=self.spec.tuning.zoom_places)
-        if config.photo_share is None:
-            config = config.with_(photo_share=self.spec.tuning.photo_share)
-        if config.drop_path is None and self.spec.tuning.drop_path is not None:
-            config = config.with_(drop_path=self.spec.tuning.drop_path)
+        # the model's defaults for what is not set, recorded in checkpoints and the subject's metadata
+        config = config.with_(**{k: getattr(self.spec.tuning, k) for k in _MODEL_DEFAULTED
+                                 if getattr(config, k) is None and getattr(self.spec.tuning, k) is not None})
         # the photos folder as an absolute path: `arbooth eval` finds it from any folder later
         config = config.with_(photos=str(Path(config.photos).expanduser().resolve()))
         self.config, self.resolved, self.emit = config, resolved, emit
@@ -265,30 +262,19 @@ class _Run:
                 return None
             state = read_state(ckpt)
             saved = TuneConfig.from_dict(state["config"], where=str(ckpt / "state.json"))
-            if saved.augment_zoom is None:  # written before the option existed: it ran without
-                saved = saved.with_(augment_zoom=0.0)
-            if saved.zoom_places is None:  # written before --zoom-places: copies at their own place
-                saved = saved.with_(zoom_places=1)
-            if saved.photo_share is None:  # written before --photo-share: uniform draws
-                saved = saved.with_(photo_share=0.0)
+            # a checkpoint written before an option existed ran as the option's "off" says
+            before = {k: v for k, v in _BEFORE_OPTION.items() if getattr(saved, k) is None}
             if saved.drop_path is None and c.drop_path is not None:  # it ran at the transformer's own rate
-                saved = saved.with_(drop_path=self.spec.transformer.drop_path_rate)
+                before["drop_path"] = self.spec.transformer.drop_path_rate
+            saved = saved.with_(**before)
             diff = sorted(k for k, v in saved.to_dict().items()
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
                 hint = "use the same settings (only --steps and the logging/saving ones may change)"
-                if "augment_zoom" in diff:
-                    hint += (f"; the checkpoint ran with --augment-zoom {saved.augment_zoom} (the toy model's "
-                             "default changed to 0.64 in this version)")
-                if "zoom_places" in diff:
-                    hint += (f"; the checkpoint ran with --zoom-places {saved.zoom_places} (the toy model's "
-                             "default changed to 5 in this version)")
-                if "drop_path" in diff and self.spec.tuning.drop_path is not None:
-                    hint += (f"; the checkpoint ran with --drop-path {saved.drop_path} (the {self.spec.name} model's "
-                             f"default is {self.spec.tuning.drop_path} in this version)")
-                if "photo_share" in diff:
-                    hint += (f"; the checkpoint ran with --photo-share {saved.photo_share} (the toy model's "
-                             f"default is {self.spec.tuning.photo_share} in this version)")
+                for k in diff:  # the options whose model default is newer than some checkpoints
+                    if k in (*_BEFORE_OPTION, "drop_path") and getattr(self.spec.tuning, k) is not None:
+                        hint += (f"; the checkpoint ran with --{k.replace('_', '-')} {getattr(saved, k)} (the "
+                                 f"{self.spec.name} model's default is {getattr(self.spec.tuning, k)} in this version)")
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
                                         hint=hint)
             if state["model_hash"] != self.resolved.model_hash:
