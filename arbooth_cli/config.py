@@ -466,6 +466,9 @@ class TuneConfig(_Checked):
     #: in the first two steps, then keep as many as fit and recompute the rest), high (recompute
     #: none; refused if it cannot fit). low stays the default until auto is measured at real size.
     memory: Literal["auto", "low", "high"] = "low"
+    #: --memory-limit GIB: the most GPU memory the run may hold (the allocator refuses more, and
+    #: auto plans within it); None: the whole device
+    memory_limit: float | None = None
     #: --compile: fused kernels for the blocks' element-wise stages (training and prior sampling); auto: on a GPU
     compile: Literal["auto", "on", "off"] = "auto"
     device: str = "auto"  #: --device
@@ -566,6 +569,8 @@ class TuneConfig(_Checked):
             out.append("--early-stop must be >= 0 (0: off)")
         if self.memory not in ("auto", "low", "high"):
             out.append("--memory must be auto, low or high")
+        if self.memory_limit is not None and not self.memory_limit > 0:
+            out.append("--memory-limit must be a positive number of GiB")
         if self.compile not in ("auto", "on", "off"):
             out.append("--compile must be auto, on or off")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -587,7 +592,7 @@ class TuneConfig(_Checked):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
-                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom", "photo_share"):
+                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom", "photo_share", "memory_limit"):
             if _is_number(kw.get(key)):
                 kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:

@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--optimizer-state", default="auto")
     ap.add_argument("--grad-checkpointing", default="auto")
     ap.add_argument("--memory", default="auto", help="auto, low or high (see docs/tuning.md)")
+    ap.add_argument("--memory-limit", type=float, default=None, help="GiB the run may hold (as tune --memory-limit)")
     ap.add_argument("--compile", default="auto")
     ap.add_argument("--early-stop", type=int, default=0, help="stop on a plateau (as tune --early-stop P)")
     ap.add_argument("--train-scales", type=int, default=None, help="loss and compute on the first K scales only")
@@ -120,7 +121,7 @@ def main() -> None:
                         batch_size=args.batch_size, prior=not args.no_prior, prior_pool=args.prior_pool,
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
-                        memory=args.memory, train_scales=args.train_scales, early_stop=args.early_stop,
+                        memory=args.memory, memory_limit=args.memory_limit, train_scales=args.train_scales, early_stop=args.early_stop,
                         compile=args.compile, save_rank=args.save_rank or 0,
                         device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
                         overwrite=True)

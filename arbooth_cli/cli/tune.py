@@ -67,6 +67,7 @@ def tune_cmd(
     save_rank: Annotated[Optional[int], _opt("--save-rank", help="Also save a rank-R compressed subject and report its cost; 0: no (default: 0).")] = None,
     optimizer_state: Annotated[Optional[str], _opt("--optimizer-state", help="AdamW moments in fp32, bf16 or fp8; auto: fp8 on a GPU for big models, else fp32 (default: auto).")] = None,
     grad_checkpointing: Annotated[Optional[str], _opt("--grad-checkpointing", help="Recompute block activations in the backward pass: on (every block), off (none), auto (as --memory says) (default: auto).")] = None,
+    memory_limit: Annotated[Optional[float], _opt("--memory-limit", help="The most GPU memory the run may hold, in GiB: the allocator refuses more and --memory auto plans within it (default: the whole device).")] = None,
     memory: Annotated[Optional[str], _opt("--memory", help="GPU memory policy: low (recompute every block's activations, their inputs kept in host memory: the least GPU memory), auto (measure in the first two steps, then keep as many blocks' activations as fit), high (recompute none; refused if it cannot fit) (default: low).")] = None,
     compile_: Annotated[Optional[str], _opt("--compile", help="Fused kernels for the blocks (the first step compiles them, about 30 s): auto (on a GPU), on, off (default: auto).")] = None,
     device: Annotated[Optional[str], _opt("--device", help=f"{DEVICE_HELP[:-1]} (default: auto).")] = None,
@@ -104,7 +105,7 @@ def tune_cmd(
         "drop_path": drop_path, "seed": seed, "early_stop": early_stop, "validate_every": validate_every,
         "validation_prompts": tuple(validation_prompt) if validation_prompt else None,
         "checkpoint_every": checkpoint_every, "resume": resume, "overwrite": overwrite, "save_rank": save_rank,
-        "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "memory": memory, "compile": compile_, "device": device,
+        "optimizer_state": optimizer_state, "grad_checkpointing": grad_checkpointing, "memory": memory, "memory_limit": memory_limit, "compile": compile_, "device": device,
         "dtype": dtype, "run_dir": str(run_dir) if run_dir is not None else None, "log_every": log_every,
         "allow_common_token": allow_common_token,
     }

@@ -40,6 +40,7 @@ from ..loading import ResolvedModel, pick_device
 from ..models.bsq_vae import teacher_forcing
 from ..models.build import Components
 from ..models.offload import HostOffload
+from ..models.recompute import KeptAttention, kept_attention_bytes
 from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops, rope_frame
@@ -51,7 +52,7 @@ from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot
                                   read_checkpoint, read_state)
 from ..tuning.data import epoch_order, load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
-from ..tuning.memory import activation_bytes, blocks_to_keep, recomputed_blocks
+from ..tuning.memory import activation_bytes, plan_kept, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
 from ..tuning.optim import TuningAdamW
 from ..tuning.plateau import plateaued
@@ -68,7 +69,7 @@ from .session import EventFn
 #: settings a resumed run may change (the rest must equal the checkpoint's)
 RESUMABLE_CHANGES = {"steps", "early_stop", "resume", "overwrite", "checkpoint_every", "validate_every", "validation_prompts",
                      "log_every", "device", "save_rank", "run_dir", "name", "compile", "allow_common_token",
-                     "memory", "grad_checkpointing"}
+                     "memory", "memory_limit", "grad_checkpointing"}
 
 
 #: --early-stop: the subject loss is judged in means of this many steps, and must fall by this share
@@ -139,6 +140,25 @@ def _scale_weights(config: TuneConfig, scales: tuple[Scale, ...]) -> Tensor:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@contextmanager
+def _memory_cap(device_name: str, limit_gib: float | None) -> Iterator[None]:
+    """--memory-limit on a GPU: the CUDA allocator refuses to hold more than the limit for the
+    length of the run (the process's previous fraction is restored after it)."""
+    device = pick_device(device_name)
+    if limit_gib is None or device.type != "cuda":
+        yield
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    getter = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    before = getter(index) if getter is not None else 1.0
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_gib * 2**30 / total), index)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(before, index)
 
 
 def _expandable_segments() -> None:
@@ -377,7 +397,8 @@ class _Run:
             return None
         n = c.prior_pool or c.steps * c.batch_size
         compiled = self.compiled and n >= POOL_COMPILE_MIN
-        batch = pool_batch(self.transformer, self.scales, c.memory)
+        batch = pool_batch(self.transformer, self.scales, c.memory,
+                           free=self._gpu_room()[0] if self.device.type == "cuda" else None)
         where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         numerics = (f"{where}/{str(self.dtype).replace('torch.', '')}/{'compiled' if compiled else 'eager'}/"
                     f"batch {batch}/arbooth {__version__}/torch {torch.__version__}/cuda {torch.version.cuda}")
@@ -445,9 +466,11 @@ class _Run:
         self.opt_kind = kind
         self.remove_hooks = self.opt.step_in_backward()
         self.ckpt_blocks = self._recomputed_blocks()
-        # --memory low on a GPU: the recomputed blocks' inputs wait in pinned host memory
-        self.offload = (HostOffload(self.device) if c.memory == "low" and c.grad_checkpointing == "auto"
+        # --memory low or auto on a GPU: the recomputed blocks' inputs wait in pinned host memory
+        self.offload = (HostOffload(self.device) if c.memory in ("low", "auto") and c.grad_checkpointing == "auto"
                         and self.device.type == "cuda" else None)
+        # --memory auto on a GPU: the recomputed blocks that keep their self-attention outputs
+        self.kept = KeptAttention() if self.offload is not None and c.memory == "auto" else None
         # --memory auto on a GPU measures one block's activations in its first two steps
         self.probe: list[int] | None = (
             [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
@@ -467,6 +490,14 @@ class _Run:
                                 "grad_checkpointing": self.ckpt_blocks > 0, "recomputed_blocks": self.ckpt_blocks,
                                 "blocks": tr.cfg.depth})
 
+    def _gpu_room(self) -> tuple[int, int]:
+        """(free, total) bytes of GPU memory this run may use: the device's, within --memory-limit."""
+        free, total = torch.cuda.mem_get_info(self.device)
+        if self.config.memory_limit is None:
+            return free, total
+        cap = int(self.config.memory_limit * 2**30)
+        return min(free, max(cap - torch.cuda.memory_reserved(self.device), 0)), min(total, cap)
+
     def _recomputed_blocks(self) -> int:
         """``--memory``: how many blocks recompute their activations (see tuning.memory)."""
         c, tr = self.config, self.transformer
@@ -476,7 +507,7 @@ class _Run:
         free = total = 0
         if on_gpu:
             torch.cuda.empty_cache()
-            free, total = torch.cuda.mem_get_info(self.device)
+            free, total = self._gpu_room()
         L = sum(math.prod(s) for s in self.scales)
         rows = c.batch_size * (2 if c.prior else 1)
         return recomputed_blocks(c.memory, c.grad_checkpointing, tr.cfg.depth, on_gpu=on_gpu,
@@ -582,7 +613,8 @@ class _Run:
             text = TextCond.cat([text] + [self.class_texts[int(pool.prompt_N[r])] for r in rows])
             inputs = torch.cat([inputs, inputs_from_bits(self.vae, bits, self.scales)])
         forward = dict(checkpoint_blocks=self.ckpt_blocks, drop_path_generator=self.noise_gen,
-                       prefix_attention=dev.type == "cuda", ops=self.train_ops, offload=self.offload) if train else {}
+                       prefix_attention=dev.type == "cuda", ops=self.train_ops, offload=self.offload,
+                       kept=self.kept) if train else {}
         if train and self.offload is not None:
             self.offload.start_step()
         L = self.train_L
@@ -612,18 +644,28 @@ class _Run:
     def _memory_probe_step(self) -> None:
         """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
         assert self.probe is not None
-        depth = self.transformer.cfg.depth
+        c, tr = self.config, self.transformer
+        depth = tr.cfg.depth
         if len(self.probe) == 1:
             self.ckpt_blocks = depth - 1
             return
         per_block = max(self.probe[1] - self.probe[0], 1)
-        free, _ = torch.cuda.mem_get_info(self.device)
+        rows = c.batch_size * (2 if c.prior else 1)
+        attention = kept_attention_bytes(rows, self.train_L, tr.cfg.embed_dim, tr.cfg.num_heads,
+                                         tr.compute_dtype.itemsize)
+        free, _ = self._gpu_room()
         usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
-        keep = blocks_to_keep(depth, per_block=per_block, peak=torch.cuda.max_memory_allocated(self.device),
-                              total=usable)
+        # the peak so far includes the block that step 2 kept: the plan places every kept block anew
+        peak = max(torch.cuda.max_memory_allocated(self.device) - per_block, 0)
+        keep, with_attention = plan_kept(depth, per_block=per_block, attention=attention if self.kept else 0,
+                                         peak=peak, total=usable)
+        if self.kept is not None:
+            self.kept.blocks = with_attention
         self.ckpt_blocks, self.probe = depth - keep, None
-        self.emit("note", {"message": f"--memory auto: one block's activations take {per_block / 2**30:.2f} GiB; "
-                                      f"{keep} of {depth} blocks keep them, {depth - keep} recompute"})
+        self.emit("note", {"message": f"--memory auto: one block's activations take {per_block / 2**30:.2f} GiB, its "
+                                      f"self-attention outputs {attention / 2**30:.2f} GiB; {keep} of {depth} blocks "
+                                      f"keep their activations, {depth - keep} recompute them "
+                                      f"({with_attention} of those keep their self-attention outputs)"})
 
     def check_finite(self) -> dict[str, float]:
         """Read the losses since the last read (one device sync); stop on a NaN or inf."""
@@ -814,8 +856,14 @@ def tune(config: TuneConfig, *, on_event: EventFn | None = None, resolved: Resol
     config.validate()
     resolved = session.resolve(config.model, resolved=resolved)
     run = _Run(config, resolved, emit, components)
-    with run.locked():
-        return _tune(run, config, resolved, emit)
+    with run.locked(), _memory_cap(config.device, config.memory_limit):
+        try:
+            return _tune(run, config, resolved, emit)
+        except torch.OutOfMemoryError as exc:
+            within = f" within --memory-limit {config.memory_limit:g} GiB" if config.memory_limit else ""
+            raise ResourceError(f"the GPU ran out of memory{within} ({str(exc).splitlines()[0]})",
+                                hint="use --memory low (the least memory), a smaller --batch-size"
+                                     + (" or a larger --memory-limit" if within else "")) from None
 
 
 def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn) -> TuneResult:

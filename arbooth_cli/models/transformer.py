@@ -51,7 +51,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ from ..registry import TransformerConfig
 from . import pruning
 from .offload import HostOffload
 from .pruning import PrunePlan, PruneState
+from .recompute import KeptAttention
 from .schedules import TEMPLATES
 from .text_encoder import TextCond
 
@@ -229,11 +230,12 @@ class ScalePrefixes(NamedTuple):
 
 
 def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScalePrefixes | None,
-           scale: float) -> Tensor:
+           scale: float, sdpa: Callable[..., Tensor] = F.scaled_dot_product_attention) -> Tensor:
     """SDPA on (batch, tokens, heads, c) tensors (strided views are fine); returns (B, L, H * c).
 
     The fused kernels take this layout as it is: a KV cache's buffers are read in place and the
-    output needs no transpose copy.
+    output needs no transpose copy. ``sdpa``: what runs each call (a recomputed block's
+    :meth:`.recompute.KeptAttention.sdpa`).
     """
     B, L, H, c = q_BLHc.shape
     q, k, v = q_BLHc.transpose(1, 2), k_BNHc.transpose(1, 2), v_BNHc.transpose(1, 2)
@@ -241,13 +243,11 @@ def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScaleP
         parts = []
         if mask.head:
             h = mask.head
-            parts.append(F.scaled_dot_product_attention(q[:, :, :h], k[:, :, :h], v[:, :, :h],
-                                                        attn_mask=mask.head_mask, scale=scale))
-        parts += [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale=scale)
-                  for s, e in mask.bounds]
+            parts.append(sdpa(q[:, :, :h], k[:, :, :h], v[:, :, :h], attn_mask=mask.head_mask, scale=scale))
+        parts += [sdpa(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale=scale) for s, e in mask.bounds]
         out = torch.cat(parts, dim=2)
     else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        out = sdpa(q, k, v, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B, L, H * c)
 
 
@@ -261,6 +261,8 @@ class BlockOps(NamedTuple):
     residual: Callable[..., Tensor] = residual
     head_norm: Callable[..., Tensor] = head_norm
     attend: Callable[..., Tensor] = attend
+    #: the self-attention's call, when it differs from ``attend`` (a recomputed block keeping its outputs)
+    self_attend: Callable[..., Tensor] | None = None
 
 
 EAGER_OPS = BlockOps()
@@ -295,10 +297,11 @@ def attention_op(kind: str = "auto") -> Callable[..., Tensor]:
     order = [first] + [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                                    SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH) if b != first]
 
-    def attend_preferring(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    def attend_preferring(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | None, scale: float,
+                          **kw: Any) -> Tensor:
         ctx = sdpa_kernel(order, set_priority=True) if q_BLHc.is_cuda else contextlib.nullcontext()
         with ctx:
-            return attend(q_BLHc, k_BNHc, v_BNHc, mask, scale)
+            return attend(q_BLHc, k_BNHc, v_BNHc, mask, scale, **kw)
 
     return attend_preferring
 
@@ -364,7 +367,7 @@ class ScaleSelfAttention(nn.Module):
             v_BNHc[:, start:end].copy_(v_BLHc)
             k_BLHc, v_BLHc = k_BNHc[:, :end], v_BNHc[:, :end]
         # QK-norm ("cosine" attention): softmax scale 1
-        return self.proj(ops.attend(q_BLHc, k_BLHc, v_BLHc, mask_LL, 1.0))
+        return self.proj((ops.self_attend or ops.attend)(q_BLHc, k_BLHc, v_BLHc, mask_LL, 1.0))
 
 
 class TextCrossAttention(nn.Module):
@@ -753,6 +756,7 @@ class InfinityTransformer(nn.Module):
         prefix_attention: bool = False,
         ops: BlockOps = EAGER_OPS,
         offload: HostOffload | None = None,
+        kept: KeptAttention | None = None,
     ) -> Tensor:
         """Teacher-forced logits over all scales, ``logits_BLV`` float32.
 
@@ -767,7 +771,9 @@ class InfinityTransformer(nn.Module):
         (L, L) mask: faster on a GPU, equal up to rounding. ``ops``: the blocks' element-wise
         stages (e.g. :func:`compiled_block_ops`, whose fused kernels also serve the backward pass).
         ``offload``: the recomputed blocks keep their inputs in host memory until the backward pass
-        (:mod:`.offload`; the same numbers).
+        (:mod:`.offload`; the same numbers). ``kept``: the first ``kept.blocks`` recomputed blocks
+        keep their self-attention outputs, so their recomputation skips the attention
+        (:mod:`.recompute`; the same numbers).
         """
         scales = self._check_scales(scales)
         frame_hw = frame_hw or rope_frame(scales)
@@ -787,6 +793,8 @@ class InfinityTransformer(nn.Module):
         mask_LL = ScalePrefixes.of(scales, dev) if prefix_attention else block_causal_mask(scales, dev)
         keeps = self._drop_path_keep(B, drop_path_generator)
         recompute = len(self.blocks) if checkpoint_blocks is True else int(checkpoint_blocks)
+        if kept is not None:
+            kept.start_step()
         for bi, (block, keep) in enumerate(zip(self.blocks, keeps)):
             text_kv = block.ca.text_kv(cond.text_BTD)
             rope = (cos_LP[:, None], sin_LP[:, None])
@@ -798,8 +806,13 @@ class InfinityTransformer(nn.Module):
                 # same numbers; the block itself adds in float32
                 args = (x_BLC.to(self.compute_dtype), *args[1:])
             if bi < recompute and torch.is_grad_enabled():
+                block_ops = ops
+                if kept is not None and bi < kept.blocks:
+                    block_ops = ops._replace(self_attend=partial(ops.attend, sdpa=kept.sdpa(bi)))
                 with offload.hooks() if offload is not None else contextlib.nullcontext():
-                    x_BLC = checkpoint(block, *args, ops=ops, use_reentrant=False)
+                    x_BLC = checkpoint(block, *args, ops=block_ops, use_reentrant=False)
+                if kept is not None:
+                    kept.seal(bi)
             else:
                 x_BLC = block(*args, ops=ops)
         return self.logits(x_BLC, cond.cond_BD)

@@ -4,8 +4,9 @@ Keeping a block's activations for the backward pass costs memory; recomputing th
 forward of the block. ``low`` recomputes every block (only each block's input is kept), ``high``
 none, and ``auto`` measures: its first step recomputes every block, its second keeps one block's
 activations, and the difference of what the two forwards left allocated is one block's
-activations; from the third step on it keeps as many blocks as the GPU's memory holds beside the
-peak so far (:func:`blocks_to_keep`). The loss and the updates are the same whatever is recomputed
+activations; from the third step on the recomputed blocks keep their self-attention outputs and
+as many blocks keep all their activations as the GPU's memory holds beside the peak so far
+(:func:`plan_kept`). The loss and the updates are the same whatever is recomputed
 (tests/tuning/test_memory.py).
 """
 
@@ -58,5 +59,24 @@ def blocks_to_keep(depth: int, *, per_block: int, peak: int, total: int) -> int:
     one block's activations (``per_block`` bytes, measured), the peak memory of the training steps
     so far and the GPU memory this process can use (``total``: free plus its own reserved memory);
     a share of it (:data:`MARGIN_SHARE`) and a sixth of the estimate stay free."""
+    return plan_kept(depth, per_block=per_block, attention=0, peak=peak, total=total)[0]
+
+
+def plan_kept(depth: int, *, per_block: int, attention: int, peak: int, total: int) -> tuple[int, int]:
+    """``auto`` after its two measuring steps: ``(kept, attention_kept)``, the blocks that keep all
+    their activations and, of the recomputed ones, those that keep their self-attention outputs
+    (``attention`` bytes a block; :mod:`arbooth_cli.models.recompute`). Per byte, kept attention
+    saves several times the time a kept block does, so every block gets it before any block keeps
+    the rest; each estimate gets a sixth on top, and :data:`MARGIN_SHARE` of ``total`` stays free."""
     room = int((1 - MARGIN_SHARE) * total) - peak
-    return max(0, min(depth, room // max(per_block + per_block // 6, 1)))
+    with_attention = 0
+    if attention > 0:
+        cost = attention + attention // 6
+        with_attention = max(0, min(depth, room // cost))
+        room -= with_attention * cost
+    rest = max(per_block - (attention if with_attention else 0), 1)
+    kept = max(0, min(depth, room // (rest + rest // 6)))
+    if attention <= 0:
+        return kept, 0
+    kept = min(kept, with_attention)
+    return kept, with_attention - kept

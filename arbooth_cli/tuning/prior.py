@@ -86,12 +86,15 @@ POOL_MARGIN = 2 * 2**30
 POOL_COMPILE_MIN = 300
 
 
-def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...], memory: str) -> int:
-    """Samples drawn together for the prior pool on this device (see :func:`pool_batch_size`)."""
+def pool_batch(transformer: InfinityTransformer, scales: tuple[Scale, ...], memory: str,
+               free: int | None = None) -> int:
+    """Samples drawn together for the prior pool on this device (see :func:`pool_batch_size`);
+    ``free``: the GPU memory the run may use (default: the device's free memory)."""
     dev = transformer.device
     if dev.type != "cuda":
         return 4
-    free, _ = torch.cuda.mem_get_info(dev)
+    if free is None:
+        free, _ = torch.cuda.mem_get_info(dev)
     return pool_batch_size(transformer.kv_cache_bytes(scales), memory, free)
 
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from arbooth_cli.config import TuneConfig
 from arbooth_cli.errors import ResourceError
 from arbooth_cli.jobs.tune import tune
-from arbooth_cli.tuning.memory import MARGIN_SHARE, activation_bytes, blocks_to_keep, recomputed_blocks
+from arbooth_cli.tuning.memory import MARGIN_SHARE, activation_bytes, blocks_to_keep, plan_kept, recomputed_blocks
 
 GiB = 2**30
 
@@ -32,6 +32,93 @@ def test_the_policy_chooses_how_many_blocks_recompute():
         2 * GiB + 2 * GiB // 6)
     assert blocks_to_keep(32, per_block=2 * GiB, peak=79 * GiB, total=80 * GiB) == 0
     assert 32 * activation_bytes(4, 10521, 2048) == pytest.approx(86e9, rel=0.05)  # infinity-2b: measured ~86 GB
+
+
+def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the_rest():
+    """infinity-2b-like: a block's activations 3.9 GiB, its self-attention outputs 0.16 GiB."""
+    from arbooth_cli.models.recompute import kept_attention_bytes
+
+    att = kept_attention_bytes(4, 10521, 2048, 16, 2)
+    assert att == pytest.approx(175e6, rel=0.01)
+    per_block = int(3.9 * GiB)
+    usable = lambda room: int((room + 13 * GiB) / (1 - MARGIN_SHARE)) + 1  # noqa: E731
+    kw = dict(per_block=per_block, attention=att, peak=13 * GiB)
+    assert plan_kept(32, **kw, total=usable(0)) == (0, 0)  # no room: plain recomputation
+    assert plan_kept(32, **kw, total=usable(10 * (att + att // 6))) == (0, 10)  # some blocks keep their attention
+    every = 32 * (att + att // 6)
+    assert plan_kept(32, **kw, total=usable(every)) == (0, 32)
+    rest = per_block - att
+    assert plan_kept(32, **kw, total=usable(every + 3 * (rest + rest // 6))) == (3, 29)  # three keep everything
+    assert plan_kept(32, **kw, total=usable(10**15)) == (32, 0)
+    # without attention outputs to keep, as blocks_to_keep always chose
+    assert plan_kept(32, per_block=per_block, attention=0, peak=13 * GiB, total=80 * GiB) == (
+        blocks_to_keep(32, per_block=per_block, peak=13 * GiB, total=80 * GiB), 0)
+
+
+def test_kept_attention_outputs_change_no_number_and_skip_the_attention():
+    """The recomputed blocks that keep their self-attention outputs give the logits and gradients of
+    plain recomputation bit for bit, and their backward pass runs only the text attention again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from arbooth_cli.models.build import build_components
+    from arbooth_cli.models.offload import HostOffload
+    from arbooth_cli.models.recompute import KeptAttention
+    from arbooth_cli.models.schedules import get_schedule
+    from arbooth_cli.specs.tiny import TINY_INFINITY
+
+    class CountAttention(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+            return func(*args, **(kwargs or {}))
+
+    c = build_components(TINY_INFINITY)
+    tr = c.transformer
+    for p in tr.parameters():
+        p.requires_grad_(True)
+    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
+    L = sum(h * w for _, h, w in scales)
+    text = c.text_encoder.encode(["a red star", "a blue square"])
+    x = torch.randn(2, L - 1, tr.cfg.bits, generator=torch.Generator().manual_seed(0))
+
+    def run(**kw):
+        tr.zero_grad(set_to_none=True)
+        out = tr(text, x, scales, checkpoint_blocks=True, **kw)
+        with CountAttention() as count:
+            out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}, count.calls
+
+    depth = tr.cfg.depth
+    for prefix in (False, True):  # the (L, L) mask, and scale by scale
+        want, want_grads, calls = run(prefix_attention=prefix)
+        assert calls == 2 * depth  # every block recomputes its self- and text attention
+        for kept in (depth, 1):
+            store = HostOffload(torch.device("cpu"), min_bytes=0)
+            store.start_step()
+            got, grads, calls = run(prefix_attention=prefix, kept=KeptAttention(kept), offload=store)
+            assert torch.equal(got, want) and grads.keys() == want_grads.keys()
+            assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
+            assert calls == 2 * depth - kept
+
+
+def test_a_memory_limit_is_checked_and_an_out_of_memory_error_says_what_to_do(photos, monkeypatch):
+    from arbooth_cli.errors import ConfigError
+    from arbooth_cli.jobs import tune as job
+
+    with pytest.raises(ConfigError, match="--memory-limit"):
+        TuneConfig(photos=str(photos), token="sks", cls="dog", memory_limit=0).validate()
+
+    def out_of_memory(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(job, "_tune", out_of_memory)
+    cfg = TuneConfig(photos=str(photos), token="sks", cls="dog", model="tiny-infinity", memory_limit=24)
+    with pytest.raises(ResourceError, match="within --memory-limit 24 GiB") as raised:
+        tune(cfg)
+    assert "larger --memory-limit" in raised.value.hint and "Tried to allocate" in raised.value.message
 
 
 @pytest.mark.parametrize("policy", [{"grad_checkpointing": "on"}, {"memory": "low"}, {"memory": "high"}])
