@@ -34,6 +34,41 @@ def test_the_policy_chooses_how_many_blocks_recompute():
     assert 32 * activation_bytes(4, 10521, 2048) == pytest.approx(86e9, rel=0.05)  # infinity-2b: measured ~86 GB
 
 
+def _tiny_training_pass():
+    """The tiny model, two texts and teacher-forcing inputs; ``run(**forward)`` gives the logits,
+    every gradient, and how many times the backward pass ran the fused CPU attention kernel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from arbooth_cli.models.build import build_components
+    from arbooth_cli.models.schedules import get_schedule
+    from arbooth_cli.specs.tiny import TINY_INFINITY
+
+    class CountAttention(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+            return func(*args, **(kwargs or {}))
+
+    c = build_components(TINY_INFINITY)
+    tr = c.transformer
+    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
+    L = sum(h * w for _, h, w in scales)
+    text = c.text_encoder.encode(["a red star", "a blue square"])
+    x = torch.randn(2, L - 1, tr.cfg.bits, generator=torch.Generator().manual_seed(0))
+
+    def run(**kw):
+        tr.zero_grad(set_to_none=True)
+        out = tr(text, x, scales, **kw)
+        with CountAttention() as count:
+            out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}, count.calls
+
+    return tr, run
+
+
 def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the_rest():
     """infinity-2b-like: a block's activations 3.9 GiB, its self-attention outputs 0.16 GiB."""
     from arbooth_cli.models.recompute import kept_attention_bytes
@@ -58,47 +93,22 @@ def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the
 def test_kept_attention_outputs_change_no_number_and_skip_the_attention():
     """The recomputed blocks that keep their self-attention outputs give the logits and gradients of
     plain recomputation bit for bit, and their backward pass runs only the text attention again."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from arbooth_cli.models.build import build_components
     from arbooth_cli.models.offload import HostOffload
     from arbooth_cli.models.recompute import KeptAttention
-    from arbooth_cli.models.schedules import get_schedule
-    from arbooth_cli.specs.tiny import TINY_INFINITY
 
-    class CountAttention(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls += func is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-            return func(*args, **(kwargs or {}))
-
-    c = build_components(TINY_INFINITY)
-    tr = c.transformer
+    tr, run = _tiny_training_pass()
     for p in tr.parameters():
         p.requires_grad_(True)
-    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
-    L = sum(h * w for _, h, w in scales)
-    text = c.text_encoder.encode(["a red star", "a blue square"])
-    x = torch.randn(2, L - 1, tr.cfg.bits, generator=torch.Generator().manual_seed(0))
-
-    def run(**kw):
-        tr.zero_grad(set_to_none=True)
-        out = tr(text, x, scales, checkpoint_blocks=True, **kw)
-        with CountAttention() as count:
-            out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}, count.calls
 
     depth = tr.cfg.depth
     for prefix in (False, True):  # the (L, L) mask, and scale by scale
-        want, want_grads, calls = run(prefix_attention=prefix)
+        want, want_grads, calls = run(checkpoint_blocks=True, prefix_attention=prefix)
         assert calls == 2 * depth  # every block recomputes its self- and text attention
         for kept in (depth, 1):
             store = HostOffload(torch.device("cpu"), min_bytes=0)
             store.start_step()
-            got, grads, calls = run(prefix_attention=prefix, kept=KeptAttention(kept), offload=store)
+            got, grads, calls = run(checkpoint_blocks=True, prefix_attention=prefix, kept=KeptAttention(kept),
+                                    offload=store)
             assert torch.equal(got, want) and grads.keys() == want_grads.keys()
             assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
             assert calls == 2 * depth - kept
@@ -151,24 +161,9 @@ def test_block_inputs_kept_in_host_memory_change_no_number():
     pass; the logits and every gradient are those of the plain checkpointed blocks, bit for bit,
     whichever parameters train (also when no block input needs a gradient); nothing brought back
     stays behind after the backward pass."""
-    from arbooth_cli.models.build import build_components
     from arbooth_cli.models.offload import HostOffload
-    from arbooth_cli.models.schedules import get_schedule
-    from arbooth_cli.specs.tiny import TINY_INFINITY
 
-    c = build_components(TINY_INFINITY)
-    tr = c.transformer
-    scales = get_schedule(num_scales=TINY_INFINITY.num_scales).scales
-    L = sum(h * w for _, h, w in scales)
-    text = c.text_encoder.encode(["a red star", "a blue square"])
-    x = torch.randn(2, L - 1, tr.cfg.bits, generator=torch.Generator().manual_seed(0))
-
-    def run(**kw):
-        tr.zero_grad(set_to_none=True)
-        out = tr(text, x, scales, **kw)
-        out.square().mean().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in tr.named_parameters() if p.grad is not None}
-
+    tr, run = _tiny_training_pass()
     top = {id(p) for p in tr.blocks[-1].parameters()}
     chosen = {"all": lambda n, p: True, "ffn": lambda n, p: ".ffn." in n,  # no block input needs a gradient
               "top block": lambda n, p: id(p) in top}  # the blocks below it run no backward of their own
@@ -176,11 +171,11 @@ def test_block_inputs_kept_in_host_memory_change_no_number():
         for n, p in tr.named_parameters():
             p.requires_grad_(wanted(n, p))
         store = HostOffload(torch.device("cpu"), min_bytes=0)
-        want, want_grads = run(checkpoint_blocks=True)
+        want, want_grads, _ = run(checkpoint_blocks=True)
         assert want_grads and all(wanted(n, p) for n, p in tr.named_parameters() if n in want_grads)
         for _ in range(2):  # a second step reuses the host buffers
             store.start_step()
-            got, grads = run(checkpoint_blocks=True, offload=store)
+            got, grads, _ = run(checkpoint_blocks=True, offload=store)
             store.finish_step()
             assert torch.equal(got, want) and grads.keys() == want_grads.keys()
             assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
