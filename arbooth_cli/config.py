@@ -448,6 +448,9 @@ class TuneConfig(_Checked):
     bsc_scales: int | None = None  #: --bsc-scales: scales that get bit flips (default: all)
     text_dropout: float = 0.1  #: --text-dropout: caption replaced by the null text
     drop_path: float | None = None  #: --drop-path: stochastic depth (default: the model's, 0.1)
+    #: --ema DECAY: the subject is an exponential moving average of the tuned weights over the steps
+    #: (each step keeps DECAY of the average); 0: the last step's weights. None: the model's (0)
+    ema: float | None = None
     seed: int = 0  #: --seed
     #: --early-stop P: stop before --steps once the subject loss (means of 25-step windows) has not
     #: fallen by 1% for P windows in a row (0: off, run every step)
@@ -540,6 +543,8 @@ class TuneConfig(_Checked):
             out.append("--augment must be from 0 to 64 copies a photo")
         if not 0 <= self.augment_shift <= 0.25 or not 0 <= self.augment_scale <= 0.5:
             out.append("--augment-shift must be in [0, 0.25] and --augment-scale in [0, 0.5]")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            out.append("--ema must be in [0, 1) (0: off; 0.99 averages over about the last 100 steps)")
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
             out.append("--drop-path must be in [0, 1)")
         for flag, v in (("--validate-every", self.validate_every), ("--checkpoint-every", self.checkpoint_every),
@@ -592,7 +597,7 @@ class TuneConfig(_Checked):
             if key in kw and isinstance(kw[key], list):
                 kw[key] = tuple(kw[key])
         for key in ("lr", "weight_decay", "eps", "prior_weight", "prior_tau", "prior_top_p", "bsc_strength",
-                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom", "photo_share", "memory_limit"):
+                    "text_dropout", "drop_path", "augment_shift", "augment_scale", "augment_zoom", "photo_share", "memory_limit", "ema"):
             if _is_number(kw.get(key)):
                 kw[key] = float(kw[key])  # finite and in range: checked above
         if "betas" in kw:

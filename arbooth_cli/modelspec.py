@@ -182,6 +182,8 @@ class TuningDefaults:
     photo_share: float = 0.0
     #: ``--drop-path`` when the user does not say (None: the transformer's own ``drop_path_rate``)
     drop_path: float | None = None
+    #: ``--ema`` when the user does not say (0: the subject is the last step's weights)
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)

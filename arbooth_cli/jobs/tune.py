@@ -181,9 +181,9 @@ def _expandable_segments() -> None:
 
 
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
-_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path")
+_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
-_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0}
+_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
 
 
 @dataclass
@@ -453,6 +453,8 @@ class _Run:
             by_type[layer] = sum(p.numel() for n, p in self.tuned.items() if any(f".{k}" in n for k in keys))
         by_type["subject_embedding"] = self.subject_SC.numel() if self.subject_SC is not None else 0
         self.trainable_params = sum(p.numel() for p in trainable)
+        # --ema: float32 averages of what trains, updated after every step; the subject is saved from them
+        self.ema = {n: p.detach().float().clone() for n, p in self.weights().items()} if c.ema else None
         self.base_values = ({n: p.detach().to("cpu", copy=True) for n, p in self.tuned.items()}
                             if c.save_rank else None)
         kind = c.optimizer_state
@@ -523,11 +525,10 @@ class _Run:
         # the previous write still reads the pinned buffers: let it finish before refilling them
         self.finish_checkpoint()
         target = self.run_dir / CHECKPOINT_DIR
-        weights = dict(self.tuned)
-        if self.subject_SC is not None:
-            weights["subject_embedding"] = self.subject_SC
-        host_weights = self.snapshot.take(weights, self.device)
+        host_weights = self.snapshot.take(self.weights(), self.device)
         extra = self.snapshot.take({f"opt.{k}": v for k, v in self.opt.state_tensors().items()}, self.device)
+        if self.ema is not None:
+            extra |= self.snapshot.take({f"ema.{k}": v for k, v in self.ema.items()}, self.device)
         extra["rng.data"] = self.data_gen.get_state().clone()
         extra["rng.noise"] = self.noise_gen.get_state().clone()
         extra["order"] = self.batch.order.clone()
@@ -567,6 +568,11 @@ class _Run:
             self.opt.load_state_tensors(opt, state["opt_steps"])
         except ValueError as exc:
             raise CheckpointError(f"{ckpt}: {exc}") from None
+        if self.ema is not None:
+            if set(self.ema) != {k[4:] for k in extra if k.startswith("ema.")}:
+                raise CheckpointError(f"the checkpoint in {ckpt} holds no moving average of every tuned tensor")
+            for n, avg in self.ema.items():
+                avg.copy_(extra[f"ema.{n}"])
         self.data_gen.set_state(extra["rng.data"])
         self.noise_gen.set_state(extra["rng.noise"])
         self.batch = _Batch(extra["order"], state["pos"])
@@ -637,9 +643,32 @@ class _Run:
         if self.offload is not None:
             self.offload.finish_step()
         self.history.append(torch.stack([loss.detach(), ce.detach(), prior.detach()]).float())
+        if self.ema is not None:
+            self._update_ema()
         self.step += 1
         if self.probe is not None:
             self._memory_probe_step()
+
+    def weights(self) -> dict[str, Tensor]:
+        """What trains, by the names checkpoints and subjects use."""
+        out = dict(self.tuned)
+        if self.subject_SC is not None:
+            out["subject_embedding"] = self.subject_SC
+        return out
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema is not None and self.config.ema
+        for n, p in self.weights().items():
+            self.ema[n].lerp_(p.float(), 1 - self.config.ema)
+
+    @torch.no_grad()
+    def use_ema(self) -> None:
+        """--ema: the averages become the weights (after the last step, before saving)."""
+        if self.ema is None:
+            return
+        for n, p in self.weights().items():
+            p.copy_(self.ema[n])
 
     def _memory_probe_step(self) -> None:
         """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
@@ -887,6 +916,7 @@ def _tune(run: _Run, config: TuneConfig, resolved: ResolvedModel, emit: EventFn)
                 shutil.rmtree(run.run_dir / CHECKPOINT_DIR, ignore_errors=True)
                 shutil.rmtree(run.run_dir / (CHECKPOINT_DIR + ".old"), ignore_errors=True)
             run.loop(pool)
+            run.use_ema()
         finally:
             if main:
                 signal.signal(signal.SIGINT, previous)

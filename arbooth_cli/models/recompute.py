@@ -55,8 +55,9 @@ def fused_kernel_runs(q: Tensor, mask: Tensor | None) -> bool:
     """Whether :class:`KeptAttention` serves this call: the fused kernels it calls directly take
     no mask on a GPU (the masked call of the small scales is cheap and recomputed as before)."""
     if q.is_cuda:
-        return mask is None and q.dtype in (torch.float16, torch.bfloat16) and hasattr(
-            _aten, "_scaled_dot_product_cudnn_attention_backward")
+        return (mask is None and q.dtype in (torch.float16, torch.bfloat16)
+                and hasattr(_aten, "_scaled_dot_product_cudnn_attention_backward")
+                and torch.backends.cuda.cudnn_sdp_enabled() and torch.cuda.get_device_capability(q.device) >= (8, 0))
     return q.device.type == "cpu" and q.dtype == torch.float32 and (mask is None or mask.dtype == torch.bool)
 
 
@@ -92,7 +93,7 @@ class KeptAttention:
 
     def __init__(self, blocks: int = 0) -> None:
         self.blocks = blocks
-        self._kept: dict[int, list[tuple[Tensor, Tensor, tuple]]] = {}
+        self._kept: dict[int, list[tuple[Tensor, Tensor, tuple] | None]] = {}
         self._sealed: set[int] = set()
 
     def start_step(self) -> None:
@@ -100,10 +101,6 @@ class KeptAttention:
 
     def seal(self, block: int) -> None:
         self._sealed.add(block)
-
-    def kept_bytes(self) -> int:
-        return sum(o.numel() * o.element_size() + lse.numel() * lse.element_size()
-                   for entries in self._kept.values() for o, lse, _ in entries)
 
     def sdpa(self, block: int) -> Callable[..., Tensor]:
         """``F.scaled_dot_product_attention`` for block ``block``'s self-attention calls."""
@@ -114,8 +111,15 @@ class KeptAttention:
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
             s = q.shape[-1] ** -0.5 if scale is None else scale
             if block in self._sealed:  # the recomputation: the calls come in the same order
-                return _Attention.apply(q, k, v, attn_mask, s, entries.pop(0), None)
-            return _Attention.apply(q, k, v, attn_mask, s, None, entries)
+                kept = entries.pop(0)
+                if kept is None:
+                    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+                return _Attention.apply(q, k, v, attn_mask, s, kept, None)
+            try:
+                return _Attention.apply(q, k, v, attn_mask, s, None, entries)
+            except RuntimeError:  # the kernel refused these inputs: PyTorch's choice, recomputed as before
+                entries.append(None)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
         return sdpa
 

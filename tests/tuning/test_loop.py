@@ -95,7 +95,7 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
                          validation_prompts=TINY_INFINITY.tuning.validation_prompts,
                          augment_zoom=TINY_INFINITY.tuning.augment_zoom,
                          zoom_places=TINY_INFINITY.tuning.zoom_places,
-                         photo_share=TINY_INFINITY.tuning.photo_share)
+                         photo_share=TINY_INFINITY.tuning.photo_share, ema=TINY_INFINITY.tuning.ema)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
@@ -169,9 +169,10 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     with pytest.raises(InvalidInputError, match="photo_share") as refused:
         tune(cfg_b.with_(resume=True, photo_share=0.5))
     assert "ran with --photo-share 0.0" in refused.value.hint
-    # a checkpoint written before --augment-zoom (and --zoom-places, --photo-share) existed ran without it
+    # a checkpoint written before --augment-zoom (and --zoom-places, --photo-share, --ema) existed ran without it
     state = json.loads((ckpt / "state.json").read_text())
     del state["config"]["augment_zoom"], state["config"]["zoom_places"], state["config"]["photo_share"]
+    del state["config"]["ema"]
     (ckpt / "state.json").write_text(json.dumps(state))
 
     steps_seen: list[int] = []
@@ -183,6 +184,36 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
         assert torch.equal(ta[n], tb[n]), n
     if precision:
         assert {t.dtype for n, t in ta.items() if n != "subject_embedding"} == {torch.bfloat16}
+
+
+def test_ema_saves_the_moving_average_and_resumes_exactly(photos):
+    """--ema K: after one step the subject is K x the starting weights + (1 - K) x the step's; a
+    run cut by Ctrl-C and resumed saves the same average, bit for bit."""
+    comps = components()
+    start = {n: p.detach().clone() for n, p in comps.transformer.named_parameters()}
+    last = load_file(tune(config(photos, name="last", steps=1), components=comps).subject)
+    avg = load_file(tune(config(photos, name="avg", steps=1, ema=0.75), components=components()).subject)
+    assert set(avg) == set(last)
+    for n, w in last.items():
+        w0 = torch.zeros_like(w) if n == "subject_embedding" else start[n]
+        assert not torch.equal(w, w0), n
+        torch.testing.assert_close(avg[n], 0.75 * w0 + 0.25 * w, rtol=0, atol=1e-6)
+
+    whole = tune(config(photos, name="whole", steps=4, ema=0.75))
+
+    def interrupt(kind, data):
+        if kind == "step" and data["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = config(photos, name="cut", steps=4, ema=0.75)
+    with pytest.raises(TuneInterrupted):
+        tune(cut, on_event=interrupt)
+    with pytest.raises(InvalidInputError, match="other settings than the checkpoint.s: ema$"):
+        tune(cut.with_(resume=True, ema=0.5))
+    resumed = tune(cut.with_(resume=True))
+    assert resumed.resumed_from == 2
+    a, b = load_file(whole.subject), load_file(resumed.subject)
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_checkpoints_come_whole_on_the_main_thread_and_a_resume_is_exact(photos):

@@ -114,6 +114,26 @@ def test_kept_attention_outputs_change_no_number_and_skip_the_attention():
             assert calls == 2 * depth - kept
 
 
+def test_a_kernel_that_refuses_the_inputs_leaves_the_attention_to_pytorch(monkeypatch):
+    """Where the fused kernel refuses a call (a GPU or shape it does not serve), that call runs
+    through PyTorch's SDPA and is recomputed as before: the same numbers."""
+    from arbooth_cli.models import recompute
+    from arbooth_cli.models.recompute import KeptAttention
+
+    tr, run = _tiny_training_pass()
+    for p in tr.parameters():
+        p.requires_grad_(True)
+    want, want_grads, _ = run(checkpoint_blocks=True)
+
+    def refuses(*a, **k):
+        raise RuntimeError("no valid execution plan")
+
+    monkeypatch.setattr(recompute, "_fused_forward", refuses)
+    got, grads, calls = run(checkpoint_blocks=True, kept=KeptAttention(tr.cfg.depth))
+    assert calls == 2 * tr.cfg.depth  # every attention ran again in the backward pass
+    assert torch.equal(got, want) and all(torch.equal(grads[n], want_grads[n]) for n in want_grads)
+
+
 def test_a_memory_limit_is_checked_and_an_out_of_memory_error_says_what_to_do(photos, monkeypatch):
     from arbooth_cli.errors import ConfigError
     from arbooth_cli.jobs import tune as job
