@@ -465,9 +465,10 @@ class TuneConfig(_Checked):
     optimizer_state: Literal["auto", "fp32", "bf16", "fp8"] = "auto"  #: --optimizer-state
     #: --grad-checkpointing of the blocks: on (every block), off (none), auto (as --memory decides)
     grad_checkpointing: Literal["auto", "on", "off"] = "auto"
-    #: --memory: low (recompute every block: the least memory), auto (measure one block's activations
-    #: in the first two steps, then keep as many as fit and recompute the rest), high (recompute
-    #: none; refused if it cannot fit). low stays the default until auto is measured at real size.
+    #: --memory: low (recompute every block, inputs in host memory: the least memory), auto (measure
+    #: one block's activations in the first two steps, then keep the recomputed blocks' self-attention
+    #: outputs and as many blocks' activations as fit), high (recompute none; refused if it cannot
+    #: fit). low is the default: it fits 16 GB cards (docs/tuning.md).
     memory: Literal["auto", "low", "high"] = "low"
     #: --memory-limit GIB: the most GPU memory the run may hold (the allocator refuses more, and
     #: auto plans within it); None: the whole device

@@ -453,8 +453,10 @@ class _Run:
             by_type[layer] = sum(p.numel() for n, p in self.tuned.items() if any(f".{k}" in n for k in keys))
         by_type["subject_embedding"] = self.subject_SC.numel() if self.subject_SC is not None else 0
         self.trainable_params = sum(p.numel() for p in trainable)
-        # --ema: float32 averages of what trains, updated after every step; the subject is saved from them
-        self.ema = {n: p.detach().float().clone() for n, p in self.weights().items()} if c.ema else None
+        # --ema: float32 moving sums of what trains, from zero, updated after every step; the subject
+        # is saved from them divided by 1 - K^steps (an average of the steps' weights only: without
+        # it a run stopped early, at step t, would keep K^t of the starting weights)
+        self.ema = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.weights().items()} if c.ema else None
         self.base_values = ({n: p.detach().to("cpu", copy=True) for n, p in self.tuned.items()}
                             if c.save_rank else None)
         kind = c.optimizer_state
@@ -474,6 +476,7 @@ class _Run:
         # --memory auto on a GPU: the recomputed blocks that keep their self-attention outputs
         self.kept = KeptAttention() if self.offload is not None and c.memory == "auto" else None
         # --memory auto on a GPU measures one block's activations in its first two steps
+        self.probe_peak = 0  # --memory auto: the peak of its first step
         self.probe: list[int] | None = (
             [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
         if self.probe is not None:  # the peak the probe reads is the training steps', not the pool's
@@ -642,6 +645,8 @@ class _Run:
         loss.backward()
         if self.offload is not None:
             self.offload.finish_step()
+        if self.kept is not None:  # what a block whose backward never ran kept is not needed either
+            self.kept.start_step()
         self.history.append(torch.stack([loss.detach(), ce.detach(), prior.detach()]).float())
         if self.ema is not None:
             self._update_ema()
@@ -664,11 +669,12 @@ class _Run:
 
     @torch.no_grad()
     def use_ema(self) -> None:
-        """--ema: the averages become the weights (after the last step, before saving)."""
-        if self.ema is None:
+        """--ema: the average of the steps' weights becomes the weights (after the last step, before saving)."""
+        if self.ema is None or self.step == 0:
             return
+        total = 1 - self.config.ema ** self.step
         for n, p in self.weights().items():
-            p.copy_(self.ema[n])
+            p.copy_(self.ema[n] / total)
 
     def _memory_probe_step(self) -> None:
         """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
@@ -676,6 +682,10 @@ class _Run:
         c, tr = self.config, self.transformer
         depth = tr.cfg.depth
         if len(self.probe) == 1:
+            # step 1's own peak (compilation and first allocations included), apart from step 2's
+            self.probe_peak = torch.cuda.max_memory_allocated(self.device)
+            self.run_peak = max(self.run_peak or 0, self.probe_peak)
+            torch.cuda.reset_peak_memory_stats(self.device)
             self.ckpt_blocks = depth - 1
             return
         per_block = max(self.probe[1] - self.probe[0], 1)
@@ -684,8 +694,8 @@ class _Run:
                                          tr.compute_dtype.itemsize)
         free, _ = self._gpu_room()
         usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
-        # the peak so far includes the block that step 2 kept: the plan places every kept block anew
-        peak = max(torch.cuda.max_memory_allocated(self.device) - per_block, 0)
+        # step 2's peak includes the block it kept: the plan places every kept block anew
+        peak = max(self.probe_peak, torch.cuda.max_memory_allocated(self.device) - per_block)
         keep, with_attention = plan_kept(depth, per_block=per_block, attention=attention if self.kept else 0,
                                          peak=peak, total=usable)
         if self.kept is not None:

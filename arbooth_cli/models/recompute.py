@@ -4,7 +4,7 @@ A recomputed (checkpointed) block runs its forward twice, the second time inside
 pass. The self-attention is the block's most expensive op per byte of output: at infinity-2b,
 1024x1024, batch 4 its forward is about 5 ms a block and its outputs (attention values and the
 softmax log-sum-exp the backward needs) are 175 MB, where the whole block's activations are about
-3.9 GB. :class:`KeptAttention` keeps those outputs from a block's first forward and hands them to
+4.07 GiB. :class:`KeptAttention` keeps those outputs from a block's first forward and hands them to
 its recomputation, which then runs only the matmuls and element-wise stages again. The backward
 kernel gets the recomputed queries, keys and values (the same values: the forward is
 deterministic) and the kept outputs, so the gradients are those of plain recomputation.
@@ -107,19 +107,25 @@ class KeptAttention:
         entries = self._kept.setdefault(block, [])
 
         def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-            if not (torch.is_grad_enabled() and fused_kernel_runs(q, attn_mask)):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
             s = q.shape[-1] ** -0.5 if scale is None else scale
-            if block in self._sealed:  # the recomputation: the calls come in the same order
+            if block in self._sealed:
+                # the recomputation: the same calls in the same order, each served as the first
+                # forward decided (an entry for every call, None where PyTorch's SDPA ran)
                 kept = entries.pop(0)
                 if kept is None:
                     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+                if kept[0].shape[:-1] != q.shape[:-1]:
+                    raise RuntimeError("kept attention outputs out of order: the recomputation made other calls")
                 return _Attention.apply(q, k, v, attn_mask, s, kept, None)
-            try:
-                return _Attention.apply(q, k, v, attn_mask, s, None, entries)
-            except RuntimeError:  # the kernel refused these inputs: PyTorch's choice, recomputed as before
-                entries.append(None)
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+            if torch.is_grad_enabled() and fused_kernel_runs(q, attn_mask):
+                try:
+                    return _Attention.apply(q, k, v, attn_mask, s, None, entries)
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError:  # the kernel refused these inputs: PyTorch's choice, recomputed as before
+                    pass
+            entries.append(None)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
         return sdpa
 

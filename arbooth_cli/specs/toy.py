@@ -86,7 +86,10 @@ TOY = ModelSpec(
                           zoom_places=5,
                           # no stochastic depth when tuning (the official 0.1 is Infinity's): on the
                           # development set 0.937 -> 0.953, large views 0.925 -> 0.953
-                          drop_path=0.0),
+                          drop_path=0.0,
+                          # the subject is the moving average of the last ~100 steps: the development
+                          # set 0.953 -> 0.961, its lowest subject 0.79 -> 0.84
+                          ema=0.99),
     sizes=("toy",),
     num_scales=5,
     license="MIT",

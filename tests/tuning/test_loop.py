@@ -187,17 +187,16 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
 
 
 def test_ema_saves_the_moving_average_and_resumes_exactly(photos):
-    """--ema K: after one step the subject is K x the starting weights + (1 - K) x the step's; a
-    run cut by Ctrl-C and resumed saves the same average, bit for bit."""
-    comps = components()
-    start = {n: p.detach().clone() for n, p in comps.transformer.named_parameters()}
-    last = load_file(tune(config(photos, name="last", steps=1), components=comps).subject)
-    avg = load_file(tune(config(photos, name="avg", steps=1, ema=0.75), components=components()).subject)
-    assert set(avg) == set(last)
-    for n, w in last.items():
-        w0 = torch.zeros_like(w) if n == "subject_embedding" else start[n]
-        assert not torch.equal(w, w0), n
-        torch.testing.assert_close(avg[n], 0.75 * w0 + 0.25 * w, rtol=0, atol=1e-6)
+    """--ema K: the subject is the average of the steps' weights, step i weighted K^(t - i), with
+    no share of the starting weights (after 2 steps: (K w1 + w2) / (1 + K)); a run cut by Ctrl-C
+    and resumed saves the same average, bit for bit."""
+    w1 = load_file(tune(config(photos, name="one", steps=1)).subject)
+    w2 = load_file(tune(config(photos, name="two", steps=2)).subject)
+    avg = load_file(tune(config(photos, name="avg", steps=2, ema=0.75)).subject)
+    assert set(avg) == set(w2)
+    for n in w2:
+        assert not torch.equal(w1[n], w2[n]), n
+        torch.testing.assert_close(avg[n], (0.75 * w1[n] + w2[n]) / 1.75, rtol=0, atol=1e-6)
 
     whole = tune(config(photos, name="whole", steps=4, ema=0.75))
 
@@ -585,6 +584,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
         assert json.loads(meta["config"])["drop_path"] == (0.0 if model == "toy" else None)
+        assert json.loads(meta["config"])["ema"] == (0.99 if model == "toy" else 0.0)
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
@@ -657,9 +657,9 @@ def test_train_scales_stops_the_forward_and_the_loss_after_scale_k(photos, tiny_
 
 
 def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_rate_it_ran(photos):
-    """A toy run recorded before toy's --drop-path default became 0 (its config says none: the
-    transformer's 0.1) is refused under the new default with a hint naming the rate it ran at, and
-    resumes when that rate is given."""
+    """A toy run recorded before toy's --drop-path default became 0 and before --ema existed (its
+    config says none: the transformer's 0.1, no average) is refused under the new defaults with a
+    hint naming what it ran with, and resumes when that is given."""
     cfg = config(photos, name="old-toy", model="toy", steps=4, prior=False)
 
     def interrupt(kind, data):
@@ -671,9 +671,11 @@ def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_
     ckpt = Path(info.value.checkpoint)
     state = json.loads((ckpt / "state.json").read_text())
     assert state["config"]["drop_path"] == 0.0  # the new default, recorded
+    assert state["config"]["ema"] == 0.99
     state["config"]["drop_path"] = None
+    del state["config"]["ema"]
     (ckpt / "state.json").write_text(json.dumps(state))
-    with pytest.raises(InvalidInputError, match="drop_path") as refused:
+    with pytest.raises(InvalidInputError, match="drop_path, ema") as refused:
         tune(cfg.with_(resume=True))
-    assert "ran with --drop-path 0.1" in refused.value.hint
-    assert tune(cfg.with_(resume=True, drop_path=0.1)).resumed_from == 2
+    assert "ran with --drop-path 0.1" in refused.value.hint and "ran with --ema 0.0" in refused.value.hint
+    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0)).resumed_from == 2

@@ -85,33 +85,43 @@ def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the
     rest = per_block - att
     assert plan_kept(32, **kw, total=usable(every + 3 * (rest + rest // 6))) == (3, 29)  # three keep everything
     assert plan_kept(32, **kw, total=usable(10**15)) == (32, 0)
-    # without attention outputs to keep, as blocks_to_keep always chose
-    assert plan_kept(32, per_block=per_block, attention=0, peak=13 * GiB, total=80 * GiB) == (
-        blocks_to_keep(32, per_block=per_block, peak=13 * GiB, total=80 * GiB), 0)
+    # without attention outputs to keep: whole blocks only
+    assert plan_kept(32, per_block=per_block, attention=0, peak=13 * GiB, total=usable(5 * GiB)) == (1, 0)
 
 
-def test_kept_attention_outputs_change_no_number_and_skip_the_attention():
+def test_kept_attention_outputs_change_no_number_and_skip_the_attention(monkeypatch):
     """The recomputed blocks that keep their self-attention outputs give the logits and gradients of
-    plain recomputation bit for bit, and their backward pass runs only the text attention again."""
+    plain recomputation bit for bit, and their backward pass runs only the text attention again;
+    also scale by scale, several calls a block (the tiny schedule split after its first 5 tokens),
+    and nothing stays kept after the backward pass."""
+    from arbooth_cli.models import transformer
     from arbooth_cli.models.offload import HostOffload
     from arbooth_cli.models.recompute import KeptAttention
+    from arbooth_cli.models.schedules import get_schedule
+    from arbooth_cli.specs.tiny import TINY_INFINITY
+
+    split = transformer.ScalePrefixes.of
+    monkeypatch.setattr(transformer.ScalePrefixes, "of",
+                        staticmethod(lambda scales, device, head_tokens=0: split(scales, device, head_tokens=5)))
+    prefixes = transformer.ScalePrefixes.of(get_schedule(num_scales=TINY_INFINITY.num_scales).scales, "cpu")
+    assert prefixes.head == 5 and len(prefixes.bounds) >= 2
 
     tr, run = _tiny_training_pass()
     for p in tr.parameters():
         p.requires_grad_(True)
-
     depth = tr.cfg.depth
-    for prefix in (False, True):  # the (L, L) mask, and scale by scale
+    # the (L, L) mask: one self-attention call a block; scale by scale: the masked head and one a scale
+    for prefix, self_calls in ((False, 1), (True, 1 + len(prefixes.bounds))):
         want, want_grads, calls = run(checkpoint_blocks=True, prefix_attention=prefix)
-        assert calls == 2 * depth  # every block recomputes its self- and text attention
-        for kept in (depth, 1):
-            store = HostOffload(torch.device("cpu"), min_bytes=0)
+        assert calls == depth * (self_calls + 1)  # every block recomputes its self- and text attention
+        for blocks in (depth, 1):
+            store, kept = HostOffload(torch.device("cpu"), min_bytes=0), KeptAttention(blocks)
             store.start_step()
-            got, grads, calls = run(checkpoint_blocks=True, prefix_attention=prefix, kept=KeptAttention(kept),
-                                    offload=store)
+            got, grads, calls = run(checkpoint_blocks=True, prefix_attention=prefix, kept=kept, offload=store)
             assert torch.equal(got, want) and grads.keys() == want_grads.keys()
             assert all(torch.equal(grads[n], want_grads[n]) for n in grads)
-            assert calls == 2 * depth - kept
+            assert calls == depth * (self_calls + 1) - blocks * self_calls
+            assert not any(kept._kept.values())  # every kept output went to its recomputation
 
 
 def test_a_kernel_that_refuses_the_inputs_leaves_the_attention_to_pytorch(monkeypatch):
