@@ -475,10 +475,10 @@ class _Run:
                         and self.device.type == "cuda" else None)
         # --memory auto on a GPU: the recomputed blocks that keep their self-attention outputs
         self.kept = KeptAttention() if self.offload is not None and c.memory == "auto" else None
-        # --memory auto on a GPU measures one block's activations in its first two steps
-        self.probe_peak = 0  # --memory auto: the peak of its first step
-        self.probe: list[int] | None = (
-            [] if c.memory == "auto" and c.grad_checkpointing == "auto" and self.device.type == "cuda" else None)
+        # --memory auto on a GPU (where it keeps attention outputs) measures one block's activations
+        # in its first two steps
+        self.probe_peak = 0  # the peak of its first step
+        self.probe: list[int] | None = [] if self.kept is not None else None
         if self.probe is not None:  # the peak the probe reads is the training steps', not the pool's
             self.run_peak = torch.cuda.max_memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -494,6 +494,11 @@ class _Run:
                                 "optimizer_state": kind, "optimizer_bytes": self.opt.state_bytes(),
                                 "grad_checkpointing": self.ckpt_blocks > 0, "recomputed_blocks": self.ckpt_blocks,
                                 "blocks": tr.cfg.depth})
+
+    @property
+    def step_rows(self) -> int:
+        """Images in a training step's forward: the batch, and as many prior samples with the prior."""
+        return self.config.batch_size * (2 if self.config.prior else 1)
 
     def _gpu_room(self) -> tuple[int, int]:
         """(free, total) bytes of GPU memory this run may use: the device's, within --memory-limit."""
@@ -514,9 +519,8 @@ class _Run:
             torch.cuda.empty_cache()
             free, total = self._gpu_room()
         L = sum(math.prod(s) for s in self.scales)
-        rows = c.batch_size * (2 if c.prior else 1)
         return recomputed_blocks(c.memory, c.grad_checkpointing, tr.cfg.depth, on_gpu=on_gpu,
-                                 per_block=activation_bytes(rows, L, tr.cfg.embed_dim), free=free, total=total)
+                                 per_block=activation_bytes(self.step_rows, L, tr.cfg.embed_dim), free=free, total=total)
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -678,8 +682,8 @@ class _Run:
 
     def _memory_probe_step(self) -> None:
         """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
-        assert self.probe is not None
-        c, tr = self.config, self.transformer
+        assert self.probe is not None and self.kept is not None
+        tr = self.transformer
         depth = tr.cfg.depth
         if len(self.probe) == 1:
             # step 1's own peak (compilation and first allocations included), apart from step 2's
@@ -689,22 +693,18 @@ class _Run:
             self.ckpt_blocks = depth - 1
             return
         per_block = max(self.probe[1] - self.probe[0], 1)
-        rows = c.batch_size * (2 if c.prior else 1)
-        attention = kept_attention_bytes(rows, self.train_L, tr.cfg.embed_dim, tr.cfg.num_heads,
+        attention = kept_attention_bytes(self.step_rows, self.train_L, tr.cfg.embed_dim, tr.cfg.num_heads,
                                          tr.compute_dtype.itemsize)
         free, _ = self._gpu_room()
         usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
         # step 2's peak includes the block it kept: the plan places every kept block anew
         peak = max(self.probe_peak, torch.cuda.max_memory_allocated(self.device) - per_block)
-        keep, with_attention = plan_kept(depth, per_block=per_block, attention=attention if self.kept else 0,
-                                         peak=peak, total=usable)
-        if self.kept is not None:
-            self.kept.blocks = with_attention
+        keep, self.kept.blocks = plan_kept(depth, per_block=per_block, attention=attention, peak=peak, total=usable)
         self.ckpt_blocks, self.probe = depth - keep, None
         self.emit("note", {"message": f"--memory auto: one block's activations take {per_block / 2**30:.2f} GiB, its "
                                       f"self-attention outputs {attention / 2**30:.2f} GiB; {keep} of {depth} blocks "
                                       f"keep their activations, {depth - keep} recompute them "
-                                      f"({with_attention} of those keep their self-attention outputs)"})
+                                      f"({self.kept.blocks} of those keep their self-attention outputs)"})
 
     def check_finite(self) -> dict[str, float]:
         """Read the losses since the last read (one device sync); stop on a NaN or inf."""
