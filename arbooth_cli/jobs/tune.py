@@ -40,7 +40,7 @@ from ..loading import ResolvedModel, pick_device
 from ..models.bsq_vae import teacher_forcing
 from ..models.build import Components
 from ..models.offload import HostOffload
-from ..models.attention import KeptAttention, kept_attention_bytes
+from ..models.recompute import KeptAttention, kept_attention_bytes
 from ..models.schedules import SIZE_SCALES, get_schedule, model_scales, pixel_size
 from ..models.text_encoder import TextCond
 from ..models.transformer import EAGER_OPS, Scale, compiled_block_ops, rope_frame

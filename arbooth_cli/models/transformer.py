@@ -63,7 +63,7 @@ from ..registry import TransformerConfig
 from . import pruning
 from .offload import HostOffload
 from .pruning import PrunePlan, PruneState
-from .attention import Call, KeptAttention, KeptSlot, attention
+from .recompute import KeptAttention
 from .schedules import TEMPLATES
 from .text_encoder import TextCond
 
@@ -228,31 +228,23 @@ class ScalePrefixes(NamedTuple):
         mask = block_causal_mask(scales[:k], device) if k > 1 else None
         return ScalePrefixes(head, mask, tuple((ends[i] - sizes[i], ends[i]) for i in range(k, len(ends))))
 
-    def calls(self) -> tuple[Call, ...]:
-        """The attention calls: the masked head, then one a scale."""
-        head = (Call(0, self.head, self.head, self.head_mask),) if self.head else ()
-        return head + tuple(Call(s, e, e, None) for s, e in self.bounds)
-
 
 def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScalePrefixes | None,
-           scale: float, kept: KeptSlot | None = None) -> Tensor:
+           scale: float, sdpa: Callable[..., Tensor] = F.scaled_dot_product_attention) -> Tensor:
     """SDPA on (batch, tokens, heads, c) tensors (strided views are fine); returns (B, L, H * c).
 
     The fused kernels take this layout as it is: a KV cache's buffers are read in place and the
-    output needs no transpose copy. Where a graph is recorded for scale-by-scale calls, or
-    ``kept`` is given (a recomputed block's :class:`.attention.KeptAttention` place), the calls
-    run as one autograd node (:func:`.attention.attention`).
+    output needs no transpose copy. ``sdpa``: what runs each call (a recomputed block's
+    :meth:`.recompute.KeptAttention.sdpa`).
     """
     B, L, H, c = q_BLHc.shape
-    grads = torch.is_grad_enabled() and any(t.requires_grad for t in (q_BLHc, k_BNHc, v_BNHc))
-    if kept is not None or (grads and isinstance(mask, ScalePrefixes)):
-        calls = mask.calls() if isinstance(mask, ScalePrefixes) else (Call(0, L, k_BNHc.shape[1], mask),)
-        return attention(q_BLHc, k_BNHc, v_BNHc, calls, scale, kept).view(B, L, H * c)
     q, k, v = q_BLHc.transpose(1, 2), k_BNHc.transpose(1, 2), v_BNHc.transpose(1, 2)
-    sdpa = F.scaled_dot_product_attention
     if isinstance(mask, ScalePrefixes):
-        parts = [sdpa(q[:, :, call.q0:call.q1], k[:, :, :call.k1], v[:, :, :call.k1], attn_mask=call.mask,
-                      scale=scale) for call in mask.calls()]
+        parts = []
+        if mask.head:
+            h = mask.head
+            parts.append(sdpa(q[:, :, :h], k[:, :, :h], v[:, :, :h], attn_mask=mask.head_mask, scale=scale))
+        parts += [sdpa(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale=scale) for s, e in mask.bounds]
         out = torch.cat(parts, dim=2)
     else:
         out = sdpa(q, k, v, attn_mask=mask, scale=scale)
@@ -816,7 +808,7 @@ class InfinityTransformer(nn.Module):
             if bi < recompute and torch.is_grad_enabled():
                 block_ops = ops
                 if kept is not None and bi < kept.blocks:
-                    block_ops = ops._replace(self_attend=partial(ops.attend, kept=kept.slot(bi)))
+                    block_ops = ops._replace(self_attend=partial(ops.attend, sdpa=kept.sdpa(bi)))
                 with offload.hooks() if offload is not None else contextlib.nullcontext():
                     x_BLC = checkpoint(block, *args, ops=block_ops, use_reentrant=False)
                 if kept is not None:

@@ -65,7 +65,7 @@ def blocks_to_keep(depth: int, *, per_block: int, peak: int, total: int) -> int:
 def plan_kept(depth: int, *, per_block: int, attention: int, peak: int, total: int) -> tuple[int, int]:
     """``auto`` after its two measuring steps: ``(kept, attention_kept)``, the blocks that keep all
     their activations and, of the recomputed ones, those that keep their self-attention outputs
-    (``attention`` bytes a block; :mod:`arbooth_cli.models.attention`). Per byte, kept attention
+    (``attention`` bytes a block; :mod:`arbooth_cli.models.recompute`). Per byte, kept attention
     saves several times the time a kept block does, so every block gets it before any block keeps
     the rest; each estimate gets a sixth on top, and :data:`MARGIN_SHARE` of ``total`` stays free."""
     room = int((1 - MARGIN_SHARE) * total) - peak

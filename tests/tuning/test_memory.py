@@ -71,7 +71,7 @@ def _tiny_training_pass():
 
 def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the_rest():
     """infinity-2b-like: a block's activations 3.9 GiB, its self-attention outputs 0.16 GiB."""
-    from arbooth_cli.models.attention import kept_attention_bytes
+    from arbooth_cli.models.recompute import kept_attention_bytes
 
     att = kept_attention_bytes(4, 10521, 2048, 16, 2)
     assert att == pytest.approx(175e6, rel=0.01)
@@ -96,7 +96,7 @@ def test_kept_attention_outputs_change_no_number_and_skip_the_attention(monkeypa
     and nothing stays kept after the backward pass."""
     from arbooth_cli.models import transformer
     from arbooth_cli.models.offload import HostOffload
-    from arbooth_cli.models.attention import KeptAttention
+    from arbooth_cli.models.recompute import KeptAttention
     from arbooth_cli.models.schedules import get_schedule
     from arbooth_cli.specs.tiny import TINY_INFINITY
 
@@ -127,8 +127,8 @@ def test_kept_attention_outputs_change_no_number_and_skip_the_attention(monkeypa
 def test_a_kernel_that_refuses_the_inputs_leaves_the_attention_to_pytorch(monkeypatch):
     """Where the fused kernel refuses a call (a GPU or shape it does not serve), that call runs
     through PyTorch's SDPA and is recomputed as before: the same numbers."""
-    from arbooth_cli.models import attention as recompute
-    from arbooth_cli.models.attention import KeptAttention
+    from arbooth_cli.models import recompute
+    from arbooth_cli.models.recompute import KeptAttention
 
     tr, run = _tiny_training_pass()
     for p in tr.parameters():
