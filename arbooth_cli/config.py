@@ -411,7 +411,7 @@ class TuneConfig(_Checked):
     eps: float = 1e-8  #: --eps of AdamW
     layers: tuple[str, ...] = ("ca", "ffn")  #: --layers: module types to tune
     blocks: str = "all"  #: --blocks: block range, e.g. 0-15,20
-    subject_vectors: int = 4  #: --subject-vectors: learned vectors for the token (0: off)
+    subject_vectors: int | None = None  #: --subject-vectors: learned vectors for the token (0: off; None: the model's)
     #: --subject-init: the vectors' start: zero (the official code), or the class word's text features
     subject_init: Literal["zero", "class"] = "zero"
     scale_weights: str = SCALE_SCHEDULES[0]  #: --scale-weights: a schedule name or w1,w2,...
@@ -511,7 +511,7 @@ class TuneConfig(_Checked):
         bad = [layer for layer in self.layers if layer not in MODULE_TYPES]
         if bad or not self.layers:
             out.append(f"--layers: unknown {bad or 'empty'}; choose from {', '.join(MODULE_TYPES)} or all")
-        if self.subject_vectors < 0:
+        if self.subject_vectors is not None and self.subject_vectors < 0:
             out.append("--subject-vectors must be >= 0")
         if self.scale_weights not in SCALE_SCHEDULES:
             try:

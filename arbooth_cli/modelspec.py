@@ -184,6 +184,8 @@ class TuningDefaults:
     drop_path: float | None = None
     #: ``--ema`` when the user does not say (0: the subject is the last step's weights)
     ema: float = 0.0
+    #: ``--subject-vectors`` when the user does not say (the official code's 4)
+    subject_vectors: int = 4
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def tune_cmd(
     weight_decay: Annotated[Optional[float], _opt("--weight-decay", help="AdamW weight decay (default: 0.005).")] = None,
     layers: Annotated[Optional[str], _opt("--layers", help="Module types to tune: ca, ffn, sa, ca_norm, ada, or all (default: ca,ffn).")] = None,
     blocks: Annotated[Optional[str], _opt("--blocks", help="Blocks to tune, e.g. 0-15,20 (default: all).")] = None,
-    subject_vectors: Annotated[Optional[int], _opt("--subject-vectors", help="Learned text vectors for the token; 0 turns them off (default: 4).")] = None,
+    subject_vectors: Annotated[Optional[int], _opt("--subject-vectors", help="Learned text vectors for the token; 0 turns them off (default: the model's: 4, toy 8).")] = None,
     scale_weights: Annotated[Optional[str], _opt("--scale-weights", help=f"Per-scale CE weights: {', '.join(SCALE_SCHEDULES)}, or w1,w2,... (default: {SCALE_SCHEDULES[0]}).")] = None,
     prior: Annotated[Optional[bool], _opt("--prior/--no-prior", help="Prior distillation on class-prompt samples of the frozen model (default: on).")] = None,
     prior_weight: Annotated[Optional[float], _opt("--prior-weight", help="Weight of the distillation loss (default: 0.5).")] = None,

@@ -181,7 +181,8 @@ def _expandable_segments() -> None:
 
 
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
-_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema")
+_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema",
+                    "subject_vectors")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
 _BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
 
@@ -292,7 +293,7 @@ class _Run:
             if diff:
                 hint = "use the same settings (only --steps and the logging/saving ones may change)"
                 for k in diff:  # the options whose model default is newer than some checkpoints
-                    if k in (*_BEFORE_OPTION, "drop_path") and getattr(self.spec.tuning, k) is not None:
+                    if k in _MODEL_DEFAULTED and getattr(self.spec.tuning, k) is not None:
                         hint += (f"; the checkpoint ran with --{k.replace('_', '-')} {getattr(saved, k)} (the "
                                  f"{self.spec.name} model's default is {getattr(self.spec.tuning, k)} in this version)")
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",

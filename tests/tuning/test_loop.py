@@ -95,7 +95,8 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
                          validation_prompts=TINY_INFINITY.tuning.validation_prompts,
                          augment_zoom=TINY_INFINITY.tuning.augment_zoom,
                          zoom_places=TINY_INFINITY.tuning.zoom_places,
-                         photo_share=TINY_INFINITY.tuning.photo_share, ema=TINY_INFINITY.tuning.ema)
+                         photo_share=TINY_INFINITY.tuning.photo_share, ema=TINY_INFINITY.tuning.ema,
+                         subject_vectors=TINY_INFINITY.tuning.subject_vectors)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
@@ -585,6 +586,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
         assert json.loads(meta["config"])["drop_path"] == (0.0 if model == "toy" else None)
         assert json.loads(meta["config"])["ema"] == (0.99 if model == "toy" else 0.0)
+        assert json.loads(meta["config"])["subject_vectors"] == (8 if model == "toy" else 4)
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         config(photos, lr=0.0).validate()
 
@@ -656,10 +658,11 @@ def test_train_scales_stops_the_forward_and_the_loss_after_scale_k(photos, tiny_
         config(photos, train_scales=0).validate()
 
 
-def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_rate_it_ran(photos):
-    """A toy run recorded before toy's --drop-path default became 0 and before --ema existed (its
-    config says none: the transformer's 0.1, no average) is refused under the new defaults with a
-    hint naming what it ran with, and resumes when that is given."""
+def test_a_toy_checkpoint_from_before_its_new_defaults_resumes_only_with_what_it_ran(photos):
+    """A toy run recorded before toy's --drop-path default became 0, before --ema existed (its
+    config says none: the transformer's 0.1, no average) and before its --subject-vectors default
+    became 8 (it ran with 4) is refused under the new defaults with a hint naming what it ran
+    with, and resumes when that is given."""
     cfg = config(photos, name="old-toy", model="toy", steps=4, prior=False)
 
     def interrupt(kind, data):
@@ -667,7 +670,7 @@ def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TuneInterrupted) as info:
-        tune(cfg, on_event=interrupt)
+        tune(cfg.with_(subject_vectors=4), on_event=interrupt)
     ckpt = Path(info.value.checkpoint)
     state = json.loads((ckpt / "state.json").read_text())
     assert state["config"]["drop_path"] == 0.0  # the new default, recorded
@@ -675,7 +678,8 @@ def test_a_toy_checkpoint_from_before_its_drop_path_default_resumes_only_at_the_
     state["config"]["drop_path"] = None
     del state["config"]["ema"]
     (ckpt / "state.json").write_text(json.dumps(state))
-    with pytest.raises(InvalidInputError, match="drop_path, ema") as refused:
+    with pytest.raises(InvalidInputError, match="drop_path, ema, subject_vectors") as refused:
         tune(cfg.with_(resume=True))
     assert "ran with --drop-path 0.1" in refused.value.hint and "ran with --ema 0.0" in refused.value.hint
-    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0)).resumed_from == 2
+    assert "ran with --subject-vectors 4 (the toy model's default is 8" in refused.value.hint
+    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0, subject_vectors=4)).resumed_from == 2
