@@ -183,6 +183,8 @@ def _expandable_segments() -> None:
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
 _MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema",
                     "subject_vectors")
+#: the model defaults that changed after some checkpoints were written: a refused resume says the new one
+_NEWER_DEFAULTS = ("augment_zoom", "zoom_places", "photo_share", "drop_path", "ema", "subject_vectors")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
 _BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
 
@@ -292,10 +294,13 @@ class _Run:
                           if k not in RESUMABLE_CHANGES and v != c.to_dict()[k])
             if diff:
                 hint = "use the same settings (only --steps and the logging/saving ones may change)"
-                for k in diff:  # the options whose model default is newer than some checkpoints
-                    if k in _MODEL_DEFAULTED and getattr(self.spec.tuning, k) is not None:
-                        hint += (f"; the checkpoint ran with --{k.replace('_', '-')} {getattr(saved, k)} (the "
-                                 f"{self.spec.name} model's default is {getattr(self.spec.tuning, k)} in this version)")
+                for k in diff:  # what the model-defaulted options ran with, and a default that changed since
+                    if k not in _MODEL_DEFAULTED or isinstance(getattr(saved, k), tuple):
+                        continue
+                    ran, default = getattr(saved, k), getattr(self.spec.tuning, k)
+                    hint += f"; the checkpoint ran with --{k.replace('_', '-')} {ran}"
+                    if k in _NEWER_DEFAULTS and default is not None and ran != default:
+                        hint += f" (the {self.spec.name} model's default is {default} in this version)"
                 raise InvalidInputError(f"--resume with other settings than the checkpoint's: {', '.join(diff)}",
                                         hint=hint)
             if state["model_hash"] != self.resolved.model_hash:

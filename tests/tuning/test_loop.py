@@ -157,8 +157,9 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     assert ckpt.is_dir() and json.loads((ckpt / "state.json").read_text())["step"] == 3
     assert not SubjectStore().has("b")
 
-    with pytest.raises(InvalidInputError, match="other settings than the checkpoint.s: lr$"):
+    with pytest.raises(InvalidInputError, match="other settings than the checkpoint.s: lr$") as refused:
         tune(cfg_b.with_(resume=True, lr=1e-3))
+    assert refused.value.hint.endswith("; the checkpoint ran with --lr 2.34375e-05")  # no default changed
     with pytest.raises(InvalidInputError, match="left a checkpoint"):
         tune(cfg_b)  # neither --resume nor --overwrite
     with pytest.raises(InvalidInputError, match="augment_zoom") as refused:
