@@ -183,10 +183,11 @@ def _expandable_segments() -> None:
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
 _MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema",
                     "subject_vectors")
-#: the model defaults that changed after some checkpoints were written: a refused resume says the new one
-_NEWER_DEFAULTS = ("augment_zoom", "zoom_places", "photo_share", "drop_path", "ema", "subject_vectors")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
 _BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
+#: the model defaults that changed after some checkpoints were written (the options above, and two
+#: whose value was always recorded): a refused resume names the new default
+_NEWER_DEFAULTS = (*_BEFORE_OPTION, "drop_path", "subject_vectors")
 
 
 @dataclass
