@@ -229,6 +229,28 @@ class ScalePrefixes(NamedTuple):
         return ScalePrefixes(head, mask, tuple((ends[i] - sizes[i], ends[i]) for i in range(k, len(ends))))
 
 
+class _Prefixes(torch.autograd.Function):
+    """The prefixes ``x[:, :, :e]`` of (B, H, N, c) ``x`` for each ``e`` of ``ends`` (ascending), as
+    views; the backward adds their gradients into one tensor instead of one zero-filled whole-size
+    tensor per prefix for autograd to add up."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, ends: list[int]) -> tuple[Tensor, ...]:
+        ctx.ends, ctx.like = ends, torch.empty_like(x, device="meta")
+        return tuple(x[:, :, :e] for e in ends)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:
+        # x's dimension order: the layout the backward of whatever made x expects
+        g = torch.empty_like(ctx.like, device=grads[-1].device)
+        if ctx.ends[-1] < g.shape[2]:
+            g[:, :, ctx.ends[-1]:].zero_()
+        g[:, :, : ctx.ends[-1]].copy_(grads[-1])
+        for e, ge in zip(ctx.ends, grads[:-1]):
+            g[:, :, :e] += ge
+        return g, None
+
+
 def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScalePrefixes | None,
            scale: float, sdpa: Callable[..., Tensor] = F.scaled_dot_product_attention) -> Tensor:
     """SDPA on (batch, tokens, heads, c) tensors (strided views are fine); returns (B, L, H * c).
@@ -240,12 +262,16 @@ def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScaleP
     B, L, H, c = q_BLHc.shape
     q, k, v = q_BLHc.transpose(1, 2), k_BNHc.transpose(1, 2), v_BNHc.transpose(1, 2)
     if isinstance(mask, ScalePrefixes):
-        parts = []
-        if mask.head:
-            h = mask.head
-            parts.append(sdpa(q[:, :, :h], k[:, :, :h], v[:, :, :h], attn_mask=mask.head_mask, scale=scale))
-        parts += [sdpa(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale=scale) for s, e in mask.bounds]
-        out = torch.cat(parts, dim=2)
+        calls = ([(0, mask.head)] if mask.head else []) + list(mask.bounds)
+        ends = [e for _, e in calls]
+        # the queries' rows split (their gradient comes back as one concatenation) and the keys'
+        # and values' prefixes through _Prefixes: plain slices would each give back a zero-filled
+        # gradient of the whole tensor for autograd to add up (about 6 GB of memory traffic a
+        # block at 1024x1024)
+        qs = q.split([e - s for s, e in calls], dim=2)
+        ks, vs = (_Prefixes.apply(x, ends) if x.requires_grad else [x[:, :, :e] for e in ends] for x in (k, v))
+        out = torch.cat([sdpa(qs[i], ks[i], vs[i], attn_mask=mask.head_mask if mask.head and i == 0 else None,
+                              scale=scale) for i in range(len(calls))], dim=2)
     else:
         out = sdpa(q, k, v, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B, L, H * c)

@@ -287,6 +287,29 @@ def test_scale_prefix_attention_matches_mask(model, head_tokens) -> None:
     torch.testing.assert_close(x2.grad, x1.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("ends", [[3, 7, 12], [2, 5]])
+def test_prefix_views_give_the_slices_gradients(ends) -> None:
+    """The keys' and values' prefixes of the scale-by-scale attention: the same values as plain
+    slices, and one gradient with the slices' sum (also where no prefix reaches the end), in the
+    input's dimension order."""
+    from arbooth_cli.models.transformer import _Prefixes
+
+    gen = torch.Generator().manual_seed(6)
+    base = torch.randn(2, 12, 3, 4, generator=gen, dtype=torch.float64)
+    weights = [torch.randn(2, 3, e, 4, generator=gen, dtype=torch.float64) for e in ends]
+    grads = []
+    for views in (lambda x: _Prefixes.apply(x, ends), lambda x: [x[:, :, :e] for e in ends]):
+        leaf = base.clone().requires_grad_()
+        x = leaf.transpose(1, 2)  # (B, H, N, c) over (B, N, H, c) memory, as attend() passes it
+        parts = views(x)
+        assert [p.shape[2] for p in parts] == ends
+        torch.testing.assert_close(parts[-1], x[:, :, : ends[-1]], rtol=0, atol=0)
+        sum((p * w).sum() for p, w in zip(parts, weights)).backward()
+        grads.append(leaf.grad)
+    assert grads[0].is_contiguous()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 def test_checkpointed_blocks_give_the_same_gradients(model) -> None:
     """Recomputing blocks in the backward pass changes nothing in float32 (the stored block
     inputs keep the blocks' dtype)."""
