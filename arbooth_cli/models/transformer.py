@@ -241,9 +241,11 @@ class _Prefixes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor, None]:
-        # x's dimension order: the layout the backward of whatever made x expects
+        # in x's dimension order: after the transpose's backward the gradient is a contiguous
+        # (B, N, H, c) tensor, which the backward of the stage that made the keys reads without a
+        # transposing copy
         g = torch.empty_like(ctx.like, device=grads[-1].device)
-        if ctx.ends[-1] < g.shape[2]:
+        if ctx.ends[-1] < g.shape[2]:  # keys longer than the longest prefix (not in self-attention)
             g[:, :, ctx.ends[-1]:].zero_()
         g[:, :, : ctx.ends[-1]].copy_(grads[-1])
         for e, ge in zip(ctx.ends, grads[:-1]):
@@ -269,7 +271,8 @@ def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScaleP
         # gradient of the whole tensor for autograd to add up (about 6 GB of memory traffic a
         # block at 1024x1024)
         qs = q.split([e - s for s, e in calls], dim=2)
-        ks, vs = (_Prefixes.apply(x, ends) if x.requires_grad else [x[:, :, :e] for e in ends] for x in (k, v))
+        ks, vs = (_Prefixes.apply(x, ends) if torch.is_grad_enabled() and x.requires_grad else [x[:, :, :e] for e in ends]
+                  for x in (k, v))
         out = torch.cat([sdpa(qs[i], ks[i], vs[i], attn_mask=mask.head_mask if mask.head and i == 0 else None,
                               scale=scale) for i in range(len(calls))], dim=2)
     else:

@@ -288,25 +288,34 @@ def test_scale_prefix_attention_matches_mask(model, head_tokens) -> None:
 
 
 @pytest.mark.parametrize("ends", [[3, 7, 12], [2, 5]])
-def test_prefix_views_give_the_slices_gradients(ends) -> None:
+@pytest.mark.parametrize("dense", [True, False])
+def test_prefix_views_give_the_slices_gradients(ends, dense) -> None:
     """The keys' and values' prefixes of the scale-by-scale attention: the same values as plain
-    slices, and one gradient with the slices' sum (also where no prefix reaches the end), in the
-    input's dimension order."""
+    slices, and one gradient with the slices' sum (also where no prefix reaches the end), laid out
+    as the input (a transposed (B, N, H, c) tensor, or a view of a wider one as unbind gives)."""
     from arbooth_cli.models.transformer import _Prefixes
 
     gen = torch.Generator().manual_seed(6)
-    base = torch.randn(2, 12, 3, 4, generator=gen, dtype=torch.float64)
+    base = torch.randn(2, 12, 3, 3, 4, generator=gen, dtype=torch.float64)
     weights = [torch.randn(2, 3, e, 4, generator=gen, dtype=torch.float64) for e in ends]
-    grads = []
-    for views in (lambda x: _Prefixes.apply(x, ends), lambda x: [x[:, :, :e] for e in ends]):
-        leaf = base.clone().requires_grad_()
-        x = leaf.transpose(1, 2)  # (B, H, N, c) over (B, N, H, c) memory, as attend() passes it
-        parts = views(x)
-        assert [p.shape[2] for p in parts] == ends
-        torch.testing.assert_close(parts[-1], x[:, :, : ends[-1]], rtol=0, atol=0)
-        sum((p * w).sum() for p, w in zip(parts, weights)).backward()
-        grads.append(leaf.grad)
-    assert grads[0].is_contiguous()
+    grads, seen = [], []
+    # fresh memory is NaN-filled here, so a gradient row left unwritten shows
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for views in (lambda x: _Prefixes.apply(x, ends), lambda x: [x[:, :, :e] for e in ends]):
+            leaf = base.clone().requires_grad_()
+            x_BNHc = leaf[:, :, 0].contiguous() if dense else leaf.unbind(2)[1]
+            x = x_BNHc.transpose(1, 2)  # (B, H, N, c), as attend() passes it
+            x.register_hook(seen.append)
+            parts = views(x)
+            assert [p.shape[2] for p in parts] == ends
+            torch.testing.assert_close(parts[-1], x[:, :, : ends[-1]], rtol=0, atol=0)
+            sum((p * w).sum() for p, w in zip(parts, weights)).backward()
+            grads.append(leaf.grad)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert seen[0].transpose(1, 2).is_contiguous()  # the gradient reaching x: a contiguous (B, N, H, c) tensor
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
