@@ -268,7 +268,7 @@ def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScaleP
         ends = [e for _, e in calls]
         # the queries' rows split (their gradient comes back as one concatenation) and the keys'
         # and values' prefixes through _Prefixes: plain slices would each give back a zero-filled
-        # gradient of the whole tensor for autograd to add up (about 6 GB of memory traffic a
+        # gradient of the whole tensor for autograd to add up (several GB of memory traffic a
         # block at 1024x1024)
         qs = q.split([e - s for s, e in calls], dim=2)
         ks, vs = (_Prefixes.apply(x, ends) if torch.is_grad_enabled() and x.requires_grad else [x[:, :, :e] for e in ends]
