@@ -264,17 +264,18 @@ def attend(q_BLHc: Tensor, k_BNHc: Tensor, v_BNHc: Tensor, mask: Tensor | ScaleP
     B, L, H, c = q_BLHc.shape
     q, k, v = q_BLHc.transpose(1, 2), k_BNHc.transpose(1, 2), v_BNHc.transpose(1, 2)
     if isinstance(mask, ScalePrefixes):
-        calls = ([(0, mask.head)] if mask.head else []) + list(mask.bounds)
-        ends = [e for _, e in calls]
+        # (query rows start, end, mask): the masked head of small scales, then one call a scale
+        calls = ([(0, mask.head, mask.head_mask)] if mask.head else []) + [(s, e, None) for s, e in mask.bounds]
+        ends = [e for _, e, _ in calls]
         # the queries' rows split (their gradient comes back as one concatenation) and the keys'
         # and values' prefixes through _Prefixes: plain slices would each give back a zero-filled
         # gradient of the whole tensor for autograd to add up (several GB of memory traffic a
         # block at 1024x1024)
-        qs = q.split([e - s for s, e in calls], dim=2)
+        qs = q.split([e - s for s, e, _ in calls], dim=2)
         ks, vs = (_Prefixes.apply(x, ends) if torch.is_grad_enabled() and x.requires_grad else [x[:, :, :e] for e in ends]
                   for x in (k, v))
-        out = torch.cat([sdpa(qs[i], ks[i], vs[i], attn_mask=mask.head_mask if mask.head and i == 0 else None,
-                              scale=scale) for i in range(len(calls))], dim=2)
+        out = torch.cat([sdpa(qi, ki, vi, attn_mask=m, scale=scale)
+                         for qi, ki, vi, (_, _, m) in zip(qs, ks, vs, calls)], dim=2)
     else:
         out = sdpa(q, k, v, attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(B, L, H * c)
