@@ -176,6 +176,8 @@ class TuningDefaults:
     place_phrase: str = ""
     #: ``--augment-zoom`` when the user does not say (0: off)
     augment_zoom: float = 0.0
+    #: ``--zoom-in`` when the user does not say (0: off)
+    zoom_in: float = 0.0
     #: ``--zoom-places`` when the user does not say
     zoom_places: int = 1
     #: ``--photo-share`` when the user does not say (0: photos and copies drawn alike)

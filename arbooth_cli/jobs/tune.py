@@ -181,10 +181,10 @@ def _expandable_segments() -> None:
 
 
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
-_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_places", "photo_share", "drop_path", "ema",
+_MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_in", "zoom_places", "photo_share", "drop_path", "ema",
                     "subject_vectors")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
-_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
+_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_in": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
 #: the model defaults that changed after some checkpoints were written (the options above, and two
 #: whose value was always recorded): a refused resume names the new default
 _NEWER_DEFAULTS = (*_BEFORE_OPTION, "drop_path", "subject_vectors")
@@ -355,10 +355,11 @@ class _Run:
         self._check_token(tokenizer)
         train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
                                       seed=c.seed) if c.augment else list(self.images)
-        if c.augment_zoom:  # of the photos themselves, not of their --augment copies
-            t = self.spec.tuning
-            train += zoomed_copies(self.images, c.augment_zoom, t.size_words, t.position_words,
-                                   places=c.zoom_places or 1, place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+        t = self.spec.tuning
+        for factor in (c.augment_zoom, c.zoom_in):  # of the photos themselves, not of their --augment copies
+            if factor:
+                train += zoomed_copies(self.images, factor, t.size_words, t.position_words, places=c.zoom_places or 1,
+                                       place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]
         if c.flip:

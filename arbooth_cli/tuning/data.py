@@ -171,22 +171,26 @@ def plain_border(pixels_HW3: np.ndarray) -> np.ndarray | None:
 
 def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, float] = (0.5, 0.5),
                 to_xy: tuple[float, float] | None = None) -> np.ndarray:
-    """The photo shrunk by ``factor`` (area resampling) on a frame of the same size, about the point
-    ``centre_xy`` (shares of the width and height: that point stays where it is, or lands on
-    ``to_xy``); the margin takes the photo's border colour when one colour covers at least 2/3 of
-    the border (a plain background), else the shrunk photo's edges are extended (and then the copy
-    cannot move: ValueError)."""
+    """The photo shrunk by ``factor`` (area resampling; ``factor`` > 1 enlarges it, bicubic) on a
+    frame of the same size, about the point ``centre_xy`` (shares of the width and height: that
+    point stays where it is, or lands on ``to_xy``); the margin takes the photo's border colour
+    when one colour covers at least 2/3 of the border (a plain background), else the shrunk photo's
+    edges are extended (and then the copy cannot move: ValueError)."""
     from PIL import Image
 
     H, W = pixels_HW3.shape[:2]
     h, w = max(1, round(H * factor)), max(1, round(W * factor))
-    small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), Image.Resampling.BOX))
+    resample = Image.Resampling.BOX if factor <= 1 else Image.Resampling.BICUBIC
+    small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), resample))
     to_x, to_y = to_xy if to_xy is not None else centre_xy
     top, left = round(to_y * H - centre_xy[1] * h), round(to_x * W - centre_xy[0] * w)
     fill = plain_border(pixels_HW3)
     if fill is None:
         if to_xy is not None and tuple(to_xy) != tuple(centre_xy):
             raise ValueError("only a photo on a plain background can move (its margin is one colour)")
+        if factor > 1:  # an enlarged photo covers the frame: the frame is its window about the point
+            top, left = min(max(top, H - h), 0), min(max(left, W - w), 0)
+            return np.ascontiguousarray(small[-top : -top + H, -left : -left + W])
         top, left = min(max(top, 0), H - h), min(max(left, 0), W - w)
         return np.pad(small, ((top, H - h - top), (left, W - w - left), (0, 0)), mode="edge")
     out = np.empty_like(pixels_HW3)
@@ -214,8 +218,8 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
                   place_phrase_re: str = "", place_phrase: str = "") -> list[SubjectImage]:
     """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
     whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
-    copy, captioned with the word replaced; without pairs every photo gets one with its own
-    caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
+    copy, captioned with the word replaced (``factor`` > 1: photos of the smaller word, enlarged and
+    captioned with the larger); without pairs every photo gets one with its own caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
     photo shrinks about the point of the first such word its caption says, so the copy still
     shows the place it says (others shrink about the centre). Words match whole, in any case.
 
@@ -228,11 +232,11 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
     for im in images:
         caption = im.caption
         if size_words:
-            larger = _first_of([a for a, _ in size_words], caption)
-            if larger is None:
+            said_size = dict(size_words) if factor < 1 else {b: a for a, b in size_words}
+            word = _first_of(list(said_size), caption)
+            if word is None:
                 continue
-            smaller = dict(size_words)[larger]
-            caption = re.sub(rf"\b{re.escape(larger)}\b", smaller, caption, count=1, flags=re.IGNORECASE)
+            caption = re.sub(rf"\b{re.escape(word)}\b", said_size[word], caption, count=1, flags=re.IGNORECASE)
         # the place phrases the caption says (where the model says how it phrases one); else the
         # first place word
         said = sorted(((m, w) for w in order if place_phrase_re

@@ -127,6 +127,42 @@ def test_zoomed_copies_say_the_smaller_size_where_captions_say_sizes():
     assert [im.caption for im in real] == [im.caption for im in ims]
 
 
+def test_an_enlarged_copy_grows_about_its_point_and_moves_on_a_plain_background():
+    from arbooth_cli.tuning.data import zoomed_copy
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[15:35, 40:60] = (255, 0, 0)  # a 20-px square centred at (50, 25): "at the top"
+    out = zoomed_copy(img, 2.0, (0.5, 0.25))
+    red = np.argwhere((out == (255, 0, 0)).all(-1))
+    assert np.allclose(red.mean(0), [25, 50], atol=1)  # still about (50, 25)
+    assert 36 <= red.max(0)[1] - red.min(0)[1] + 1 <= 40  # twice as wide (bicubic edges blend)
+    assert (out[60:] == (0, 0, 255)).all()
+    moved = zoomed_copy(img, 2.0, (0.5, 0.25), to_xy=(0.5, 0.75))  # to "the bottom": the uncovered top is background
+    red = np.argwhere((moved == (255, 0, 0)).all(-1))
+    assert np.allclose(red.mean(0), [75, 50], atol=1)
+    assert (moved[:40] == (0, 0, 255)).all()
+    stripes = np.zeros((100, 100, 3), np.uint8)
+    stripes[:, ::2] = 255  # not plain: the frame is the enlarged photo's window about the point
+    grown = zoomed_copy(stripes, 2.0, (0.1, 0.5))
+    assert grown.shape == stripes.shape and grown.flags.c_contiguous
+    big = np.asarray(Image.fromarray(stripes).resize((200, 200), Image.Resampling.BICUBIC))
+    assert np.array_equal(grown, big[50:150, 10:110])  # (10, 50) stays where it is; no margin to fill
+
+
+def test_enlarged_copies_say_the_larger_size_and_only_small_views_get_one():
+    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
+
+    px = np.full((16, 16, 3), 9, np.uint8)
+    ims = [SubjectImage(Path("a.png"), "a large sks star on the left", px),
+           SubjectImage(Path("b.png"), "a Small sks star at the top", px),
+           SubjectImage(Path("c.png"), "a photo of sks dog", px)]
+    toy = zoomed_copies(ims, 1.5, (("large", "small"),))
+    assert [im.caption for im in toy] == ["a large sks star at the top"]
+    real = zoomed_copies(ims, 1.5)
+    assert [im.caption for im in real] == [im.caption for im in ims]
+
+
 def test_a_zoomed_copy_about_a_point_keeps_that_point_in_place():
     from arbooth_cli.tuning.data import zoomed_copy
 

@@ -93,7 +93,7 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
     assert meta["steps"] == "3" and meta["arbooth_version"] == __version__ and meta["kind"] == "full"
     recorded = cfg.with_(lr=TINY_INFINITY.tuning.lr,  # the unset lr, prompts and zoom are resolved to the model's
                          validation_prompts=TINY_INFINITY.tuning.validation_prompts,
-                         augment_zoom=TINY_INFINITY.tuning.augment_zoom,
+                         augment_zoom=TINY_INFINITY.tuning.augment_zoom, zoom_in=TINY_INFINITY.tuning.zoom_in,
                          zoom_places=TINY_INFINITY.tuning.zoom_places,
                          photo_share=TINY_INFINITY.tuning.photo_share, ema=TINY_INFINITY.tuning.ema,
                          subject_vectors=TINY_INFINITY.tuning.subject_vectors)
@@ -165,15 +165,19 @@ def test_resume_after_ctrl_c_is_exact(photos, precision):
     with pytest.raises(InvalidInputError, match="augment_zoom") as refused:
         tune(cfg_b.with_(resume=True, augment_zoom=0.5))
     assert "ran with --augment-zoom 0.0" in refused.value.hint
+    with pytest.raises(InvalidInputError, match="zoom_in") as refused:
+        tune(cfg_b.with_(resume=True, zoom_in=1.5))
+    assert "ran with --zoom-in 0.0" in refused.value.hint
     with pytest.raises(InvalidInputError, match="zoom_places") as refused:
         tune(cfg_b.with_(resume=True, zoom_places=3))
     assert "ran with --zoom-places 1" in refused.value.hint
     with pytest.raises(InvalidInputError, match="photo_share") as refused:
         tune(cfg_b.with_(resume=True, photo_share=0.5))
     assert "ran with --photo-share 0.0" in refused.value.hint
-    # a checkpoint written before --augment-zoom (and --zoom-places, --photo-share, --ema) existed ran without it
+    # a checkpoint written before --augment-zoom (and --zoom-in, --zoom-places, --photo-share, --ema) existed ran without it
     state = json.loads((ckpt / "state.json").read_text())
     del state["config"]["augment_zoom"], state["config"]["zoom_places"], state["config"]["photo_share"]
+    del state["config"]["zoom_in"]
     del state["config"]["ema"]
     (ckpt / "state.json").write_text(json.dumps(state))
 
@@ -585,6 +589,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         assert json.loads(meta["config"])["lr"] == expected
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
+        assert json.loads(meta["config"])["zoom_in"] == 0.0
         assert json.loads(meta["config"])["drop_path"] == (0.0 if model == "toy" else None)
         assert json.loads(meta["config"])["ema"] == (0.99 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["subject_vectors"] == (8 if model == "toy" else 4)
@@ -606,6 +611,9 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
     assert res.losses != plain.losses  # other images in the steps
     shared = tune(config(photos, steps=2, augment=2, photo_share=0.75, prior=False, name="shared"))
     assert shared.losses != res.losses  # the photos drawn more often than their copies
+    grown = tune(config(photos, steps=2, zoom_in=1.5, prior=False, name="grown"))
+    assert grown.losses != plain.losses  # enlarged copies in the steps
+    assert json.loads(read_subject_header(Path(grown.subject))[0]["config"])["zoom_in"] == 1.5
     for bad in ({"augment": -1}, {"augment": 65}, {"augment_shift": 0.3}, {"augment_scale": -0.1}):
         with pytest.raises(ConfigError, match="--augment"):
             config(photos, **bad).validate()
