@@ -52,7 +52,7 @@ from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot
                                   read_checkpoint, read_state)
 from ..tuning.data import epoch_order, load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
-from ..tuning.memory import activation_bytes, plan_kept, recomputed_blocks
+from ..tuning.memory import activation_bytes, attention_only, plan_kept, probe_fits, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
 from ..tuning.optim import TuningAdamW
 from ..tuning.plateau import plateaued
@@ -693,18 +693,27 @@ class _Run:
         assert self.probe is not None and self.kept is not None
         tr = self.transformer
         depth = tr.cfg.depth
+        attention = kept_attention_bytes(self.step_rows, self.train_L, tr.cfg.embed_dim, tr.cfg.num_heads,
+                                         tr.compute_dtype.itemsize)
+        free, _ = self._gpu_room()
+        usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
         if len(self.probe) == 1:
             # step 1's own peak (compilation and first allocations included), apart from step 2's
             self.probe_peak = torch.cuda.max_memory_allocated(self.device)
             self.run_peak = max(self.run_peak or 0, self.probe_peak)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.ckpt_blocks = depth - 1
+            estimate = activation_bytes(self.step_rows, self.train_L, tr.cfg.embed_dim)
+            if probe_fits(estimate=estimate, peak=self.probe_peak, total=usable):
+                self.ckpt_blocks = depth - 1
+                return
+            # a 16 GB card: keeping even one block to measure it would run out of memory
+            self.kept.blocks = attention_only(depth, attention=attention, peak=self.probe_peak, total=usable)
+            self.probe = None
+            self.emit("note", {"message": f"--memory auto: too little GPU memory beside the step's peak to keep a "
+                                          f"block's activations; all {depth} blocks recompute them ({self.kept.blocks} "
+                                          f"keep their self-attention outputs, {attention / 2**30:.2f} GiB each)"})
             return
         per_block = max(self.probe[1] - self.probe[0], 1)
-        attention = kept_attention_bytes(self.step_rows, self.train_L, tr.cfg.embed_dim, tr.cfg.num_heads,
-                                         tr.compute_dtype.itemsize)
-        free, _ = self._gpu_room()
-        usable = free + torch.cuda.memory_reserved(self.device)  # what other processes hold is not ours
         # step 2's peak includes the block it kept: the plan places every kept block anew
         peak = max(self.probe_peak, torch.cuda.max_memory_allocated(self.device) - per_block)
         keep, self.kept.blocks = plan_kept(depth, per_block=per_block, attention=attention, peak=peak, total=usable)

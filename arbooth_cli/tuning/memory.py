@@ -21,6 +21,10 @@ from ..errors import ResourceError
 ACTIVATION_BYTES_PER_ELEMENT = 32
 #: share of the GPU's memory left free for what a step allocates besides the kept activations
 MARGIN_SHARE = 0.10
+#: ``auto``'s second step keeps one whole block to measure it, but only where the room beside the
+#: first step's peak holds this many times :func:`activation_bytes` (infinity-2b measured 4.07 GiB
+#: a block against the formula's 2.5): on a small card (or under --memory-limit) it would not fit
+PROBE_ROOM_FACTOR = 2
 
 Policy = Literal["auto", "low", "high"]
 
@@ -80,3 +84,16 @@ def plan_kept(depth: int, *, per_block: int, attention: int, peak: int, total: i
         return kept, 0
     kept = min(kept, with_attention)
     return kept, with_attention - kept
+
+
+def probe_fits(*, estimate: int, peak: int, total: int) -> bool:
+    """``auto`` after its first step: whether its second may keep one block's activations (about
+    ``estimate`` bytes, :func:`activation_bytes`) to measure them, beside the first step's ``peak``
+    within ``total`` less :data:`MARGIN_SHARE`."""
+    return int((1 - MARGIN_SHARE) * total) - peak >= PROBE_ROOM_FACTOR * estimate
+
+
+def attention_only(depth: int, *, attention: int, peak: int, total: int) -> int:
+    """``auto`` where a block could not be measured (:func:`probe_fits` false): every block
+    recomputes, and this many of them keep their self-attention outputs (:func:`plan_kept`'s rule)."""
+    return plan_kept(depth, per_block=total + 1, attention=attention, peak=peak, total=total)[1]

@@ -89,6 +89,25 @@ def test_auto_gives_every_block_its_attention_outputs_before_any_block_keeps_the
     assert plan_kept(32, per_block=per_block, attention=0, peak=13 * GiB, total=usable(5 * GiB)) == (1, 0)
 
 
+def test_auto_measures_a_block_only_where_keeping_one_fits():
+    """infinity-2b under --memory-limit 15 (a 16 GB card): the first step peaked at about 12.9 GiB,
+    and keeping one block (4.07 GiB measured) in the second step ran out of memory on an H100.
+    There auto keeps no block to measure and gives the room to attention outputs; under 24 GiB it
+    measures as before."""
+    from arbooth_cli.models.recompute import kept_attention_bytes
+    from arbooth_cli.tuning.memory import PROBE_ROOM_FACTOR, attention_only, probe_fits
+
+    estimate = activation_bytes(4, 10521, 2048)
+    assert PROBE_ROOM_FACTOR * estimate > 4.07 * GiB  # the gate holds the measured block
+    assert not probe_fits(estimate=estimate, peak=int(12.9 * GiB), total=15 * GiB)
+    assert probe_fits(estimate=estimate, peak=int(12.9 * GiB), total=24 * GiB)
+    att = kept_attention_bytes(4, 10521, 2048, 16, 2)
+    room = int((1 - MARGIN_SHARE) * 15 * GiB) - int(12.9 * GiB)
+    assert attention_only(32, attention=att, peak=int(12.9 * GiB), total=15 * GiB) == room // (att + att // 6) == 3
+    assert attention_only(32, attention=att, peak=14 * GiB, total=15 * GiB) == 0  # no room at all
+    assert attention_only(32, attention=att, peak=0, total=10**15) == 32  # never more than every block
+
+
 def test_kept_attention_outputs_change_no_number_and_skip_the_attention(monkeypatch):
     """The recomputed blocks that keep their self-attention outputs give the logits and gradients of
     plain recomputation bit for bit, and their backward pass runs only the text attention again;
