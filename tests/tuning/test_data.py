@@ -114,16 +114,20 @@ def test_a_zoomed_copy_shrinks_the_photo_about_its_centre_on_its_background():
     assert (shrunk[:, :16] == edge[:, None]).all()
 
 
-def test_zoomed_copies_say_the_smaller_size_where_captions_say_sizes():
+@pytest.mark.parametrize(("factor", "captions"), [(0.64, ["a small sks star on the left"]),
+                                                   (1.5, ["a large sks star at the top"])])
+def test_zoomed_copies_say_the_other_size_where_captions_say_sizes(factor, captions):
+    """Shrunk copies of the large views say small; enlarged copies (--zoom-in) of the small views
+    say large; without size words every photo gets a copy with its own caption."""
     from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
 
     px = np.full((16, 16, 3), 9, np.uint8)
     ims = [SubjectImage(Path("a.png"), "a large sks star on the left", px),
-           SubjectImage(Path("b.png"), "a small sks star at the top", px),
+           SubjectImage(Path("b.png"), "a Small sks star at the top", px),
            SubjectImage(Path("c.png"), "a photo of sks dog", px)]
-    toy = zoomed_copies(ims, 0.64, (("large", "small"),))
-    assert [im.caption for im in toy] == ["a small sks star on the left"]
-    real = zoomed_copies(ims, 0.64)
+    toy = zoomed_copies(ims, factor, (("large", "small"),))
+    assert [im.caption for im in toy] == captions
+    real = zoomed_copies(ims, factor)
     assert [im.caption for im in real] == [im.caption for im in ims]
 
 
@@ -148,19 +152,6 @@ def test_an_enlarged_copy_grows_about_its_point_and_moves_on_a_plain_background(
     assert grown.shape == stripes.shape and grown.flags.c_contiguous
     big = np.asarray(Image.fromarray(stripes).resize((200, 200), Image.Resampling.BICUBIC))
     assert np.array_equal(grown, big[50:150, 10:110])  # (10, 50) stays where it is; no margin to fill
-
-
-def test_enlarged_copies_say_the_larger_size_and_only_small_views_get_one():
-    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
-
-    px = np.full((16, 16, 3), 9, np.uint8)
-    ims = [SubjectImage(Path("a.png"), "a large sks star on the left", px),
-           SubjectImage(Path("b.png"), "a Small sks star at the top", px),
-           SubjectImage(Path("c.png"), "a photo of sks dog", px)]
-    toy = zoomed_copies(ims, 1.5, (("large", "small"),))
-    assert [im.caption for im in toy] == ["a large sks star at the top"]
-    real = zoomed_copies(ims, 1.5)
-    assert [im.caption for im in real] == [im.caption for im in ims]
 
 
 def test_a_zoomed_copy_about_a_point_keeps_that_point_in_place():
