@@ -437,9 +437,10 @@ class TuneConfig(_Checked):
     #: toy 0.64, others 0); on a model whose captions say sizes and places (toy) only photos of the
     #: larger size get a copy, captioned smaller and shrunk about the place the caption says
     augment_zoom: float | None = None
-    #: --zoom-in F: also train on each photo enlarged F times (> 1; 0: off; None: the model's, 0); on
-    #: a model whose captions say sizes (toy) only photos of the smaller size get one, captioned larger
-    #: and enlarged about the place the caption says (and moved as --zoom-places says)
+    #: --zoom-in F: also train on each photo enlarged F times (1 < F <= 4; 0: off; None: the model's,
+    #: toy 1.5625, others 0); on a model whose captions say sizes (toy) only photos of the smaller
+    #: size get one, captioned larger, enlarged about the place the caption says and moved as
+    #: --zoom-places says
     zoom_in: float | None = None
     #: --zoom-places N: zoomed copies of each photo at N places, its own first, then the next ones
     #: the model's captions name (a copy moves only on a plain background; None: the model's, 1
@@ -571,8 +572,8 @@ class TuneConfig(_Checked):
             out.append("--grad-checkpointing must be auto, on or off")
         if self.augment_zoom is not None and not 0 <= self.augment_zoom < 1:
             out.append("--augment-zoom must be in [0, 1) (0: off; 0.64 shrinks the photo to 64%)")
-        if self.zoom_in is not None and not (self.zoom_in == 0 or self.zoom_in > 1):
-            out.append("--zoom-in must be 0 (off) or above 1 (1.5 enlarges the photo to 150%)")
+        if self.zoom_in is not None and not (self.zoom_in == 0 or 1 < self.zoom_in <= 4):
+            out.append("--zoom-in must be 0 (off) or above 1 and at most 4 (1.5 enlarges the photo to 150%)")
         if self.zoom_places is not None and self.zoom_places < 1:
             out.append("--zoom-places must be >= 1 (1: each copy at its photo's own place)")
         if self.photo_share is not None and not 0 <= self.photo_share < 1:

@@ -484,7 +484,7 @@ class _Run:
         # --memory auto on a GPU: the recomputed blocks that keep their self-attention outputs
         self.kept = KeptAttention() if self.offload is not None and c.memory == "auto" else None
         # --memory auto on a GPU (where it keeps attention outputs) measures one block's activations
-        # in its first two steps
+        # in its first two steps, where keeping one fits
         self.probe_peak = 0  # the peak of its first step
         self.probe: list[int] | None = [] if self.kept is not None else None
         if self.probe is not None:  # the peak the probe reads is the training steps', not the pool's
@@ -689,7 +689,8 @@ class _Run:
             p.copy_(self.ema[n] / total)
 
     def _memory_probe_step(self) -> None:
-        """--memory auto: step 1 recomputes every block, step 2 keeps one; then choose."""
+        """--memory auto: step 1 recomputes every block, step 2 keeps one (if the room beside step 1's
+        peak allows); then choose."""
         assert self.probe is not None and self.kept is not None
         tr = self.transformer
         depth = tr.cfg.depth
@@ -706,7 +707,7 @@ class _Run:
             if probe_fits(estimate=estimate, peak=self.probe_peak, total=usable):
                 self.ckpt_blocks = depth - 1
                 return
-            # a 16 GB card: keeping even one block to measure it would run out of memory
+            # a 16 GB card: too little room beside step 1's peak to keep a block safely (probe_fits)
             self.kept.blocks = attention_only(depth, attention=attention, peak=self.probe_peak, total=usable)
             self.probe = None
             self.emit("note", {"message": f"--memory auto: too little GPU memory beside the step's peak to keep a "

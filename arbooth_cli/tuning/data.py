@@ -175,7 +175,8 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, f
     frame of the same size, about the point ``centre_xy`` (shares of the width and height: that
     point stays where it is, or lands on ``to_xy``); the margin takes the photo's border colour
     when one colour covers at least 2/3 of the border (a plain background), else the shrunk photo's
-    edges are extended (and then the copy cannot move: ValueError)."""
+    edges are extended, or the enlarged photo's window about the point is the frame (and then the
+    copy cannot move: ValueError)."""
     from PIL import Image
 
     H, W = pixels_HW3.shape[:2]
@@ -217,15 +218,20 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
                   position_words: tuple[tuple[str, float, float], ...] = (), *, places: int = 1,
                   place_phrase_re: str = "", place_phrase: str = "") -> list[SubjectImage]:
     """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
-    whose captions say sizes (toy: large, small): only photos whose caption has such a word get a
-    copy, captioned with the word replaced (``factor`` > 1: photos of the smaller word, enlarged and
-    captioned with the larger); without pairs every photo gets one with its own caption. ``position_words``: (word, x, y) of a model whose captions say where the subject is: a
-    photo shrinks about the point of the first such word its caption says, so the copy still
-    shows the place it says (others shrink about the centre). Words match whole, in any case.
+    whose captions say sizes (toy: large, small): only photos whose caption says such a word first
+    get a copy, captioned with the word replaced (``factor`` > 1: photos of the smaller word,
+    enlarged and captioned with the larger; a caption naming two places, two things, gets none,
+    since enlarging would push the second out of the frame); without pairs every photo gets one
+    with its own caption. ``position_words``: (word, x, y) of a model whose captions say where the
+    subject is: a photo shrinks (or grows) about the point of the first such word its caption says,
+    so the copy still shows the place it says (others about the centre). Words match whole, in any
+    case.
 
     ``places`` > 1 (with ``place_phrase_re`` and ``place_phrase``): a photo on a plain background
     also gets copies moved to the next ``places`` - 1 places of ``position_words`` after its own,
-    the caption's place phrase rewritten: small views at places no photo shows."""
+    the caption's place phrase rewritten: views at places no photo shows."""
+    if factor <= 0 or factor == 1:
+        raise ValueError(f"a zoomed copy needs a factor in (0, 1) or above 1, not {factor}")
     out = []
     order = [w for w, _, _ in position_words]
     point = {w: (x, y) for w, x, y in position_words}
@@ -233,8 +239,10 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
         caption = im.caption
         if size_words:
             said_size = dict(size_words) if factor < 1 else {b: a for a, b in size_words}
-            word = _first_of(list(said_size), caption)
-            if word is None:
+            # the first size word must be one this copy changes ("a small sks star, large stripes":
+            # the subject is small, and shrinking cannot make it smaller)
+            word = _first_of([w for pair in size_words for w in pair], caption)
+            if word not in said_size:
                 continue
             caption = re.sub(rf"\b{re.escape(word)}\b", said_size[word], caption, count=1, flags=re.IGNORECASE)
         # the place phrases the caption says (where the model says how it phrases one); else the
@@ -242,6 +250,8 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
         said = sorted(((m, w) for w in order if place_phrase_re
                        for m in re.finditer(place_phrase_re.format(word=re.escape(w)), caption, flags=re.IGNORECASE)),
                       key=lambda mw: mw[0].start())
+        if factor > 1 and len(said) > 1:
+            continue
         place = said[0][1] if said else _first_of(order, caption)
         centre = point.get(place, (0.5, 0.5)) if place else (0.5, 0.5)
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))

@@ -3,8 +3,8 @@
 Keeping a block's activations for the backward pass costs memory; recomputing them costs a second
 forward of the block. ``low`` recomputes every block (only each block's input is kept), ``high``
 none, and ``auto`` measures: its first step recomputes every block, its second keeps one block's
-activations, and the difference of what the two forwards left allocated is one block's
-activations; from the third step on the recomputed blocks keep their self-attention outputs and
+activations (where that fits: :func:`probe_fits`), and the difference of what the two forwards
+left allocated is one block's activations; from the third step on the recomputed blocks keep their self-attention outputs and
 as many blocks keep all their activations as the GPU's memory holds beside the peak so far
 (:func:`plan_kept`). The loss and the updates are the same whatever is recomputed
 (tests/tuning/test_memory.py).

@@ -106,6 +106,7 @@ def test_an_unknown_config_key_is_invalid_input(cli, photos, tmp_path):
     (["--token", "sks", "--class", "dog", "--zoom-places", "0"], 4, "--zoom-places must be >= 1"),
     (["--token", "sks", "--class", "dog", "--photo-share", "1"], 4, "--photo-share must be in [0, 1)"),
     (["--token", "sks", "--class", "dog", "--zoom-in", "0.5"], 4, "--zoom-in must be 0 (off) or above 1"),
+    (["--token", "sks", "--class", "dog", "--zoom-in", "10"], 4, "at most 4"),
 ])
 def test_bad_tune_options_exit_codes(cli, photos, args, code, needle):
     r = cli("tune", str(photos), *TINY, *args)

@@ -131,6 +131,28 @@ def test_zoomed_copies_say_the_other_size_where_captions_say_sizes(factor, capti
     assert [im.caption for im in real] == [im.caption for im in ims]
 
 
+def test_a_copy_is_made_only_where_the_first_size_said_is_the_one_it_changes():
+    """A caption's first size word is its subject's: "a small X, a large Y" gets an enlarged copy
+    but no shrunk one. A caption naming two places (two things) gets no enlarged copy: growing the
+    frame would push the second thing out of it while its caption still says it."""
+    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies
+
+    px = np.full((16, 16, 3), 9, np.uint8)
+    places = (("left", 0.25, 0.5), ("right", 0.75, 0.5))
+    phrase = dict(place_phrase_re=r"\b(?:on|at) the {word}\b", place_phrase="at the {word}")
+    sizes = (("large", "small"),)
+    mixed = [SubjectImage(Path("a.png"), "a small sks star, large stripes", px)]
+    assert zoomed_copies(mixed, 0.64, sizes) == []
+    assert [c.caption for c in zoomed_copies(mixed, 1.5, sizes)] == ["a large sks star, large stripes"]
+    two = [SubjectImage(Path("b.png"), "a small sks star on the left and a small circle on the right", px)]
+    assert zoomed_copies(two, 1.5, sizes, places, **phrase) == []
+    one = [SubjectImage(Path("c.png"), "a small sks star on the left", px)]
+    assert [c.caption for c in zoomed_copies(one, 1.5, sizes, places, **phrase)] == ["a large sks star on the left"]
+    for bad in (1.0, 0.0, -0.5):
+        with pytest.raises(ValueError, match="factor"):
+            zoomed_copies(one, bad, sizes)
+
+
 def test_an_enlarged_copy_grows_about_its_point_and_moves_on_a_plain_background():
     from arbooth_cli.tuning.data import zoomed_copy
 

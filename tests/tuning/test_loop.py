@@ -612,7 +612,7 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
     shared = tune(config(photos, steps=2, augment=2, photo_share=0.75, prior=False, name="shared"))
     assert shared.losses != res.losses  # the photos drawn more often than their copies
     grown = tune(config(photos, steps=2, zoom_in=1.5, prior=False, name="grown"))
-    assert grown.losses != plain.losses  # enlarged copies in the steps
+    assert grown.losses != plain.losses  # the enlarged copies join the steps (their pixels: test_data.py)
     assert json.loads(read_subject_header(Path(grown.subject))[0]["config"])["zoom_in"] == 1.5
     for bad in ({"augment": -1}, {"augment": 65}, {"augment_shift": 0.3}, {"augment_scale": -0.1}):
         with pytest.raises(ConfigError, match="--augment"):
