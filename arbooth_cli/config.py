@@ -438,7 +438,7 @@ class TuneConfig(_Checked):
     #: larger size get a copy, captioned smaller and shrunk about the place the caption says
     augment_zoom: float | None = None
     #: --zoom-in F: also train on each photo enlarged F times (1 < F <= 4; 0: off; None: the model's,
-    #: toy 1.5625, others 0); on a model whose captions say sizes (toy) only photos of the smaller
+    #: 0); on a model whose captions say sizes (toy) only photos of the smaller
     #: size get one, captioned larger, enlarged about the place the caption says and moved as
     #: --zoom-places says
     zoom_in: float | None = None

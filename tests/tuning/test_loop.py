@@ -589,7 +589,7 @@ def test_the_learning_rate_and_zoom_default_to_the_models_and_are_recorded(photo
         assert json.loads(meta["config"])["lr"] == expected
         assert json.loads(meta["config"])["augment_zoom"] == (0.64 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["zoom_places"] == (5 if model == "toy" else 1)
-        assert json.loads(meta["config"])["zoom_in"] == (1.5625 if model == "toy" else 0.0)
+        assert json.loads(meta["config"])["zoom_in"] == 0.0
         assert json.loads(meta["config"])["drop_path"] == (0.0 if model == "toy" else None)
         assert json.loads(meta["config"])["ema"] == (0.99 if model == "toy" else 0.0)
         assert json.loads(meta["config"])["subject_vectors"] == (8 if model == "toy" else 4)
