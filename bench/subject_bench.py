@@ -76,11 +76,35 @@ def make_subjects_file() -> None:
     tmp.replace(SUBJECTS_FILE)
 
 
+#: the benchmark's sets: development (tune every choice on it), held-out (scored once a change is
+#: final), and a second held-out set drawn after the first had informed a choice (`--add-held-out`)
+SETS = ("dev", "held-out", "held-out-2")
+#: subjects in a fresh held-out set
+FRESH = 12
+
+
+def add_held_out_set() -> None:
+    """Draw FRESH more subjects after the file's (the same seed and checks, distinct from all of them)
+    into a fresh held-out set, leaving the others as they are."""
+    doc = json.loads(SUBJECTS_FILE.read_text())
+    name = next((k for k in SETS if k not in doc), None)
+    if name is None:
+        raise SystemExit(f"{SUBJECTS_FILE.name} holds every set of {SETS}: add a name to SETS first")
+    dev, held = doc["dev"], doc["held-out"]
+    drawn = [d for pair in zip(dev, held) for d in pair] + [d for k in SETS[2:] if k in doc for d in doc[k]]
+    start = [procedural.subject_from_dict(d) for d in drawn]
+    new = procedural.make_subjects(len(start) + FRESH, doc["seed"], accept=carried_by_codec, start=start)[len(start):]
+    doc[name] = [procedural.subject_to_dict(s) for s in new]
+    tmp = SUBJECTS_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(SUBJECTS_FILE)
+
+
 @lru_cache(maxsize=1)
 def bench_subjects() -> dict:
-    """The benchmark's subjects: {"dev": [...], "held-out": [...]} from SUBJECTS_FILE."""
+    """The benchmark's subjects: {"dev": [...], "held-out": [...], ...} from SUBJECTS_FILE."""
     doc = json.loads(SUBJECTS_FILE.read_text())
-    return {k: [procedural.subject_from_dict(d) for d in doc[k]] for k in ("dev", "held-out")}
+    return {k: [procedural.subject_from_dict(d) for d in doc[k]] for k in SETS if k in doc}
 
 
 def prompts_for(subject) -> list[tuple[str, str]]:
@@ -229,7 +253,7 @@ def _mean(rows: list[dict], key: str) -> float:
 def table(rows: list[dict]) -> str:
     out = []
     for variant in sorted({r["variant"] for r in rows}, key=lambda v: (v != "default", v)):
-        for set_name in ("dev", "held-out"):
+        for set_name in SETS:
             sel = [r for r in rows if r["variant"] == variant and r["set"] == set_name]
             if not sel:
                 continue
@@ -255,7 +279,7 @@ def ablation_table(rows: list[dict]) -> str:
     mean over seeds), for runs on the same subjects and seeds as the default's."""
     out = ["| set | variant | changes | runs | fidelity | small | large | text | drift | base | lowest subject | tune s |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for set_name in ("dev", "held-out"):
+    for set_name in SETS:
         for variant in sorted({r["variant"] for r in rows if r["set"] == set_name}, key=lambda v: (v != "default", v)):
             sel = [r for r in rows if r["set"] == set_name and r["variant"] == variant]
             subjects = sorted({r["subject"] for r in sel})
@@ -269,7 +293,7 @@ def ablation_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("subject-bench.jsonl"))
-    ap.add_argument("--set", choices=("dev", "held-out"), default="dev")
+    ap.add_argument("--set", choices=SETS, default="dev")
     ap.add_argument("--quick", action="store_true", help=f"the first {QUICK} development subjects, seed 0")
     ap.add_argument("--subjects", nargs="+", default=None, help="only these subjects (names from the table)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -284,9 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--make-subjects", action="store_true", help=f"draw the subjects again into {SUBJECTS_FILE.name}")
+    ap.add_argument("--add-held-out", action="store_true",
+                    help=f"draw {FRESH} more subjects into a fresh held-out set (after the last one has informed a choice)")
     args = ap.parse_args(argv)
-    if args.make_subjects:
-        make_subjects_file()
+    if args.make_subjects or args.add_held_out:
+        make_subjects_file() if args.make_subjects else add_held_out_set()
         print(f"wrote {SUBJECTS_FILE}")
         return 0
     variants: dict[str, dict] = {}
@@ -302,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     done = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.exists() else []
     if not args.table_only:
         t0 = time.perf_counter()
+        if args.set not in bench_subjects():
+            ap.error(f"no set {args.set!r} in {SUBJECTS_FILE.name} yet: draw it with --add-held-out")
         subjects = bench_subjects()[args.set]
         seeds = args.seeds
         if args.quick:

@@ -8,7 +8,7 @@ and both sizes, and no earlier subject's detector finds it (nor its detector the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -91,18 +91,19 @@ def fresh_views(subject: Subject, rng: np.random.Generator, n_backgrounds: int =
 
 
 def make_subjects(n: int, seed: int = 0, *, tries_per_class: int = 8,
-                  accept: Callable[[Subject], bool] | None = None) -> list[Subject]:
-    """``n`` readable, mutually distinct procedural subjects (see the module docstring).
+                  accept: Callable[[Subject], bool] | None = None, start: Sequence[Subject] = ()) -> list[Subject]:
+    """``n`` readable, mutually distinct procedural subjects (see the module docstring); ``start``:
+    the first ones, drawn before with the same seed, so only the rest are drawn (distinct from them).
 
     Readable and distinct are judged by the exact detector of each pattern (``Subject.find``), not
     by the photo reader, so the reader can be validated on these subjects without bias. A family
     that no draw makes readable on a class (three rings on a cross's thin arms) moves on to the
     next class. ``accept``: a further test a candidate must pass (the benchmark asks that the model's
     tokenizer carries it)."""
-    out: list[Subject] = []
-    photos: list[list[np.ndarray]] = []
+    out: list[Subject] = list(start)
+    photos: list[list[np.ndarray]] = [[img for img, _ in subject_photos(s)] for s in start]
     families = list(FAMILIES)
-    for i in range(n):
+    for i in range(len(out), n):
         # pairs of subjects share a family, so alternate halves both cover every family; a family
         # with no acceptable subject gives its slot to the next one
         first = (i // 2) % len(families)

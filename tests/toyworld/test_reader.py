@@ -36,6 +36,15 @@ def test_procedural_subjects_are_deterministic_readable_and_distinct(made):
         assert not any(o.find(img).found for o in made if o is not s for img, _ in photos)
 
 
+def test_procedural_subjects_drawn_after_given_ones_are_the_same_draws(made):
+    """``start``: the first subjects of an earlier draw; only the rest are drawn, as a whole draw
+    would draw them (how the benchmark adds a fresh held-out set without touching the others)."""
+    rest = make_subjects(5, seed=7, start=made[:3])
+    assert rest[:3] == made[:3]
+    assert [(s.name, s.pattern, s.photo_backgrounds) for s in rest] == [(s.name, s.pattern, s.photo_backgrounds)
+                                                                       for s in made]
+
+
 def test_a_look_read_from_photos_finds_fresh_views_and_nothing_else(made):
     rng = np.random.default_rng(0)
     for s in made:

@@ -25,13 +25,31 @@ def test_the_fixed_subjects_are_distinct_readable_and_split_in_two(bench):
     everyone = sets["dev"] + sets["held-out"]
     assert len({s.name for s in everyone}) == 24 and len({(s.cls, s.pattern) for s in everyone}) == 24
     assert {s.cls for s in everyone} >= {"circle", "square", "triangle", "star", "heart", "diamond"}
-    for part in sets.values():  # both halves see two-colour splits, three bands, rings and checkers
+    for part in (sets["dev"], sets["held-out"]):  # both halves see two-colour splits, three bands, rings and checkers
         kinds = {(s.pattern.kind, len(s.pattern.colours)) for s in part}
         assert {("rows", 2), ("columns", 2), ("rings", 2), ("checker", 4)} <= kinds and any(n == 3 for _, n in kinds)
     for s in everyone:
         photos = subject_photos(s)
         assert all(s.find(img).found for img, _ in photos)
         assert any(a["size"] == "small" for _, a in photos) and any(len(a["background"]) == 2 for _, a in photos)
+
+
+def test_a_fresh_held_out_set_is_new_subjects_of_every_kind(bench):
+    """The second held-out set (drawn after the first had informed a choice): 12 subjects, none a
+    name or pattern of the first 24, each readable in its photos and its own detector blind to the
+    others' photos."""
+    sets = bench["bench_subjects"]()
+    fresh = sets["held-out-2"]
+    earlier = sets["dev"] + sets["held-out"]
+    assert len(fresh) == 12 and [int(s.name[:2]) for s in fresh] == list(range(25, 37))
+    assert not {(s.cls, s.pattern) for s in fresh} & {(s.cls, s.pattern) for s in earlier}
+    families = {s.name.split("-")[1] for s in fresh}  # two-colour splits, three parts, rings, checkers
+    assert {"rings", "checker"} <= families and families & {"rows", "columns", "diagonal", "antidiagonal"}
+    assert families & {"rows3", "columns3", "quadrants"}
+    for s in fresh:
+        photos = subject_photos(s)
+        assert all(s.find(img).found for img, _ in photos)
+        assert not any(o.find(img).found for o in earlier for img, _ in photos)
 
 
 def test_the_prompts_are_new_views_the_model_can_read(bench):
