@@ -108,6 +108,36 @@ def test_auto_measures_a_block_only_where_keeping_one_fits():
     assert attention_only(32, attention=att, peak=0, total=10**15) == 32  # never more than every block
 
 
+@pytest.mark.parametrize("limit_gib", [15, 24])
+def test_autos_first_step_keeps_a_block_to_measure_only_where_it_fits(monkeypatch, limit_gib):
+    """The run's own probe step (GPU memory calls stubbed with infinity-2b's sizes): under 15 GiB
+    the second step keeps no block and the plan is made at once (every block recomputes, some keep
+    their attention outputs); under 24 GiB the second step keeps one block to measure it."""
+    from types import SimpleNamespace
+
+    from arbooth_cli.jobs.tune import _Run
+    from arbooth_cli.models.recompute import KeptAttention
+
+    peak, reserved = int(12.9 * GiB), 14 * GiB
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: peak)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: reserved)
+    notes = []
+    cfg = SimpleNamespace(depth=32, embed_dim=2048, num_heads=16)
+    run = SimpleNamespace(probe=[int(8 * GiB)], kept=KeptAttention(), probe_peak=0, run_peak=0, ckpt_blocks=32,
+                          step_rows=4, train_L=10521, device="cuda",
+                          transformer=SimpleNamespace(cfg=cfg, compute_dtype=torch.bfloat16),
+                          _gpu_room=lambda: (limit_gib * GiB - reserved, limit_gib * GiB),
+                          emit=lambda kind, data: notes.append(data["message"]))
+    _Run._memory_probe_step(run)
+    assert run.probe_peak == peak == run.run_peak
+    if limit_gib == 15:
+        assert run.probe is None and run.ckpt_blocks == 32 and run.kept.blocks == 3
+        assert "too little GPU memory" in notes[0]
+    else:
+        assert run.probe == [int(8 * GiB)] and run.ckpt_blocks == 31 and notes == []
+
+
 def test_kept_attention_outputs_change_no_number_and_skip_the_attention(monkeypatch):
     """The recomputed blocks that keep their self-attention outputs give the logits and gradients of
     plain recomputation bit for bit, and their backward pass runs only the text attention again;
