@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _sweep
 
 from _sweep import run_rows  # noqa: E402
+from arbooth_cli.atomic import write_text_atomic  # noqa: E402
 from arbooth_cli.toyworld import procedural  # noqa: E402
 
 TOKEN = "sks"
@@ -69,11 +70,12 @@ SUBJECTS_FILE = Path(__file__).with_name("subject_bench_subjects.json")
 def make_subjects_file() -> None:
     """Draw the benchmark's subjects (procedural ones the toy tokenizer carries) and write them."""
     sets = procedural.bench_subjects(accept=carried_by_codec)
-    doc = {"seed": procedural.BENCH_SEED, "codec_min": CODEC_MIN,
-           **{k: [procedural.subject_to_dict(s) for s in v] for k, v in sets.items()}}
-    tmp = SUBJECTS_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(SUBJECTS_FILE)
+    _write_subjects_file({"seed": procedural.BENCH_SEED, "codec_min": CODEC_MIN,
+                          **{k: [procedural.subject_to_dict(s) for s in v] for k, v in sets.items()}})
+
+
+def _write_subjects_file(doc: dict) -> None:
+    write_text_atomic(SUBJECTS_FILE, json.dumps(doc, indent=1) + "\n")
 
 
 #: the benchmark's sets: development (tune every choice on it), held-out (scored once a change is
@@ -95,9 +97,7 @@ def add_held_out_set() -> None:
     start = [procedural.subject_from_dict(d) for d in drawn]
     new = procedural.make_subjects(len(start) + FRESH, doc["seed"], accept=carried_by_codec, start=start)[len(start):]
     doc[name] = [procedural.subject_to_dict(s) for s in new]
-    tmp = SUBJECTS_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(SUBJECTS_FILE)
+    _write_subjects_file(doc)
 
 
 @lru_cache(maxsize=1)
