@@ -446,6 +446,9 @@ class TuneConfig(_Checked):
     #: the model's captions name (a copy moves only on a plain background; None: the model's, 1
     #: where captions say no places)
     zoom_places: int | None = None
+    #: --move-places N: each photo on a plain background, at its own size, also moved to the next
+    #: N - 1 places the model's captions name (0: off; needs a model whose captions say places)
+    move_places: int = 0
     #: --photo-share F: the share of training draws that are the photos themselves rather than their
     #: augmented copies (0: every image alike; None: the model's)
     photo_share: float | None = None
@@ -576,6 +579,8 @@ class TuneConfig(_Checked):
             out.append("--zoom-in must be 0 (off) or above 1 and at most 4 (1.5 enlarges the photo to 150%)")
         if self.zoom_places is not None and self.zoom_places < 1:
             out.append("--zoom-places must be >= 1 (1: each copy at its photo's own place)")
+        if self.move_places < 0 or self.move_places == 1:
+            out.append("--move-places must be 0 (off) or at least 2 (its own place and the next)")
         if self.photo_share is not None and not 0 <= self.photo_share < 1:
             out.append("--photo-share must be in [0, 1) (0: photos and copies drawn alike)")
         if self.early_stop < 0:

@@ -50,7 +50,7 @@ from ..subjects.embedding import splice_subject, word_token_span
 from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
-from ..tuning.data import epoch_order, load_subject_images, to_tensor, with_augmented_copies, zoomed_copies
+from ..tuning.data import epoch_order, load_subject_images, moved_copies, to_tensor, with_augmented_copies, zoomed_copies
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, attention_only, plan_kept, probe_fits, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
@@ -222,6 +222,9 @@ class _Run:
         if config.train_scales is not None and config.train_scales > n:
             raise InvalidInputError(f"--train-scales {config.train_scales}: {self.spec.name} at {self.size} has {n} "
                                     f"scales", hint=f"pass 1 to {n}, or leave it out to train on every scale")
+        if config.move_places and not (self.spec.tuning.place_phrase_re and self.spec.tuning.position_words):
+            raise InvalidInputError(f"--move-places: {self.spec.name}'s captions say no places a photo could move to",
+                                    hint="leave --move-places out (it is for models whose captions say places, as toy's)")
         # --train-scales K: the forward and the loss stop after scale K; the attention is
         # block-causal, so the first K scales' logits are those of the whole forward
         self.train_L = sum(t * h * w for t, h, w in self.scales[: config.train_scales or n])
@@ -360,6 +363,9 @@ class _Run:
             if factor:
                 train += zoomed_copies(self.images, factor, t.size_words, t.position_words, places=c.zoom_places or 1,
                                        place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+        if c.move_places:
+            train += moved_copies(self.images, t.position_words, places=c.move_places,
+                                  place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]
         if c.flip:

@@ -182,7 +182,7 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, f
     H, W = pixels_HW3.shape[:2]
     h, w = max(1, round(H * factor)), max(1, round(W * factor))
     resample = Image.Resampling.BOX if factor <= 1 else Image.Resampling.BICUBIC
-    small = np.asarray(Image.fromarray(pixels_HW3).resize((w, h), resample))
+    small = pixels_HW3 if (h, w) == (H, W) else np.asarray(Image.fromarray(pixels_HW3).resize((w, h), resample))
     to_x, to_y = to_xy if to_xy is not None else centre_xy
     top, left = round(to_y * H - centre_xy[1] * h), round(to_x * W - centre_xy[0] * w)
     fill = plain_border(pixels_HW3)
@@ -245,22 +245,46 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
             if word not in said_size:
                 continue
             caption = re.sub(rf"\b{re.escape(word)}\b", said_size[word], caption, count=1, flags=re.IGNORECASE)
-        # the place phrases the caption says (where the model says how it phrases one); else the
-        # first place word
-        said = sorted(((m, w) for w in order if place_phrase_re
-                       for m in re.finditer(place_phrase_re.format(word=re.escape(w)), caption, flags=re.IGNORECASE)),
-                      key=lambda mw: mw[0].start())
+        said = _said_places(caption, order, place_phrase_re)
         if factor > 1 and len(said) > 1:
             continue
         place = said[0][1] if said else _first_of(order, caption)
         centre = point.get(place, (0.5, 0.5)) if place else (0.5, 0.5)
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
-        # it moves only when it says exactly one place (a caption naming two describes two things,
-        # and only the frame as a whole can move) on a plain background
-        if places <= 1 or len(said) != 1 or plain_border(im.pixels_HW3) is None:
-            continue
-        (m, _), k = said[0], order.index(place)
-        for other in (order[(k + i) % len(order)] for i in range(1, min(places, len(order)))):
-            moved = caption[: m.start()] + place_phrase.format(word=other) + caption[m.end():]
-            out.append(SubjectImage(im.path, moved, zoomed_copy(im.pixels_HW3, factor, centre, point[other])))
+        out += _moved(im, caption, factor, said, position_words, places, place_phrase)
     return out
+
+
+def _said_places(caption: str, order: list[str], place_phrase_re: str) -> list[tuple[re.Match, str]]:
+    """The place phrases ``caption`` says, in order (none where the model gives no phrase regex)."""
+    return sorted(((m, w) for w in order if place_phrase_re
+                   for m in re.finditer(place_phrase_re.format(word=re.escape(w)), caption, flags=re.IGNORECASE)),
+                  key=lambda mw: mw[0].start())
+
+
+def _moved(im: SubjectImage, caption: str, factor: float, said: list[tuple[re.Match, str]],
+           position_words: tuple[tuple[str, float, float], ...], places: int, place_phrase: str) -> list[SubjectImage]:
+    """Copies of ``im`` (resized by ``factor`` about its place) at the next ``places`` - 1 places
+    after the one ``caption`` says, the place phrase rewritten. Only a caption that says exactly one
+    place (two describe two things, and only the frame as a whole can move) on a plain background."""
+    if places <= 1 or len(said) != 1 or plain_border(im.pixels_HW3) is None:
+        return []
+    order = [w for w, _, _ in position_words]
+    point = {w: (x, y) for w, x, y in position_words}
+    (m, place), k = said[0], order.index(said[0][1])
+    out = []
+    for other in (order[(k + i) % len(order)] for i in range(1, min(places, len(order)))):
+        moved = caption[: m.start()] + place_phrase.format(word=other) + caption[m.end():]
+        out.append(SubjectImage(im.path, moved, zoomed_copy(im.pixels_HW3, factor, point[place], point[other])))
+    return out
+
+
+def moved_copies(images: list[SubjectImage], position_words: tuple[tuple[str, float, float], ...], *, places: int,
+                 place_phrase_re: str, place_phrase: str) -> list[SubjectImage]:
+    """Each photo, at its own size, moved to the next ``places`` - 1 places the model's captions name
+    after its own (``--move-places``): views of every size at places no photo shows it (on toy,
+    four large photos never show a large subject at the top). Same rules as ``zoomed_copies``'
+    moves: one place said, plain background."""
+    order = [w for w, _, _ in position_words]
+    return [c for im in images for c in _moved(im, im.caption, 1.0, _said_places(im.caption, order, place_phrase_re),
+                                               position_words, places, place_phrase)]

@@ -262,6 +262,32 @@ def test_zoomed_copies_at_more_places_rewrite_the_place_phrase():
     assert len(zoomed_copies(ims, 0.5, (("large", "small"),), places, places=3)) == 2  # no phrase: no move
 
 
+def test_moved_copies_are_the_renderers_own_views_at_the_other_places():
+    from arbooth_cli.specs.toy import TOY
+    from arbooth_cli.toyworld.procedural import make_subjects, render_subject
+    from arbooth_cli.tuning.data import SubjectImage, moved_copies
+
+    t = TOY.tuning
+    subject = make_subjects(1)[0]
+    bg = (subject.safe_backgrounds()[0],)
+    photo = render_subject(subject, position="bottom", size="large", background=bg)
+    striped = render_subject(subject, position="left", size="large", background=subject.safe_backgrounds()[:2])
+    ims = [SubjectImage(Path("a.png"), f"a large sks {subject.cls} at the bottom, {bg[0]} background", photo),
+           SubjectImage(Path("b.png"), f"a large sks {subject.cls} on the left, striped background", striped),
+           SubjectImage(Path("c.png"), f"a large sks {subject.cls} on the left and a small sks {subject.cls} "
+                                       f"on the right, {bg[0]} background", photo)]
+    phrase = dict(place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+    copies = moved_copies(ims, t.position_words, places=3, **phrase)
+    # the next two places after its own, in the model's order; the striped photo and the
+    # two-place caption do not move
+    assert [c.caption for c in copies] == [f"a large sks {subject.cls} at the center, {bg[0]} background",
+                                           f"a large sks {subject.cls} at the left, {bg[0]} background"]
+    for c, place in zip(copies, ("center", "left")):
+        assert np.array_equal(c.pixels_HW3, render_subject(subject, position=place, size="large", background=bg))
+    assert len(moved_copies(ims, t.position_words, places=9, **phrase)) == 4  # at most every other place
+    assert moved_copies(ims, t.position_words, places=3, place_phrase_re="", place_phrase="") == []
+
+
 def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
     import re
 

@@ -619,6 +619,19 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
             config(photos, **bad).validate()
 
 
+def test_moved_copies_join_a_toy_run_and_are_recorded(photos):
+    """--move-places N on a model whose captions say places: the photos' moved copies join the
+    steps (their pixels: test_data.py), and the subject's config records N."""
+    for i, place in enumerate(("on the left", "at the top", "in the center")):
+        (photos / f"photo{i}.txt").write_text(f"a large {{token}} {{cls}} {place}, red background\n", encoding="utf-8")
+    base = {"steps": 2, "prior": False, "model": "toy", "cls": "square"}
+    still = tune(config(photos, name="still", **base))
+    moved = tune(config(photos, name="moved", move_places=2, **base))
+    assert moved.losses != still.losses
+    assert json.loads(read_subject_header(Path(moved.subject))[0]["config"])["move_places"] == 2
+    assert json.loads(read_subject_header(Path(still.subject))[0]["config"])["move_places"] == 0
+
+
 def test_subject_vectors_start_at_zero_or_at_the_class_word(photos):
     """--subject-init class: every vector starts as the mean text feature of the class word's
     tokens; zero (the official start) otherwise. A tiny learning rate keeps them where they start."""
