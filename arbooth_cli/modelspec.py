@@ -174,6 +174,8 @@ class TuningDefaults:
     #: what a copy moved to another place (``--zoom-places``) says instead ("" : copies never move)
     place_phrase_re: str = ""
     place_phrase: str = ""
+    #: (other word, word of ``position_words``) its captions also use for a place ("in the middle")
+    place_aliases: tuple[tuple[str, str], ...] = ()
     #: ``--augment-zoom`` when the user does not say (0: off)
     augment_zoom: float = 0.0
     #: ``--zoom-in`` when the user does not say (0: off)

@@ -222,7 +222,8 @@ class _Run:
         if config.train_scales is not None and config.train_scales > n:
             raise InvalidInputError(f"--train-scales {config.train_scales}: {self.spec.name} at {self.size} has {n} "
                                     f"scales", hint=f"pass 1 to {n}, or leave it out to train on every scale")
-        if config.move_places and not (self.spec.tuning.place_phrase_re and self.spec.tuning.position_words):
+        if config.move_places and not (self.spec.tuning.place_phrase_re and self.spec.tuning.place_phrase
+                                       and self.spec.tuning.position_words):
             raise InvalidInputError(f"--move-places: {self.spec.name}'s captions say no places a photo could move to",
                                     hint="leave --move-places out (it is for models whose captions say places, as toy's)")
         # --train-scales K: the forward and the loss stop after scale K; the attention is
@@ -362,10 +363,15 @@ class _Run:
         for factor in (c.augment_zoom, c.zoom_in):  # of the photos themselves, not of their --augment copies
             if factor:
                 train += zoomed_copies(self.images, factor, t.size_words, t.position_words, places=c.zoom_places or 1,
-                                       place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+                                       place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase,
+                                       place_aliases=t.place_aliases)
         if c.move_places:
-            train += moved_copies(self.images, t.position_words, places=c.move_places,
-                                  place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase)
+            moved = moved_copies(self.images, t.position_words, places=c.move_places, place_phrase_re=t.place_phrase_re,
+                                 place_phrase=t.place_phrase, place_aliases=t.place_aliases)
+            if not moved:
+                self.emit("note", {"message": "--move-places: no photo could move (a photo moves when its background "
+                                              "is one colour and its caption says one place)"})
+            train += moved
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]
         if c.flip:

@@ -78,6 +78,8 @@ TOY = ModelSpec(
                           # every phrase of toyworld.scene._POS_PHRASES (a test checks)
                           place_phrase_re=r"\b(?:on|at|in|near) the {word}(?: side)?(?![\w-])",
                           place_phrase="at the {word}",
+                          # the world's "in the middle", and the parser's "centre"
+                          place_aliases=(("middle", "center"), ("centre", "center")),
                           # a large view shrunk to a small one (radius 0.14 of 0.22) where it stands:
                           # small views at places no photo shows them (docs/subject-benchmark.md)
                           augment_zoom=0.64,

@@ -182,7 +182,7 @@ def zoomed_copy(pixels_HW3: np.ndarray, factor: float, centre_xy: tuple[float, f
     H, W = pixels_HW3.shape[:2]
     h, w = max(1, round(H * factor)), max(1, round(W * factor))
     resample = Image.Resampling.BOX if factor <= 1 else Image.Resampling.BICUBIC
-    small = pixels_HW3 if (h, w) == (H, W) else np.asarray(Image.fromarray(pixels_HW3).resize((w, h), resample))
+    small = pixels_HW3.copy() if (h, w) == (H, W) else np.asarray(Image.fromarray(pixels_HW3).resize((w, h), resample))
     to_x, to_y = to_xy if to_xy is not None else centre_xy
     top, left = round(to_y * H - centre_xy[1] * h), round(to_x * W - centre_xy[0] * w)
     fill = plain_border(pixels_HW3)
@@ -216,7 +216,8 @@ def _first_of(words: list[str], caption: str) -> str | None:
 
 def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[tuple[str, str], ...] = (),
                   position_words: tuple[tuple[str, float, float], ...] = (), *, places: int = 1,
-                  place_phrase_re: str = "", place_phrase: str = "") -> list[SubjectImage]:
+                  place_phrase_re: str = "", place_phrase: str = "",
+                  place_aliases: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
     """A :func:`zoomed_copy` of each photo. ``size_words``: (word, smaller word) pairs of a model
     whose captions say sizes (toy: large, small): only photos whose caption says such a word first
     get a copy, captioned with the word replaced (``factor`` > 1: photos of the smaller word,
@@ -224,8 +225,9 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
     since enlarging would push the second out of the frame); without pairs every photo gets one
     with its own caption. ``position_words``: (word, x, y) of a model whose captions say where the
     subject is: a photo shrinks (or grows) about the point of the first such word its caption says,
-    so the copy still shows the place it says (others about the centre). Words match whole, in any
-    case.
+    so the copy still shows the place it says (others about the centre); ``place_aliases``: (other
+    word, word of ``position_words``) pairs its captions also use ("in the middle"). Words match
+    whole, in any case.
 
     ``places`` > 1 (with ``place_phrase_re`` and ``place_phrase``): a photo on a plain background
     also gets copies moved to the next ``places`` - 1 places of ``position_words`` after its own,
@@ -233,8 +235,8 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
     if factor <= 0 or factor == 1:
         raise ValueError(f"a zoomed copy needs a factor in (0, 1) or above 1, not {factor}")
     out = []
-    order = [w for w, _, _ in position_words]
     point = {w: (x, y) for w, x, y in position_words}
+    words = _place_words(position_words, place_aliases)
     for im in images:
         caption = im.caption
         if size_words:
@@ -245,19 +247,26 @@ def zoomed_copies(images: list[SubjectImage], factor: float, size_words: tuple[t
             if word not in said_size:
                 continue
             caption = re.sub(rf"\b{re.escape(word)}\b", said_size[word], caption, count=1, flags=re.IGNORECASE)
-        said = _said_places(caption, order, place_phrase_re)
+        said = _said_places(caption, words, place_phrase_re)
         if factor > 1 and len(said) > 1:
             continue
-        place = said[0][1] if said else _first_of(order, caption)
+        place = said[0][1] if said else words.get(_first_of(list(words), caption) or "")
         centre = point.get(place, (0.5, 0.5)) if place else (0.5, 0.5)
         out.append(SubjectImage(im.path, caption, zoomed_copy(im.pixels_HW3, factor, centre)))
         out += _moved(im, caption, factor, said, position_words, places, place_phrase)
     return out
 
 
-def _said_places(caption: str, order: list[str], place_phrase_re: str) -> list[tuple[re.Match, str]]:
-    """The place phrases ``caption`` says, in order (none where the model gives no phrase regex)."""
-    return sorted(((m, w) for w in order if place_phrase_re
+def _place_words(position_words: tuple[tuple[str, float, float], ...],
+                 place_aliases: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Every word the captions use for a place -> its word in ``position_words``."""
+    return {**{w: w for w, _, _ in position_words}, **dict(place_aliases)}
+
+
+def _said_places(caption: str, words: dict[str, str], place_phrase_re: str) -> list[tuple[re.Match, str]]:
+    """The place phrases ``caption`` says, in order, each with its place (none where the model gives
+    no phrase regex)."""
+    return sorted(((m, place) for w, place in words.items() if place_phrase_re
                    for m in re.finditer(place_phrase_re.format(word=re.escape(w)), caption, flags=re.IGNORECASE)),
                   key=lambda mw: mw[0].start())
 
@@ -280,11 +289,12 @@ def _moved(im: SubjectImage, caption: str, factor: float, said: list[tuple[re.Ma
 
 
 def moved_copies(images: list[SubjectImage], position_words: tuple[tuple[str, float, float], ...], *, places: int,
-                 place_phrase_re: str, place_phrase: str) -> list[SubjectImage]:
+                 place_phrase_re: str, place_phrase: str,
+                 place_aliases: tuple[tuple[str, str], ...] = ()) -> list[SubjectImage]:
     """Each photo, at its own size, moved to the next ``places`` - 1 places the model's captions name
     after its own (``--move-places``): views of every size at places no photo shows it (on toy,
     four large photos never show a large subject at the top). Same rules as ``zoomed_copies``'
     moves: one place said, plain background."""
-    order = [w for w, _, _ in position_words]
-    return [c for im in images for c in _moved(im, im.caption, 1.0, _said_places(im.caption, order, place_phrase_re),
+    words = _place_words(position_words, place_aliases)
+    return [c for im in images for c in _moved(im, im.caption, 1.0, _said_places(im.caption, words, place_phrase_re),
                                                position_words, places, place_phrase)]

@@ -295,31 +295,38 @@ def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
     from arbooth_cli.toyworld.scene import _POS_PHRASES
 
     t = TOY.tuning
+    words = {**{w: w for w, _, _ in t.position_words}, **dict(t.place_aliases)}  # "middle" is the center
     for word, phrases in _POS_PHRASES.items():
         for ph in phrases:
-            said = re.search(t.place_phrase_re.format(word=word), f"a large sks star {ph}, red background")
-            assert (said is not None) == (word in ph.split()), ph  # "in the middle" names no place word
+            said = [w for w in words if re.search(t.place_phrase_re.format(word=w), f"a large sks star {ph}, red background")]
+            assert len(said) == 1 and words[said[0]] == word, ph
         assert re.search(t.place_phrase_re.format(word=word), t.place_phrase.format(word=word))
 
 
 def test_a_caption_naming_two_places_or_none_keeps_its_copy_where_it_is():
     from arbooth_cli.specs.toy import TOY
-    from arbooth_cli.tuning.data import SubjectImage, zoomed_copies, zoomed_copy
+    from arbooth_cli.tuning.data import SubjectImage, moved_copies, zoomed_copies, zoomed_copy
 
     t = TOY.tuning
     img = np.zeros((64, 64, 3), np.uint8)
     img[:] = (0, 0, 255)
     img[20:40, 40:60] = (255, 0, 0)
 
+    phrase = dict(place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase, place_aliases=t.place_aliases)
+
     def copies(caption):
         return [c.caption for c in zoomed_copies([SubjectImage(Path("a.png"), caption, img)], 0.64, t.size_words,
-                                                 t.position_words, places=5, place_phrase_re=t.place_phrase_re,
-                                                 place_phrase=t.place_phrase)]
+                                                 t.position_words, places=5, **phrase)]
 
     assert copies("a large sks star at the right and a large red square on the left") == [
         "a small sks star at the right and a large red square on the left"]
     assert copies("a large sks star on the top-left") == ["a small sks star on the top-left"]
-    assert copies("a large sks star in the middle") == ["a small sks star in the middle"]
+    # "in the middle" is a place: alone it moves, beside another place (two things) it does not
+    assert copies("a large sks star in the middle")[:2] == ["a small sks star in the middle", "a small sks star at the left"]
+    two = "a large sks star in the middle and a small green square on the left"
+    assert copies(two) == ["a small sks star in the middle and a small green square on the left"]
+    assert moved_copies([SubjectImage(Path("a.png"), two, img)], t.position_words, places=5, **phrase) == []
+    assert len(copies("a large sks star in the centre, blue background")) == 5
     moved = copies("a top hat beside a large sks star on the left")  # the place phrase, not the word "top"
     assert moved[:2] == ["a top hat beside a small sks star on the left", "a top hat beside a small sks star at the right"]
     assert (zoomed_copy(img, 0.5, (0.75, 0.5), to_xy=(1.6, 0.5)) == (0, 0, 255)).all()  # wholly outside: background

@@ -621,10 +621,15 @@ def test_augmented_copies_train_with_the_photos_and_are_recorded(photos):
 
 def test_moved_copies_join_a_toy_run_and_are_recorded(photos):
     """--move-places N on a model whose captions say places: the photos' moved copies join the
-    steps (their pixels: test_data.py), and the subject's config records N."""
+    steps (their pixels: test_data.py), and the subject's config records N; where no photo can
+    move (no caption says a place), the run says so."""
+    base = {"steps": 1, "prior": False, "model": "toy", "cls": "square"}
+    events: list[tuple[str, dict]] = []
+    tune(config(photos, name="nowhere", move_places=2, **base), on_event=lambda k, d: events.append((k, d)))
+    assert any(k == "note" and d["message"].startswith("--move-places: no photo could move") for k, d in events)
     for i, place in enumerate(("on the left", "at the top", "in the center")):
         (photos / f"photo{i}.txt").write_text(f"a large {{token}} {{cls}} {place}, red background\n", encoding="utf-8")
-    base = {"steps": 2, "prior": False, "model": "toy", "cls": "square"}
+    base["steps"] = 2
     still = tune(config(photos, name="still", **base))
     moved = tune(config(photos, name="moved", move_places=2, **base))
     assert moved.losses != still.losses
