@@ -270,7 +270,7 @@ def test_moved_copies_are_the_renderers_own_views_at_the_other_places():
     t = TOY.tuning
     subject = make_subjects(1)[0]
     bg = (subject.safe_backgrounds()[0],)
-    photo = render_subject(subject, position="bottom", size="large", background=bg)
+    photo = render_subject(subject, position="bottom", size="large", background=bg, rng=np.random.default_rng(3))
     striped = render_subject(subject, position="left", size="large", background=subject.safe_backgrounds()[:2])
     ims = [SubjectImage(Path("a.png"), f"a large sks {subject.cls} at the bottom, {bg[0]} background", photo),
            SubjectImage(Path("b.png"), f"a large sks {subject.cls} on the left, striped background", striped),
@@ -282,9 +282,11 @@ def test_moved_copies_are_the_renderers_own_views_at_the_other_places():
     # two-place caption do not move
     assert [c.caption for c in copies] == [f"a large sks {subject.cls} at the center, {bg[0]} background",
                                            f"a large sks {subject.cls} at the left, {bg[0]} background"]
-    for c, place in zip(copies, ("center", "left")):
-        assert np.array_equal(c.pixels_HW3, render_subject(subject, position=place, size="large", background=bg))
-    assert len(moved_copies(ims, t.position_words, places=9, **phrase)) == 4  # at most every other place
+    every = moved_copies(ims, t.position_words, places=9, **phrase)  # at most every other place
+    assert [c.caption.split(" at the ")[1].split(",")[0] for c in every] == ["center", "left", "right", "top"]
+    for c, place in zip(every, ("center", "left", "right", "top")):  # the same jitter, moved whole
+        same = render_subject(subject, position=place, size="large", background=bg, rng=np.random.default_rng(3))
+        assert np.array_equal(c.pixels_HW3, same), place
     assert moved_copies(ims, t.position_words, places=3, place_phrase_re="", place_phrase="") == []
 
 
