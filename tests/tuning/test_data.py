@@ -294,9 +294,11 @@ def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
     import re
 
     from arbooth_cli.specs.toy import TOY
-    from arbooth_cli.toyworld.scene import _POS_PHRASES
+    from arbooth_cli.toyworld.scene import _POS_PHRASES, _POS_WORDS
 
     t = TOY.tuning
+    # the spec's literals (it loads without the toy world) are the caption parser's place words
+    assert dict(t.place_aliases) == {w: place for w, place in _POS_WORDS.items() if w != place}
     words = {**{w: w for w, _, _ in t.position_words}, **dict(t.place_aliases)}  # "middle" is the center
     for word, phrases in _POS_PHRASES.items():
         for ph in phrases:
