@@ -449,6 +449,10 @@ class TuneConfig(_Checked):
     #: --move-places N: each photo on a plain background, at its own size, also moved to the next
     #: N - 1 places the model's captions name (0: off; needs a model whose captions say places)
     move_places: int = 0
+    #: --recolour N: N copies of each training image on a plain background the caption names,
+    #: repainted in other colours the model's captions name (not the subject's own); 0: off; None:
+    #: the model's (needs a model whose captions name background colours)
+    recolour: int | None = None
     #: --photo-share F: the share of training draws that are the photos themselves rather than their
     #: augmented copies (0: every image alike; None: the model's)
     photo_share: float | None = None
@@ -581,6 +585,8 @@ class TuneConfig(_Checked):
             out.append("--zoom-places must be >= 1 (1: each copy at its photo's own place)")
         if self.move_places < 0 or self.move_places == 1:
             out.append("--move-places must be 0 (off) or at least 2 (its own place and the next)")
+        if self.recolour is not None and not 0 <= self.recolour <= 8:
+            out.append("--recolour must be from 0 (off) to 8 copies an image")
         if self.photo_share is not None and not 0 <= self.photo_share < 1:
             out.append("--photo-share must be in [0, 1) (0: photos and copies drawn alike)")
         if self.early_stop < 0:

@@ -176,6 +176,12 @@ class TuningDefaults:
     place_phrase: str = ""
     #: (other word, word of ``position_words``) its captions also use for a place ("in the middle")
     place_aliases: tuple[tuple[str, str], ...] = ()
+    #: (word, RGB) of the plain background colours its captions name, and how a caption says one: a
+    #: regex with ``{word}`` ("{word} background"); ``--recolour`` repaints photos in these colours
+    background_colours: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+    background_phrase_re: str = ""
+    #: ``--recolour`` when the user does not say (0: off)
+    recolour: int = 0
     #: ``--augment-zoom`` when the user does not say (0: off)
     augment_zoom: float = 0.0
     #: ``--zoom-in`` when the user does not say (0: off)

@@ -50,7 +50,8 @@ from ..subjects.embedding import splice_subject, word_token_span
 from ..subjects.words import fill, word_char_span
 from ..tuning.checkpoints import (CHECKPOINT_DIR, CheckpointWriter, HostSnapshot, checkpoint_writer, find_checkpoint,
                                   read_checkpoint, read_state)
-from ..tuning.data import epoch_order, load_subject_images, moved_copies, to_tensor, with_augmented_copies, zoomed_copies
+from ..tuning.data import (epoch_order, load_subject_images, moved_copies, recoloured_copies, to_tensor,
+                           with_augmented_copies, zoomed_copies)
 from ..tuning.losses import arbooth_loss, scale_weights, token_weights
 from ..tuning.memory import activation_bytes, attention_only, plan_kept, probe_fits, recomputed_blocks
 from ..tuning.lowrank import LowRankReport, compress
@@ -182,9 +183,9 @@ def _expandable_segments() -> None:
 
 #: TuneConfig fields that, unset (None), take the model's TuningDefaults value
 _MODEL_DEFAULTED = ("lr", "validation_prompts", "augment_zoom", "zoom_in", "zoom_places", "photo_share", "drop_path", "ema",
-                    "subject_vectors")
+                    "subject_vectors", "recolour")
 #: what a run checkpointed before the option existed ran with (its saved config has None)
-_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_in": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0}
+_BEFORE_OPTION = {"augment_zoom": 0.0, "zoom_in": 0.0, "zoom_places": 1, "photo_share": 0.0, "ema": 0.0, "recolour": 0}
 #: the model defaults that changed after some checkpoints were written (the options above, and two
 #: whose value was always recorded): a refused resume names the new default
 _NEWER_DEFAULTS = (*_BEFORE_OPTION, "drop_path", "subject_vectors")
@@ -226,6 +227,9 @@ class _Run:
                                        and self.spec.tuning.position_words):
             raise InvalidInputError(f"--move-places: {self.spec.name}'s captions say no places a photo could move to",
                                     hint="leave --move-places out (it is for models whose captions say places, as toy's)")
+        if config.recolour and not (self.spec.tuning.background_colours and self.spec.tuning.background_phrase_re):
+            raise InvalidInputError(f"--recolour: {self.spec.name}'s captions name no background colours to repaint in",
+                                    hint="leave --recolour out (it is for models whose captions name the background, as toy's)")
         # --train-scales K: the forward and the loss stop after scale K; the attention is
         # block-causal, so the first K scales' logits are those of the whole forward
         self.train_L = sum(t * h * w for t, h, w in self.scales[: config.train_scales or n])
@@ -372,6 +376,13 @@ class _Run:
                 self.emit("note", {"message": "--move-places: no photo could move (a photo moves when its background "
                                               "is one colour and its caption says one place)"})
             train += moved
+        if c.recolour:  # of every view so far: the zoomed and moved copies too
+            recoloured = recoloured_copies(train, t.background_colours, t.background_phrase_re, copies=c.recolour,
+                                           seed=c.seed)
+            if not recoloured:
+                self.emit("note", {"message": "--recolour: no photo could be repainted (a photo is repainted when its "
+                                              "background is one colour its caption names)"})
+            train += recoloured
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]
         if c.flip:

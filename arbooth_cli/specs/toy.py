@@ -80,6 +80,13 @@ TOY = ModelSpec(
                           place_phrase="at the {word}",
                           # the world's "in the middle", and the parser's "centre"
                           place_aliases=(("middle", "center"), ("centre", "center")),
+                          # the world's colours (toyworld.scene.COLOURS; a test checks) and its plain
+                          # background phrase, for --recolour
+                          background_colours=(("red", (220, 40, 40)), ("green", (40, 170, 60)), ("blue", (40, 80, 220)),
+                                              ("yellow", (240, 210, 40)), ("purple", (140, 60, 190)),
+                                              ("orange", (245, 140, 30)), ("white", (245, 245, 245)),
+                                              ("black", (25, 25, 25))),
+                          background_phrase_re=r"\b{word} background\b",
                           # a large view shrunk to a small one (radius 0.14 of 0.22) where it stands:
                           # small views at places no photo shows them (docs/subject-benchmark.md)
                           augment_zoom=0.64,

@@ -298,3 +298,80 @@ def moved_copies(images: list[SubjectImage], position_words: tuple[tuple[str, fl
     words = _place_words(position_words, place_aliases)
     return [c for im in images for c in _moved(im, im.caption, 1.0, _said_places(im.caption, words, place_phrase_re),
                                                position_words, places, place_phrase)]
+
+
+def recoloured_background(pixels_HW3: np.ndarray, old_rgb, new_rgb) -> np.ndarray:
+    """The photo with its plain background colour ``old_rgb`` repainted ``new_rgb``: pixels of that
+    exact colour take the new one, and each of the subject's edge pixels (a blend of a subject
+    colour and the background, from anti-aliasing or resampling) has its background share
+    repainted, so no ring of the old colour is left around the subject. The subject colour of a
+    blend is the neighbour (itself included) it lies between the background and, the farthest
+    from the background."""
+    px = pixels_HW3.astype(np.float64)
+    old, new = np.asarray(old_rgb, dtype=np.float64), np.asarray(new_rgb, dtype=np.float64)
+    is_bg = np.all(pixels_HW3 == np.asarray(old_rgb, dtype=pixels_HW3.dtype), axis=-1)
+    out = px.copy()
+    out[is_bg] = new
+    H, W = is_bg.shape
+    shifts = [(dy, dx) for dy in range(3) for dx in range(3)]
+    pad_bg = np.pad(is_bg, 1, constant_values=True)
+    edge = ~is_bg & np.any([pad_bg[dy:dy + H, dx:dx + W] for dy, dx in shifts], axis=0)
+    if not edge.any():
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    pad_px = np.pad(px, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    cand_KN3 = np.stack([pad_px[dy:dy + H, dx:dx + W][edge] for dy, dx in shifts]) - old  # subject colour - bg
+    valid_KN = ~np.stack([pad_bg[dy:dy + H, dx:dx + W][edge] for dy, dx in shifts])
+    p_N3 = px[edge] - old
+    alpha_KN = np.clip(np.einsum("nc,knc->kn", p_N3, cand_KN3) / np.maximum(np.einsum("knc,knc->kn", cand_KN3, cand_KN3), 1e-9), 0, 1)
+    resid_KN = np.linalg.norm(p_N3[None] - alpha_KN[..., None] * cand_KN3, axis=-1)
+    on_line_KN = valid_KN & (resid_KN <= 8.0)
+    reach_KN = np.linalg.norm(cand_KN3, axis=-1)
+    # among the neighbours the pixel lies between the background and, the farthest; else the nearest line
+    pick_N = np.where(on_line_KN.any(0), np.where(on_line_KN, reach_KN, -1.0).argmax(0),
+                      np.where(valid_KN, resid_KN, np.inf).argmin(0))
+    alpha_N = alpha_KN[pick_N, np.arange(len(pick_N))]
+    out[edge] = px[edge] + (1 - alpha_N)[:, None] * (new - old)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _subject_colours(pixels_HW3: np.ndarray, bg_rgb, colours: dict[str, np.ndarray], *, tol: float = 40.0,
+                     min_pixels: int = 3) -> set[str]:
+    """The named colours the photo shows besides its background (at least ``min_pixels`` pixels
+    within ``tol`` of the colour)."""
+    px = pixels_HW3.reshape(-1, 3).astype(np.float64)
+    px = px[~np.all(pixels_HW3.reshape(-1, 3) == np.asarray(bg_rgb, dtype=pixels_HW3.dtype), axis=-1)]
+    return {name for name, rgb in colours.items() if int((np.linalg.norm(px - rgb, axis=-1) <= tol).sum()) >= min_pixels}
+
+
+def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tuple[str, tuple[int, int, int]], ...],
+                      background_phrase_re: str, *, copies: int, seed: int) -> list[SubjectImage]:
+    """``copies`` copies of each image whose background is one colour the model's captions name
+    (``background_colours``: (word, RGB)), its caption saying that colour once in its background
+    phrase (``background_phrase_re``, a regex with ``{word}``), repainted in other named colours the
+    photo does not show (the subject's own colours excluded), the caption's colour word rewritten
+    (``--recolour``): views of the subject on backgrounds no photo shows. The colours are drawn
+    without repeats per image from a generator seeded by ``seed`` and the image's index."""
+    if copies <= 0 or not background_colours or not background_phrase_re:
+        return []
+    rgb = {w: np.asarray(c, dtype=np.float64) for w, c in background_colours}
+    out = []
+    for i, im in enumerate(images):
+        border = plain_border(im.pixels_HW3)
+        if border is None:
+            continue
+        said = [(m, w) for w in rgb for m in re.finditer(background_phrase_re.format(word=re.escape(w)), im.caption,
+                                                           flags=re.IGNORECASE)]
+        if len(said) != 1 or np.linalg.norm(border.astype(np.float64) - rgb[said[0][1]]) > 40:
+            continue  # the caption must name the one colour the border shows
+        (m, word), shown = said[0], _subject_colours(im.pixels_HW3, border, rgb)
+        free = [w for w in rgb if w != word and w not in shown]
+        if not free:
+            continue
+        order = np.random.default_rng([seed, i, 13]).permutation(len(free))
+        for k in order[:copies]:
+            new = free[int(k)]
+            at = m.start() + re.search(rf"\b{re.escape(word)}\b", m.group(0), flags=re.IGNORECASE).start()
+            caption = im.caption[:at] + new + im.caption[at + len(word):]
+            out.append(SubjectImage(im.path, caption, recoloured_background(im.pixels_HW3, border, rgb[new])))
+    return out
+

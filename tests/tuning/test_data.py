@@ -307,6 +307,70 @@ def test_the_toy_place_phrases_match_every_phrase_the_world_writes():
         assert re.search(t.place_phrase_re.format(word=word), t.place_phrase.format(word=word))
 
 
+def test_the_toy_background_colours_are_the_worlds():
+    import re
+
+    from arbooth_cli.specs.toy import TOY
+    from arbooth_cli.toyworld.scene import COLOURS, Background
+
+    t = TOY.tuning
+    assert dict(t.background_colours) == COLOURS  # the spec's literal (it loads without the toy world)
+    for c in COLOURS:
+        caption = f"a large sks star on the left, {Background((c,)).phrase()}"
+        assert [w for w in COLOURS if re.search(t.background_phrase_re.format(word=w), caption)] == [c]
+        striped = f"a large sks star on the left, {Background((c, 'red' if c != 'red' else 'blue')).phrase()}"
+        assert not [w for w in COLOURS if re.search(t.background_phrase_re.format(word=w), striped)]
+
+
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_a_recoloured_photo_is_the_renderers_view_on_the_other_background(size):
+    from arbooth_cli.toyworld.procedural import make_subjects, render_subject
+    from arbooth_cli.toyworld.scene import COLOURS
+    from arbooth_cli.tuning.data import recoloured_background, zoomed_copy
+
+    for subject in make_subjects(6):
+        a, b = subject.safe_backgrounds()[:2]
+        photo = render_subject(subject, position="bottom", size=size, background=(a,), rng=np.random.default_rng(3))
+        same = render_subject(subject, position="bottom", size=size, background=(b,), rng=np.random.default_rng(3))
+        diff = np.abs(recoloured_background(photo, COLOURS[a], COLOURS[b]).astype(int) - same).max(-1)
+        # the edge blends are mixed again with the new colour: no ring of the old one is left;
+        # only a pixel where two of the subject's colours meet the edge is off (its blend has three)
+        assert (diff > 2).sum() <= 8, subject.name
+        shrunk = [zoomed_copy(im, 0.64, (0.5, 0.75)) for im in (photo, same)]  # box-filtered edges: blends too
+        diff = np.abs(recoloured_background(shrunk[0], COLOURS[a], COLOURS[b]).astype(int) - shrunk[1]).max(-1)
+        assert (diff > 2).sum() <= 8, subject.name
+        ring = recoloured_background(photo, COLOURS[a], COLOURS[a])
+        assert np.abs(ring.astype(int) - photo).max() <= 1  # repainting in the same colour changes nothing
+
+
+def test_recoloured_copies_rewrite_the_colour_and_never_take_the_subjects():
+    from arbooth_cli.tuning.data import SubjectImage, recoloured_copies
+
+    colours = (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255)), ("white", (255, 255, 255)))
+    phrase = r"\b{word} background\b"
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    img[10:30, 10:20] = (255, 0, 0)  # a red and green subject on blue
+    img[10:30, 20:30] = (0, 255, 0)
+    stripes = img.copy()
+    stripes[::4] = (255, 255, 255)
+    ims = [SubjectImage(Path("a.png"), "a large sks square on the left, Blue background", img),
+           SubjectImage(Path("b.png"), "a large sks square, blue and white striped background", stripes),
+           SubjectImage(Path("c.png"), "a large sks square, white background", img),  # not what it shows
+           SubjectImage(Path("d.png"), "a photo of sks square", img)]  # names no colour
+    (copy,) = recoloured_copies(ims, colours, phrase, copies=1, seed=0)
+    assert copy.caption == "a large sks square on the left, white background"  # the one colour it may take
+    assert (copy.pixels_HW3[0, 0] == 255).all() and np.array_equal(copy.pixels_HW3[10:30, 10:30], img[10:30, 10:30])
+    assert len(recoloured_copies(ims, colours, phrase, copies=5, seed=0)) == 1  # no colour twice
+    assert recoloured_copies(ims, colours, phrase, copies=0, seed=0) == []
+    assert recoloured_copies(ims, (), "", copies=1, seed=0) == []  # captions that name no colours
+    wide = (*colours, ("black", (0, 0, 0)), ("purple", (128, 0, 128)))
+    drawn = [[c.caption.split(", ")[1] for c in recoloured_copies(ims[:1], wide, phrase, copies=2, seed=s)]
+             for s in range(6)]
+    assert all(len(set(d)) == 2 and "blue background" not in d and "red background" not in d for d in drawn)
+    assert len({tuple(d) for d in drawn}) > 1  # the seed picks the colours
+
+
 def test_a_caption_naming_two_places_or_none_keeps_its_copy_where_it_is():
     from arbooth_cli.specs.toy import TOY
     from arbooth_cli.tuning.data import SubjectImage, moved_copies, zoomed_copies, zoomed_copy

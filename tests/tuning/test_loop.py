@@ -637,6 +637,25 @@ def test_moved_copies_join_a_toy_run_and_are_recorded(photos):
     assert json.loads(read_subject_header(Path(still.subject))[0]["config"])["move_places"] == 0
 
 
+def test_recoloured_copies_join_a_toy_run_and_are_recorded(photos):
+    """--recolour N on a model whose captions name background colours: the repainted copies join
+    the steps (their pixels: test_data.py) and the subject's config records N; where no caption
+    names its photo's background colour, the run says so."""
+    base = {"steps": 1, "prior": False, "model": "toy", "cls": "square"}
+    events: list[tuple[str, dict]] = []
+    tune(config(photos, name="unnamed", recolour=1, **base), on_event=lambda k, d: events.append((k, d)))
+    assert any(k == "note" and d["message"].startswith("--recolour: no photo could be repainted") for k, d in events)
+    for i, colour in enumerate(("red", "green", "blue")):  # make_photos' backgrounds, in the toy's words
+        (photos / f"photo{i}.txt").write_text(f"a large {{token}} {{cls}} on the left, {colour} background\n",
+                                              encoding="utf-8")
+    base["steps"] = 2
+    plain = tune(config(photos, name="plain", **base))
+    painted = tune(config(photos, name="painted", recolour=1, **base))
+    assert painted.losses != plain.losses
+    assert json.loads(read_subject_header(Path(painted.subject))[0]["config"])["recolour"] == 1
+    assert json.loads(read_subject_header(Path(plain.subject))[0]["config"])["recolour"] == 0  # toy's default
+
+
 def test_subject_vectors_start_at_zero_or_at_the_class_word(photos):
     """--subject-init class: every vector starts as the mean text feature of the class word's
     tokens; zero (the official start) otherwise. A tiny learning rate keeps them where they start."""
