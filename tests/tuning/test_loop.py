@@ -96,7 +96,7 @@ def test_a_run_saves_the_selected_tensors_and_provenance(photos, tiny_model):
                          augment_zoom=TINY_INFINITY.tuning.augment_zoom, zoom_in=TINY_INFINITY.tuning.zoom_in,
                          zoom_places=TINY_INFINITY.tuning.zoom_places,
                          photo_share=TINY_INFINITY.tuning.photo_share, ema=TINY_INFINITY.tuning.ema,
-                         subject_vectors=TINY_INFINITY.tuning.subject_vectors)
+                         subject_vectors=TINY_INFINITY.tuning.subject_vectors, recolour=TINY_INFINITY.tuning.recolour)
     assert json.loads(meta["config"]) == json.loads(json.dumps(recorded.to_dict()))
     assert json.loads(meta["photos"]) == ["photo0.png", "photo1.png", "photo2.png"]
 
