@@ -449,7 +449,7 @@ class TuneConfig(_Checked):
     #: --move-places N: each photo on a plain background, at its own size, also moved to the next
     #: N - 1 places the model's captions name (0: off; needs a model whose captions say places)
     move_places: int = 0
-    #: --recolour N: N copies of each training image on a plain background the caption names,
+    #: --recolour N: N copies of each photo (and its shrunk and moved copies) on a plain background the caption names,
     #: repainted in other colours the model's captions name (not the subject's own); 0: off; None:
     #: the model's (needs a model whose captions name background colours)
     recolour: int | None = None

@@ -205,6 +205,7 @@ class _Run:
     def __init__(self, config: TuneConfig, resolved: ResolvedModel, emit: EventFn,
                  components: Components | None = None) -> None:
         self.spec = resolved.spec
+        self._recolour_asked = config.recolour is not None  # a model's default says nothing when it finds no view
         # the model's defaults for what is not set, recorded in checkpoints and the subject's metadata
         config = config.with_(**{k: getattr(self.spec.tuning, k) for k in _MODEL_DEFAULTED
                                  if getattr(config, k) is None and getattr(self.spec.tuning, k) is not None})
@@ -364,11 +365,16 @@ class _Run:
         train = with_augmented_copies(self.images, c.augment, shift=c.augment_shift, scale=c.augment_scale,
                                       seed=c.seed) if c.augment else list(self.images)
         t = self.spec.tuning
+        # the views --recolour repaints: the photos and their shrunk and moved copies, whose blends
+        # with the background are one pixel wide (not the enlarged or --augment copies: wider)
+        repaintable = list(self.images)
         for factor in (c.augment_zoom, c.zoom_in):  # of the photos themselves, not of their --augment copies
             if factor:
-                train += zoomed_copies(self.images, factor, t.size_words, t.position_words, places=c.zoom_places or 1,
+                zoomed = zoomed_copies(self.images, factor, t.size_words, t.position_words, places=c.zoom_places or 1,
                                        place_phrase_re=t.place_phrase_re, place_phrase=t.place_phrase,
                                        place_aliases=t.place_aliases)
+                train += zoomed
+                repaintable += zoomed if factor < 1 else []
         if c.move_places:
             moved = moved_copies(self.images, t.position_words, places=c.move_places, place_phrase_re=t.place_phrase_re,
                                  place_phrase=t.place_phrase, place_aliases=t.place_aliases)
@@ -376,12 +382,14 @@ class _Run:
                 self.emit("note", {"message": "--move-places: no photo could move (a photo moves when its background "
                                               "is one colour and its caption says one place)"})
             train += moved
-        if c.recolour:  # of every view so far: the zoomed and moved copies too
-            recoloured = recoloured_copies(train, t.background_colours, t.background_phrase_re, copies=c.recolour,
-                                           seed=c.seed)
-            if not recoloured:
-                self.emit("note", {"message": "--recolour: no photo could be repainted (a photo is repainted when its "
-                                              "background is one colour its caption names)"})
+            repaintable += moved
+        if c.recolour:
+            recoloured = recoloured_copies(repaintable, t.background_colours, t.background_phrase_re,
+                                           copies=c.recolour, seed=c.seed)
+            if not recoloured and self._recolour_asked:
+                self.emit("note", {"message": "--recolour: no view could be repainted (a view is repainted when its "
+                                              "background is one colour its caption names and another named colour "
+                                              "is not the subject's)"})
             train += recoloured
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]

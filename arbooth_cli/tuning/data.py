@@ -326,9 +326,9 @@ def recoloured_background(pixels_HW3: np.ndarray, old_rgb, new_rgb) -> np.ndarra
     resid_KN = np.linalg.norm(p_N3[None] - alpha_KN[..., None] * cand_KN3, axis=-1)
     on_line_KN = valid_KN & (resid_KN <= 8.0)
     reach_KN = np.linalg.norm(cand_KN3, axis=-1)
-    # among the neighbours the pixel lies between the background and, the farthest; else the nearest line
-    pick_N = np.where(on_line_KN.any(0), np.where(on_line_KN, reach_KN, -1.0).argmax(0),
-                      np.where(valid_KN, resid_KN, np.inf).argmin(0))
+    # among the neighbours the pixel lies between the background and, the farthest (the pixel
+    # itself always qualifies: alpha 1, nothing repainted)
+    pick_N = np.where(on_line_KN, reach_KN, -1.0).argmax(0)
     alpha_N = alpha_KN[pick_N, np.arange(len(pick_N))]
     out[edge] = px[edge] + (1 - alpha_N)[:, None] * (new - old)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -337,10 +337,16 @@ def recoloured_background(pixels_HW3: np.ndarray, old_rgb, new_rgb) -> np.ndarra
 def _subject_colours(pixels_HW3: np.ndarray, bg_rgb, colours: dict[str, np.ndarray], *, tol: float = 40.0,
                      min_pixels: int = 3) -> set[str]:
     """The named colours the photo shows besides its background (at least ``min_pixels`` pixels
-    within ``tol`` of the colour)."""
+    within ``tol`` of the colour; a blend near a colour counts, so it errs towards leaving a colour
+    out)."""
     px = pixels_HW3.reshape(-1, 3).astype(np.float64)
     px = px[~np.all(pixels_HW3.reshape(-1, 3) == np.asarray(bg_rgb, dtype=pixels_HW3.dtype), axis=-1)]
     return {name for name, rgb in colours.items() if int((np.linalg.norm(px - rgb, axis=-1) <= tol).sum()) >= min_pixels}
+
+
+def _same_case(word: str, like: str) -> str:
+    """``word`` in the case of ``like`` (all capitals, a capital first, else as it is)."""
+    return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
 
 
 def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tuple[str, tuple[int, int, int]], ...],
@@ -368,10 +374,11 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
         if not free:
             continue
         order = np.random.default_rng([seed, i, 13]).permutation(len(free))
+        at = m.start() + re.search(rf"\b{re.escape(word)}\b", m.group(0), flags=re.IGNORECASE).start()
+        said_word = im.caption[at:at + len(word)]
         for k in order[:copies]:
             new = free[int(k)]
-            at = m.start() + re.search(rf"\b{re.escape(word)}\b", m.group(0), flags=re.IGNORECASE).start()
-            caption = im.caption[:at] + new + im.caption[at + len(word):]
+            caption = im.caption[:at] + _same_case(new, said_word) + im.caption[at + len(word):]
             out.append(SubjectImage(im.path, caption, recoloured_background(im.pixels_HW3, border, rgb[new])))
     return out
 

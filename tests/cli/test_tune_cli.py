@@ -108,6 +108,7 @@ def test_an_unknown_config_key_is_invalid_input(cli, photos, tmp_path):
     (["--token", "sks", "--class", "dog", "--move-places", "-1"], 4, "--move-places must be 0 (off) or at least 2"),
     (["--token", "sks", "--class", "dog", "--move-places", "2"], 4, "captions say no places"),
     (["--token", "sks", "--class", "dog", "--recolour", "9"], 4, "--recolour must be from 0 (off) to 8"),
+    (["--token", "sks", "--class", "dog", "--recolour", "-1"], 4, "--recolour must be from 0 (off) to 8"),
     (["--token", "sks", "--class", "dog", "--recolour", "1"], 4, "captions name no background colours"),
     (["--token", "sks", "--class", "dog", "--photo-share", "1"], 4, "--photo-share must be in [0, 1)"),
     (["--token", "sks", "--class", "dog", "--zoom-in", "0.5"], 4, "--zoom-in must be 0 (off) or above 1"),

@@ -359,10 +359,13 @@ def test_recoloured_copies_rewrite_the_colour_and_never_take_the_subjects():
            SubjectImage(Path("c.png"), "a large sks square, white background", img),  # not what it shows
            SubjectImage(Path("d.png"), "a photo of sks square", img)]  # names no colour
     (copy,) = recoloured_copies(ims, colours, phrase, copies=1, seed=0)
-    assert copy.caption == "a large sks square on the left, white background"  # the one colour it may take
+    assert copy.caption == "a large sks square on the left, White background"  # the one colour it may take
     assert (copy.pixels_HW3[0, 0] == 255).all() and np.array_equal(copy.pixels_HW3[10:30, 10:30], img[10:30, 10:30])
     assert len(recoloured_copies(ims, colours, phrase, copies=5, seed=0)) == 1  # no colour twice
     assert recoloured_copies(ims, colours, phrase, copies=0, seed=0) == []
+    shout = SubjectImage(Path("e.png"), "a Blue sks square, BLUE background", img)  # the background's word only,
+    assert [c.caption for c in recoloured_copies([shout], colours, phrase, copies=1, seed=0)] == [
+        "a Blue sks square, WHITE background"]  # in its case
     assert recoloured_copies(ims, (), "", copies=1, seed=0) == []  # captions that name no colours
     wide = (*colours, ("black", (0, 0, 0)), ("purple", (128, 0, 128)))
     drawn = [[c.caption.split(", ")[1] for c in recoloured_copies(ims[:1], wide, phrase, copies=2, seed=s)]

@@ -644,7 +644,10 @@ def test_recoloured_copies_join_a_toy_run_and_are_recorded(photos):
     base = {"steps": 1, "prior": False, "model": "toy", "cls": "square"}
     events: list[tuple[str, dict]] = []
     tune(config(photos, name="unnamed", recolour=1, **base), on_event=lambda k, d: events.append((k, d)))
-    assert any(k == "note" and d["message"].startswith("--recolour: no photo could be repainted") for k, d in events)
+    assert any(k == "note" and d["message"].startswith("--recolour: no view could be repainted") for k, d in events)
+    events.clear()  # toy's default asks for nothing: no note for photos it cannot repaint
+    tune(config(photos, name="quiet", **base), on_event=lambda k, d: events.append((k, d)))
+    assert not any(k == "note" and d["message"].startswith("--recolour") for k, d in events)
     for i, colour in enumerate(("red", "green", "blue")):  # make_photos' backgrounds, in the toy's words
         (photos / f"photo{i}.txt").write_text(f"a large {{token}} {{cls}} on the left, {colour} background\n",
                                               encoding="utf-8")
@@ -722,11 +725,13 @@ def test_a_toy_checkpoint_from_before_its_new_defaults_resumes_only_with_what_it
     state = json.loads((ckpt / "state.json").read_text())
     assert state["config"]["drop_path"] == 0.0  # the new default, recorded
     assert state["config"]["ema"] == 0.99
+    assert state["config"]["recolour"] == 1
     state["config"]["drop_path"] = None
-    del state["config"]["ema"]
+    del state["config"]["ema"], state["config"]["recolour"]  # from before --recolour existed: it ran without
     (ckpt / "state.json").write_text(json.dumps(state))
-    with pytest.raises(InvalidInputError, match="drop_path, ema, subject_vectors") as refused:
+    with pytest.raises(InvalidInputError, match="drop_path, ema, recolour, subject_vectors") as refused:
         tune(cfg.with_(resume=True))
     assert "ran with --drop-path 0.1" in refused.value.hint and "ran with --ema 0.0" in refused.value.hint
     assert "ran with --subject-vectors 4 (the toy model's default is 8" in refused.value.hint
-    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0, subject_vectors=4)).resumed_from == 2
+    assert "ran with --recolour 0 (the toy model's default is 1" in refused.value.hint
+    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0, subject_vectors=4, recolour=0)).resumed_from == 2
