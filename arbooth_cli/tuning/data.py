@@ -316,8 +316,6 @@ def recoloured_background(pixels_HW3: np.ndarray, old_rgb, new_rgb) -> np.ndarra
     shifts = [(dy, dx) for dy in range(3) for dx in range(3)]
     pad_bg = np.pad(is_bg, 1, constant_values=True)
     edge = ~is_bg & np.any([pad_bg[dy:dy + H, dx:dx + W] for dy, dx in shifts], axis=0)
-    if not edge.any():
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
     pad_px = np.pad(px, ((1, 1), (1, 1), (0, 0)), mode="edge")
     cand_KN3 = np.stack([pad_px[dy:dy + H, dx:dx + W][edge] for dy, dx in shifts]) - old  # subject colour - bg
     valid_KN = ~np.stack([pad_bg[dy:dy + H, dx:dx + W][edge] for dy, dx in shifts])
@@ -374,7 +372,7 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
         if not free:
             continue
         order = np.random.default_rng([seed, i, 13]).permutation(len(free))
-        at = m.start() + re.search(rf"\b{re.escape(word)}\b", m.group(0), flags=re.IGNORECASE).start()
+        at = m.start() + _word_at(word, m.group(0))
         said_word = im.caption[at:at + len(word)]
         for k in order[:copies]:
             new = free[int(k)]

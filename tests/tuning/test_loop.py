@@ -640,7 +640,7 @@ def test_moved_copies_join_a_toy_run_and_are_recorded(photos):
 def test_recoloured_copies_join_a_toy_run_and_are_recorded(photos):
     """--recolour N on a model whose captions name background colours: the repainted copies join
     the steps (their pixels: test_data.py) and the subject's config records N; where no caption
-    names its photo's background colour, the run says so."""
+    names its photo's background colour, a run that asked for it says so."""
     base = {"steps": 1, "prior": False, "model": "toy", "cls": "square"}
     events: list[tuple[str, dict]] = []
     tune(config(photos, name="unnamed", recolour=1, **base), on_event=lambda k, d: events.append((k, d)))
