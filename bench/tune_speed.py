@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -80,6 +81,8 @@ def main() -> None:
     ap.add_argument("--compile", default="auto")
     ap.add_argument("--early-stop", type=int, default=0, help="stop on a plateau (as tune --early-stop P)")
     ap.add_argument("--train-scales", type=int, default=None, help="loss and compute on the first K scales only")
+    ap.add_argument("--trace", action="store_true",
+                    help="print each event (the first steps only) with the GPU memory then, to stderr")
     ap.add_argument("--step-peaks", action="store_true",
                     help="also report each training step's peak and what stays allocated between steps "
                          "(a device sync per step: leave it off for timings)")
@@ -117,13 +120,15 @@ def main() -> None:
         torch.cuda.synchronize()
     t_build = time.perf_counter() - t0
 
+    # a validation's time is measured from the event before it: a step event must come right before
+    log_every = math.gcd(10, args.validate_every or 10, args.checkpoint_every or 10)
     config = TuneConfig(photos=str(photos), token="sks", cls="dog", model=spec.name, steps=args.steps,
                         batch_size=args.batch_size, prior=not args.no_prior, prior_pool=args.prior_pool,
                         checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
                         optimizer_state=args.optimizer_state, grad_checkpointing=args.grad_checkpointing,
                         memory=args.memory, memory_limit=args.memory_limit, train_scales=args.train_scales, early_stop=args.early_stop,
                         compile=args.compile, save_rank=args.save_rank or 0,
-                        device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=10,
+                        device=str(dev), dtype="bf16" if dtype == torch.bfloat16 else "fp32", log_every=log_every,
                         overwrite=True)
     marks: dict[str, float] = {}
     steps: list[tuple[int, float]] = []
@@ -135,6 +140,10 @@ def main() -> None:
 
     def on_event(kind: str, data: dict) -> None:
         now = time.perf_counter()
+        if args.trace and (kind != "step" or data["step"] <= 3):  # where a failed run got to, and its memory then
+            mem = (f", {torch.cuda.memory_allocated(dev) / 2**30:.2f} GiB allocated, peak "
+                   f"{torch.cuda.max_memory_allocated(dev) / 2**30:.2f}" if dev.type == "cuda" else "")
+            print(f"[{now - t1:7.1f} s] {kind} {data.get('step', data.get('done', ''))}{mem}", file=sys.stderr, flush=True)
         if kind == "pool" and "pool_start" not in marks:
             marks["pool_start"] = last[0]
         if kind == "pool" and data["done"] == data["total"]:

@@ -157,12 +157,13 @@ class SamplingEngine:
             T += self.text_bucket - T % self.text_bucket
             text = TextCond(F.pad(text.feats_BTC, (0, 0, 0, T - text.feats_BTC.shape[1])), text.lens_B)
         cond = transformer.condition(text)
-        g = self._graphs
-        if g is None or not g.matches(transformer, cond.batch, T, scales, ops, shed, prune):
-            self._graphs = None  # free the old capture before making the new one
-            g = self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops, shed=shed, prune=prune)
-        g.start(cond)
-        return g.forward_scale
+        if self._graphs is None or not self._graphs.matches(transformer, cond.batch, T, scales, ops, shed, prune):
+            # the old capture (its key/value buffers and graph memory) is freed before the new one
+            # is made: no reference to it may outlive this line, or both are held at once
+            self._graphs = None
+            self._graphs = ScaleGraphs(transformer, cond.batch, T, scales, ops=ops, shed=shed, prune=prune)
+        self._graphs.start(cond)
+        return self._graphs.forward_scale
 
 
 class _EagerRunner:

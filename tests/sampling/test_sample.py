@@ -107,3 +107,45 @@ def test_cfg_until_scale_guides_the_first_scales_only(tiny):
     for bad in (0, n + 1, -1):
         with pytest.raises(InvalidInputError, match="--cfg-until-scale"):
             SamplingParams(cfg=4.0, cfg_until_scale=bad).per_scale(n)
+
+
+def test_a_new_capture_is_built_only_after_the_old_one_is_freed(monkeypatch):
+    """The engine keeps one set of CUDA graphs; a call of another batch size replaces it. The old
+    set (its key/value buffers) must be gone before the new one allocates, or both are held at
+    once: a prior pool drawn in batches of 3 then 1 ran out of memory under a 15 GiB cap."""
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    import arbooth_cli.sampling.sample as sample_mod
+    from arbooth_cli.models.text_encoder import TextCond
+
+    alive_at_build: list[bool] = []
+    last: list[weakref.ref] = []
+
+    class FakeGraphs:  # stands in for ScaleGraphs, which needs a CUDA device
+        def __init__(self, transformer, batch, text_len, scales, **kw):
+            gc.disable()  # only references, not the cycle collector, may free the old set
+            alive_at_build.append(bool(last) and last[-1]() is not None)
+            gc.enable()
+            last.append(weakref.ref(self))
+            self.batch = batch
+
+        def matches(self, transformer, batch, *args):
+            return batch == self.batch
+
+        def start(self, cond):
+            pass
+
+        def forward_scale(self, x=None):
+            return torch.zeros(1)
+
+    monkeypatch.setattr(sample_mod, "ScaleGraphs", FakeGraphs)
+    model = SimpleNamespace(device=torch.device("cuda"),
+                            condition=lambda text: SimpleNamespace(batch=text.batch))
+    engine = sample_mod.SamplingEngine(compile=False, text_bucket=0)
+    for batch in (3, 3, 1):
+        text = TextCond(torch.zeros(batch, 4, 8), torch.full((batch,), 4))
+        engine.scale_runner(model, text, ((1, 1, 1),))  # type: ignore[arg-type]
+    assert alive_at_build == [False, False]  # built twice (3, then 1); nothing alive either time
+    assert last[0]() is None and last[1]() is not None
