@@ -450,7 +450,8 @@ class TuneConfig(_Checked):
     #: N - 1 places the model's captions name (0: off; needs a model whose captions say places)
     move_places: int = 0
     #: --recolour N: N copies of each photo (and its shrunk and moved copies) on a plain background the caption names,
-    #: repainted in other colours the model's captions name (not the subject's own); 0: off; None:
+    #: repainted in colours the model's captions name that no photo shows as its plain background
+    #: (not the subject's own, nor one their blends look like); 0: off; None:
     #: the model's (needs a model whose captions name background colours)
     recolour: int | None = None
     #: --photo-share F: the share of training draws that are the photos themselves rather than their

@@ -10,7 +10,7 @@ Subjects (bench/subject_bench_subjects.json, made by ``--make-subjects`` with
 ``toyworld.procedural.bench_subjects``): 24 procedural subjects (two-colour splits along rows,
 columns and diagonals, three bands, rings, checkers, three-colour quadrants), alternately in a
 development and a held-out set, each one the toy tokenizer carries (``CODEC_MIN``); and fresh
-held-out sets drawn after them (``--add-held-out``: held-out-2, held-out-3). Each has five
+held-out sets drawn after them (``--add-held-out``: held-out-2, held-out-3, held-out-4). Each has five
 photos (one small view, one striped background) written as a user's photos folder.
 
 Each (subject, variant, seed) runs `arbooth tune` on the folder (the model's defaults, the
@@ -81,7 +81,7 @@ def _write_subjects_file(doc: dict) -> None:
 
 #: the benchmark's sets: development (tune every choice on it), held-out (scored once a change is
 #: final), and fresh held-out sets, each drawn (`--add-held-out`) once the one before had been scored
-SETS = ("dev", "held-out", "held-out-2", "held-out-3")
+SETS = ("dev", "held-out", "held-out-2", "held-out-3", "held-out-4")
 #: subjects in a fresh held-out set: a pair of every family, so the set spans the whole pattern
 #: language wherever the draws left off (twelve from the fourth subject pair on would skip the
 #: three-band families). held-out-2 was drawn with 12 before this rule.

@@ -388,8 +388,8 @@ class _Run:
                                            copies=c.recolour, seed=c.seed)
             if not recoloured and self._recolour_asked:
                 self.emit("note", {"message": "--recolour: no view could be repainted (a view is repainted when its "
-                                              "background is one colour its caption names and another named colour "
-                                              "is not the subject's)"})
+                                              "background is one colour its caption names, in a named colour no photo "
+                                              "shows as its background that is not the subject's nor looks like it)"})
             train += recoloured
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]

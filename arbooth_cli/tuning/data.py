@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,18 +348,35 @@ def _same_case(word: str, like: str) -> str:
     return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
 
 
+def _blend_lookalikes(subject: set[str], colours: dict[str, np.ndarray], *, tol: float = 60.0) -> set[str]:
+    """Named colours that a blend of two of the subject's colours is nearest to, within ``tol``
+    (orange between red and yellow, purple between red and blue): on such a background the
+    subject's inner edges read as background."""
+    names, rgb_K3 = list(colours), np.stack(list(colours.values()))
+    t_T1 = np.linspace(0.1, 0.9, 17)[:, None]
+    parts = sorted(subject)
+    out = set()
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            d_TK = np.linalg.norm((colours[a] * (1 - t_T1) + colours[b] * t_T1)[:, None] - rgb_K3, axis=-1)
+            out |= {names[k] for k, d in zip(d_TK.argmin(1), d_TK.min(1)) if d <= tol}
+    return out
+
+
 def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tuple[str, tuple[int, int, int]], ...],
                       background_phrase_re: str, *, copies: int, seed: int) -> list[SubjectImage]:
     """``copies`` copies of each image whose background is one colour the model's captions name
     (``background_colours``: (word, RGB)), its caption saying that colour once in its background
-    phrase (``background_phrase_re``, a regex with ``{word}``), repainted in other named colours the
-    photo does not show (the subject's own colours excluded), the caption's colour word rewritten
-    (``--recolour``): views of the subject on backgrounds no photo shows. The colours are drawn
-    without repeats per image from a generator seeded by ``seed`` and the image's index."""
+    phrase (``background_phrase_re``, a regex with ``{word}``), repainted in named colours no
+    image shows as its plain background, the caption's colour word rewritten (``--recolour``):
+    views of the subject on backgrounds no photo shows. The subject's own colours (those most such
+    images show) and the colours their blends look like are never taken. The free colours, in an
+    order drawn from ``seed``, are dealt to the images in turn, so each is used; an image gets
+    fewer copies when fewer colours are free, and none are made when no colour is free."""
     if copies <= 0 or not background_colours or not background_phrase_re:
         return []
     rgb = {w: np.asarray(c, dtype=np.float64) for w, c in background_colours}
-    out = []
+    plain = []  # (index, image, border RGB, the caption's match, its colour word)
     for i, im in enumerate(images):
         border = plain_border(im.pixels_HW3)
         if border is None:
@@ -367,15 +385,23 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
                                                            flags=re.IGNORECASE)]
         if len(said) != 1 or np.linalg.norm(border.astype(np.float64) - rgb[said[0][1]]) > 40:
             continue  # the caption must name the one colour the border shows
-        (m, word), shown = said[0], _subject_colours(im.pixels_HW3, border, rgb)
-        free = [w for w in rgb if w != word and w not in shown]
-        if not free:
-            continue
-        order = np.random.default_rng([seed, i, 13]).permutation(len(free))
+        plain.append((i, im, border, *said[0]))
+    # the subject's colours: those most views show (a view's edge blends with its background
+    # can look like another named colour, orange between red and yellow, but only in that view)
+    seen = Counter(c for _, im, border, _, _ in plain for c in _subject_colours(im.pixels_HW3, border, rgb))
+    subject = {c for c, n in seen.items() if 2 * n > len(plain)}
+    ruled_out = subject | _blend_lookalikes(subject, rgb) | {word for *_, word in plain}
+    free = [w for w in rgb if w not in ruled_out]
+    if not free:
+        return []
+    # the free colours in a seeded order, dealt to the views in turn, so that each is used
+    order = [free[int(k)] for k in np.random.default_rng([seed, 13]).permutation(len(free))]
+    out = []
+    for j, (i, im, border, m, word) in enumerate(plain):
         at = m.start() + _word_at(word, m.group(0))
         said_word = im.caption[at:at + len(word)]
-        for k in order[:copies]:
-            new = free[int(k)]
+        for k in range(min(copies, len(free))):
+            new = order[(j * copies + k) % len(free)]
             caption = im.caption[:at] + _same_case(new, said_word) + im.caption[at + len(word):]
             out.append(SubjectImage(im.path, caption, recoloured_background(im.pixels_HW3, border, rgb[new])))
     return out

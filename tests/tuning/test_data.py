@@ -374,6 +374,40 @@ def test_recoloured_copies_rewrite_the_colour_and_never_take_the_subjects():
     assert len({tuple(d) for d in drawn}) > 1  # the seed picks the colours
 
 
+def test_recoloured_copies_take_only_colours_no_photo_shows_and_the_subject_cannot_be_mistaken_for():
+    from arbooth_cli.tuning.data import SubjectImage, recoloured_copies
+
+    palette = {"red": (220, 40, 40), "yellow": (240, 210, 40), "orange": (245, 140, 30), "blue": (40, 80, 220),
+               "green": (40, 170, 60), "white": (245, 245, 245), "black": (25, 25, 25)}
+    phrase = r"\b{word} background\b"
+
+    def photo(bg: str) -> np.ndarray:
+        img = np.zeros((40, 40, 3), np.uint8)
+        img[:] = palette[bg]
+        img[10:20, 10:30] = palette["red"]  # a red over yellow subject
+        img[20:30, 10:30] = palette["yellow"]
+        return img
+
+    ims = [SubjectImage(Path(f"{bg}.png"), f"a large sks square, {bg} background", photo(bg)) for bg in ("blue", "green")]
+    drawn = recoloured_copies(ims, tuple(palette.items()), phrase, copies=3, seed=0)
+    # not blue or green (the photos show them), not red or yellow (the subject's), not orange (a
+    # red-yellow blend looks like it, so on orange the subject's middle would read as background);
+    # the two free colours are dealt to both photos
+    assert sorted(c.caption.split(", ")[1] for c in drawn) == ["black background", "black background",
+                                                               "white background", "white background"]
+    one_each = recoloured_copies(ims, tuple(palette.items()), phrase, copies=1, seed=0)
+    assert sorted(c.caption.split(", ")[1] for c in one_each) == ["black background", "white background"]
+    # a colour one view happens to show (a few black pixels on one of three photos) is not the subject's
+    odd = photo("white")
+    odd[10, 10:14] = palette["black"]
+    three = [*ims, SubjectImage(Path("w.png"), "a large sks square, white background", odd)]
+    assert {c.caption.split(", ")[1] for c in recoloured_copies(three, tuple(palette.items()), phrase, copies=1,
+                                                                seed=0)} == {"black background"}
+    every = [SubjectImage(Path(f"{bg}.png"), f"a large sks square, {bg} background", photo(bg))
+             for bg in ("blue", "green", "white", "black")]
+    assert recoloured_copies(every, tuple(palette.items()), phrase, copies=1, seed=0) == []  # none is left
+
+
 def test_a_caption_naming_two_places_or_none_keeps_its_copy_where_it_is():
     from arbooth_cli.specs.toy import TOY
     from arbooth_cli.tuning.data import SubjectImage, moved_copies, zoomed_copies, zoomed_copy

@@ -645,7 +645,7 @@ def test_recoloured_copies_join_a_toy_run_and_are_recorded(photos):
     events: list[tuple[str, dict]] = []
     tune(config(photos, name="unnamed", recolour=1, **base), on_event=lambda k, d: events.append((k, d)))
     assert any(k == "note" and d["message"].startswith("--recolour: no view could be repainted") for k, d in events)
-    events.clear()  # toy's default asks for nothing: no note for photos it cannot repaint
+    events.clear()  # toy's default (0) asks for nothing: no note
     tune(config(photos, name="quiet", **base), on_event=lambda k, d: events.append((k, d)))
     assert not any(k == "note" and d["message"].startswith("--recolour") for k, d in events)
     for i, colour in enumerate(("red", "green", "blue")):  # make_photos' backgrounds, in the toy's words
@@ -653,7 +653,7 @@ def test_recoloured_copies_join_a_toy_run_and_are_recorded(photos):
                                               encoding="utf-8")
     base["steps"] = 2
     plain = tune(config(photos, name="plain", recolour=0, **base))
-    painted = tune(config(photos, name="painted", **base))  # toy's default: one repainted copy a view
+    painted = tune(config(photos, name="painted", recolour=1, **base))
     assert painted.losses != plain.losses
     assert json.loads(read_subject_header(Path(painted.subject))[0]["config"])["recolour"] == 1
     assert json.loads(read_subject_header(Path(plain.subject))[0]["config"])["recolour"] == 0
@@ -710,8 +710,8 @@ def test_train_scales_stops_the_forward_and_the_loss_after_scale_k(photos, tiny_
 
 def test_a_toy_checkpoint_from_before_its_new_defaults_resumes_only_with_what_it_ran(photos):
     """A toy run recorded before toy's --drop-path default became 0, before --ema existed (its
-    config says none: the transformer's 0.1, no average) and before its --subject-vectors default
-    became 8 (it ran with 4) is refused under the new defaults with a hint naming what it ran
+    config says none: the transformer's 0.1, no average), before its --subject-vectors default
+    became 8 (it ran with 4) and while its --recolour default was 1 is refused under the new defaults with a hint naming what it ran
     with, and resumes when that is given."""
     cfg = config(photos, name="old-toy", model="toy", steps=4, prior=False)
 
@@ -725,13 +725,14 @@ def test_a_toy_checkpoint_from_before_its_new_defaults_resumes_only_with_what_it
     state = json.loads((ckpt / "state.json").read_text())
     assert state["config"]["drop_path"] == 0.0  # the new default, recorded
     assert state["config"]["ema"] == 0.99
-    assert state["config"]["recolour"] == 1
+    assert state["config"]["recolour"] == 0
     state["config"]["drop_path"] = None
-    del state["config"]["ema"], state["config"]["recolour"]  # from before --recolour existed: it ran without
+    del state["config"]["ema"]
+    state["config"]["recolour"] = 1  # toy's default for a while: the run repainted its views
     (ckpt / "state.json").write_text(json.dumps(state))
     with pytest.raises(InvalidInputError, match="drop_path, ema, recolour, subject_vectors") as refused:
         tune(cfg.with_(resume=True))
     assert "ran with --drop-path 0.1" in refused.value.hint and "ran with --ema 0.0" in refused.value.hint
     assert "ran with --subject-vectors 4 (the toy model's default is 8" in refused.value.hint
-    assert "ran with --recolour 0 (the toy model's default is 1" in refused.value.hint
-    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0, subject_vectors=4, recolour=0)).resumed_from == 2
+    assert "ran with --recolour 1 (the toy model's default is 0" in refused.value.hint
+    assert tune(cfg.with_(resume=True, drop_path=0.1, ema=0.0, subject_vectors=4, recolour=1)).resumed_from == 2
