@@ -451,7 +451,7 @@ class TuneConfig(_Checked):
     move_places: int = 0
     #: --recolour N: N copies of each photo (and its shrunk and moved copies) on a plain background the caption names,
     #: repainted in colours the model's captions name that no photo shows as its plain background
-    #: (not the subject's own, nor one their blends look like); 0: off; None:
+    #: (not one the subject or the view shows, nor one a blend of the subject's colours looks like); 0: off; None:
     #: the model's (needs a model whose captions name background colours)
     recolour: int | None = None
     #: --photo-share F: the share of training draws that are the photos themselves rather than their

@@ -389,7 +389,8 @@ class _Run:
             if not recoloured and self._recolour_asked:
                 self.emit("note", {"message": "--recolour: no view could be repainted (a view is repainted when its "
                                               "background is one colour its caption names, in a named colour no photo "
-                                              "shows as its background that is not the subject's nor looks like it)"})
+                                              "shows as its background, that neither the subject nor the view shows and no blend of the "
+                                              "subject's colours looks like)"})
             train += recoloured
         self.n_train, self.n_photos = len(train), len(self.images)
         captions = [im.caption for im in train]

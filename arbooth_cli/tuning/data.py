@@ -368,40 +368,51 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
     """``copies`` copies of each image whose background is one colour the model's captions name
     (``background_colours``: (word, RGB)), its caption saying that colour once in its background
     phrase (``background_phrase_re``, a regex with ``{word}``), repainted in named colours no
-    image shows as its plain background, the caption's colour word rewritten (``--recolour``):
-    views of the subject on backgrounds no photo shows. The subject's own colours (those most such
-    images show) and the colours their blends look like are never taken. The free colours, in an
-    order drawn from ``seed``, are dealt to the images in turn, so each is used; an image gets
-    fewer copies when fewer colours are free, and none are made when no colour is free."""
+    image shows as its plain background (captioned or not), the caption's colour word rewritten
+    (``--recolour``): views of the subject on backgrounds no photo shows. Never taken: the
+    subject's colours (those shown by most photos, each photo counted once however many of its
+    copies are given), the colours a blend of two of them is nearest to, and for each image any
+    colour that image itself shows. The free colours, in an order drawn from ``seed``, are dealt to
+    the images in turn (an image skips those it shows); an image gets fewer copies when fewer
+    colours are free for it, and none are made when no colour is free."""
     if copies <= 0 or not background_colours or not background_phrase_re:
         return []
     rgb = {w: np.asarray(c, dtype=np.float64) for w, c in background_colours}
-    plain = []  # (index, image, border RGB, the caption's match, its colour word)
+    names, rgb_K3 = list(rgb), np.stack(list(rgb.values()))
+    plain = []  # (index, image, border RGB, the caption's match, its colour word, the colours it shows)
+    backgrounds = set()  # the named colours of every plain background, whatever the caption says
     for i, im in enumerate(images):
         border = plain_border(im.pixels_HW3)
         if border is None:
             continue
+        d_K = np.linalg.norm(rgb_K3 - border.astype(np.float64), axis=-1)
+        if d_K.min() <= 40:
+            backgrounds.add(names[int(d_K.argmin())])
         said = [(m, w) for w in rgb for m in re.finditer(background_phrase_re.format(word=re.escape(w)), im.caption,
                                                            flags=re.IGNORECASE)]
         if len(said) != 1 or np.linalg.norm(border.astype(np.float64) - rgb[said[0][1]]) > 40:
             continue  # the caption must name the one colour the border shows
-        plain.append((i, im, border, *said[0]))
-    # the subject's colours: those most views show (a view's edge blends with its background
-    # can look like another named colour, orange between red and yellow, but only in that view)
-    seen = Counter(c for _, im, border, _, _ in plain for c in _subject_colours(im.pixels_HW3, border, rgb))
-    subject = {c for c, n in seen.items() if 2 * n > len(plain)}
-    ruled_out = subject | _blend_lookalikes(subject, rgb) | {word for *_, word in plain}
+        plain.append((i, im, border, *said[0], _subject_colours(im.pixels_HW3, border, rgb)))
+    # the subject's colours: those most photos show (a view's edge blends with its background can
+    # look like another named colour, orange between red and yellow, but only in that view); a
+    # photo's shrunk and moved copies share its path and count with it
+    by_photo: dict[Path, set[str]] = {}
+    for _, im, _, _, _, shown in plain:
+        by_photo.setdefault(im.path, set()).update(shown)
+    seen = Counter(c for shown in by_photo.values() for c in shown)
+    subject = {c for c, n in seen.items() if 2 * n > len(by_photo)}
+    ruled_out = subject | _blend_lookalikes(subject, rgb) | backgrounds
     free = [w for w in rgb if w not in ruled_out]
     if not free:
         return []
-    # the free colours in a seeded order, dealt to the views in turn, so that each is used
+    # the free colours in a seeded order, dealt to the views in turn
     order = [free[int(k)] for k in np.random.default_rng([seed, 13]).permutation(len(free))]
     out = []
-    for j, (i, im, border, m, word) in enumerate(plain):
+    for j, (i, im, border, m, word, shown) in enumerate(plain):
         at = m.start() + _word_at(word, m.group(0))
         said_word = im.caption[at:at + len(word)]
-        for k in range(min(copies, len(free))):
-            new = order[(j * copies + k) % len(free)]
+        mine = [c for c in order[j * copies % len(free):] + order[:j * copies % len(free)] if c not in shown]
+        for new in mine[:copies]:
             caption = im.caption[:at] + _same_case(new, said_word) + im.caption[at + len(word):]
             out.append(SubjectImage(im.path, caption, recoloured_background(im.pixels_HW3, border, rgb[new])))
     return out

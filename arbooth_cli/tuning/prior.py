@@ -145,6 +145,7 @@ def sample_prior_pool(transformer: InfinityTransformer, vae: BSQVAE, texts: Sequ
             bits[start:start + b].copy_(torch.cat(maps.bits_per_scale, dim=1).to(torch.uint8), non_blocking=True)
             assert maps.logits_BLV is not None
             logits[start:start + b].copy_(maps.logits_BLV.to(torch.bfloat16), non_blocking=True)
+            del maps  # not held while the next batch samples
             done = start + b
             if on_progress:
                 on_progress(done, n)

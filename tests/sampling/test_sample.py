@@ -125,9 +125,11 @@ def test_a_new_capture_is_built_only_after_the_old_one_is_freed(monkeypatch):
 
     class FakeGraphs:  # stands in for ScaleGraphs, which needs a CUDA device
         def __init__(self, transformer, batch, text_len, scales, **kw):
-            gc.disable()  # only references, not the cycle collector, may free the old set
+            was = gc.isenabled()
+            gc.disable()  # no collection during the check: the old set must be gone already
             alive_at_build.append(bool(last) and last[-1]() is not None)
-            gc.enable()
+            if was:
+                gc.enable()
             last.append(weakref.ref(self))
             self.batch = batch
 

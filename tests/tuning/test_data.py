@@ -401,8 +401,17 @@ def test_recoloured_copies_take_only_colours_no_photo_shows_and_the_subject_cann
     odd = photo("white")
     odd[10, 10:14] = palette["black"]
     three = [*ims, SubjectImage(Path("w.png"), "a large sks square, white background", odd)]
-    assert {c.caption.split(", ")[1] for c in recoloured_copies(three, tuple(palette.items()), phrase, copies=1,
+    got = recoloured_copies(three, tuple(palette.items()), phrase, copies=1, seed=0)
+    assert {c.caption.split(", ")[1] for c in got} == {"black background"}
+    assert [c.path.name for c in got] == ["blue.png", "green.png"]  # never on a colour the view itself shows
+    # the same photo's copies (one path) count once: five copies of the odd photo do not make black the subject's
+    many = [*ims, *[SubjectImage(Path("w.png"), "a large sks square, white background", odd) for _ in range(5)]]
+    assert {c.caption.split(", ")[1] for c in recoloured_copies(many, tuple(palette.items()), phrase, copies=1,
                                                                 seed=0)} == {"black background"}
+    # a plain background counts as shown even when its caption names no colour
+    unnamed = [*ims, SubjectImage(Path("k.png"), "a photo of sks square", photo("black"))]
+    assert {c.caption.split(", ")[1] for c in recoloured_copies(unnamed, tuple(palette.items()), phrase, copies=1,
+                                                                seed=0)} == {"white background"}
     every = [SubjectImage(Path(f"{bg}.png"), f"a large sks square, {bg} background", photo(bg))
              for bg in ("blue", "green", "white", "black")]
     assert recoloured_copies(every, tuple(palette.items()), phrase, copies=1, seed=0) == []  # none is left
