@@ -348,19 +348,21 @@ def _same_case(word: str, like: str) -> str:
     return word.upper() if like.isupper() else word.capitalize() if like[:1].isupper() else word
 
 
+def _nearest_named(points_N3: np.ndarray, colours: dict[str, np.ndarray], *, tol: float) -> set[str]:
+    """The named colours nearest to the points, for the points within ``tol`` of one."""
+    names, rgb_K3 = list(colours), np.stack(list(colours.values()))
+    d_NK = np.linalg.norm(np.asarray(points_N3, dtype=np.float64)[:, None] - rgb_K3, axis=-1)
+    return {names[k] for k, d in zip(d_NK.argmin(1), d_NK.min(1)) if d <= tol}
+
+
 def _blend_lookalikes(subject: set[str], colours: dict[str, np.ndarray], *, tol: float = 60.0) -> set[str]:
     """Named colours that a blend of two of the subject's colours is nearest to, within ``tol``
     (orange between red and yellow, purple between red and blue): on such a background the
     subject's inner edges read as background."""
-    names, rgb_K3 = list(colours), np.stack(list(colours.values()))
     t_T1 = np.linspace(0.1, 0.9, 17)[:, None]
     parts = sorted(subject)
-    out = set()
-    for i, a in enumerate(parts):
-        for b in parts[i + 1:]:
-            d_TK = np.linalg.norm((colours[a] * (1 - t_T1) + colours[b] * t_T1)[:, None] - rgb_K3, axis=-1)
-            out |= {names[k] for k, d in zip(d_TK.argmin(1), d_TK.min(1)) if d <= tol}
-    return out
+    return set().union(*(_nearest_named(colours[a] * (1 - t_T1) + colours[b] * t_T1, colours, tol=tol)
+                         for i, a in enumerate(parts) for b in parts[i + 1:]))
 
 
 def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tuple[str, tuple[int, int, int]], ...],
@@ -378,26 +380,23 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
     if copies <= 0 or not background_colours or not background_phrase_re:
         return []
     rgb = {w: np.asarray(c, dtype=np.float64) for w, c in background_colours}
-    names, rgb_K3 = list(rgb), np.stack(list(rgb.values()))
-    plain = []  # (index, image, border RGB, the caption's match, its colour word, the colours it shows)
+    plain = []  # (image, border RGB, the caption's match, its colour word, the colours it shows)
     backgrounds = set()  # the named colours of every plain background, whatever the caption says
-    for i, im in enumerate(images):
+    for im in images:
         border = plain_border(im.pixels_HW3)
         if border is None:
             continue
-        d_K = np.linalg.norm(rgb_K3 - border.astype(np.float64), axis=-1)
-        if d_K.min() <= 40:
-            backgrounds.add(names[int(d_K.argmin())])
+        backgrounds |= _nearest_named(border[None], rgb, tol=40)
         said = [(m, w) for w in rgb for m in re.finditer(background_phrase_re.format(word=re.escape(w)), im.caption,
                                                            flags=re.IGNORECASE)]
         if len(said) != 1 or np.linalg.norm(border.astype(np.float64) - rgb[said[0][1]]) > 40:
             continue  # the caption must name the one colour the border shows
-        plain.append((i, im, border, *said[0], _subject_colours(im.pixels_HW3, border, rgb)))
+        plain.append((im, border, *said[0], _subject_colours(im.pixels_HW3, border, rgb)))
     # the subject's colours: those most photos show (a view's edge blends with its background can
     # look like another named colour, orange between red and yellow, but only in that view); a
     # photo's shrunk and moved copies share its path and count with it
     by_photo: dict[Path, set[str]] = {}
-    for _, im, _, _, _, shown in plain:
+    for im, _, _, _, shown in plain:
         by_photo.setdefault(im.path, set()).update(shown)
     seen = Counter(c for shown in by_photo.values() for c in shown)
     subject = {c for c, n in seen.items() if 2 * n > len(by_photo)}
@@ -408,7 +407,7 @@ def recoloured_copies(images: list[SubjectImage], background_colours: tuple[tupl
     # the free colours in a seeded order, dealt to the views in turn
     order = [free[int(k)] for k in np.random.default_rng([seed, 13]).permutation(len(free))]
     out = []
-    for j, (i, im, border, m, word, shown) in enumerate(plain):
+    for j, (im, border, m, word, shown) in enumerate(plain):
         at = m.start() + _word_at(word, m.group(0))
         said_word = im.caption[at:at + len(word)]
         mine = [c for c in order[j * copies % len(free):] + order[:j * copies % len(free)] if c not in shown]
